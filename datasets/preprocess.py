@@ -1,0 +1,60 @@
+"""The one preprocessing definition shared by training, evaluation, export and inference.
+
+Every consumer goes through :func:`to_rgb_resized` (colour order + resize, uint8) and
+:func:`normalize` (float CHW). Training caches the uint8 output of the first step and
+augments it before the second; inference runs both back to back on a raw CARLA frame.
+Keeping both steps here means the two paths cannot disagree (tests pin it).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+COLOR_ORDERS = ("BGRA", "BGR", "RGB", "RGBA")
+_TO_RGB = {
+    "BGRA": cv2.COLOR_BGRA2RGB,
+    "BGR": cv2.COLOR_BGR2RGB,
+    "RGBA": cv2.COLOR_RGBA2RGB,
+    "RGB": None,
+}
+
+
+def check_frame(frame: np.ndarray, color_order: str) -> None:
+    """Raise ValueError with the offending shape/dtype unless ``frame`` is a uint8 image in ``color_order``."""
+    if color_order not in _TO_RGB:
+        raise ValueError(f"unknown color_order {color_order!r}; valid: {', '.join(COLOR_ORDERS)}")
+    channels = len(color_order)
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != channels:
+        got = f"{type(frame).__name__} shape={getattr(frame, 'shape', None)} dtype={getattr(frame, 'dtype', None)}"
+        raise ValueError(f"expected an HxWx{channels} uint8 {color_order} frame, got {got}")
+
+
+def to_rgb_resized(frame: np.ndarray, img_size: int, color_order: str = "BGRA") -> np.ndarray:
+    """Resize to ``img_size`` x ``img_size`` (INTER_AREA) and convert to RGB; returns uint8 HxWx3.
+
+    Resizing first, then converting, keeps the colour conversion on the small image (cheaper
+    for an 800x600 frame). The whole frame is squashed, not cropped, so the road ahead and the
+    horizon both stay in view.
+    """
+    check_frame(frame, color_order)
+    if frame.shape[0] != img_size or frame.shape[1] != img_size:
+        frame = cv2.resize(frame, (img_size, img_size), interpolation=cv2.INTER_AREA)
+    code = _TO_RGB[color_order]
+    return np.ascontiguousarray(frame) if code is None else cv2.cvtColor(frame, code)
+
+
+def normalize(rgb: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """uint8 HxWx3 RGB (or NxHxWx3) -> float32 CHW (or NCHW), ``(x/255 - mean) / std``."""
+    scale = np.asarray([1.0 / (255.0 * s) for s in std], dtype=np.float32)
+    shift = np.asarray([m / s for m, s in zip(mean, std)], dtype=np.float32)
+    x = rgb.astype(np.float32) * scale - shift
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def preprocess(frame: np.ndarray, img_size: int, color_order: str = "BGRA",
+               mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """Raw frame -> float32 1x3xSxS model input. The exact inference path; training uses the same two steps."""
+    return normalize(to_rgb_resized(frame, img_size, color_order), mean, std)[None]

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a venv in .venv with the project installed (editable) and its dev extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum setup.py | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+  # torch first, pinned, so pip does not pick an unrelated (multi-GB) build
+  .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  touch "$stamp"
+fi
+# The CARLA towns: ../shared/carla_maps beside the checkout unless the user says otherwise.
+if [ -z "${CARLA_MAPS_DIR:-}" ] && [ -d ../shared/carla_maps ]; then
+  echo "export CARLA_MAPS_DIR=$(cd ../shared/carla_maps && pwd)" > .venv/maps.env
+fi
