@@ -1,0 +1,151 @@
+"""Where the embedded simulator finds a town's OpenDRIVE road network.
+
+Search order for ``<Town>.xodr`` (first hit wins):
+
+1. ``$CARLA_MAPS_DIR``
+2. ``$CARLA_ROOT/CarlaUE4/Content/Carla/Maps/OpenDrive`` (a packaged CARLA release)
+3. the user cache ``${XDG_CACHE_HOME:-~/.cache}/carla_embedded/maps``
+4. a download of the pinned public file (carla-simulator/opendrive-test-files) into that cache,
+   checked against its sha256. ``$CARLA_EMBEDDED_MAPS_URL`` replaces the download folder URL
+   (a mirror, or ``file://`` for air-gapped sites).
+
+Built-in procedural towns (``procedural.PROCEDURAL_TOWNS``) need no file at all.
+Town names are accepted the way ``carla.Client.load_world`` accepts them: ``Town02``,
+``Town02_Opt`` (same road network) or ``/Game/Carla/Maps/Town02``.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import urllib.request
+from pathlib import Path
+
+from .errors import TownNotFoundError, UnknownTownError
+from .procedural import PROCEDURAL_TOWNS, generate
+
+logger = logging.getLogger(__name__)
+
+#: CARLA town -> sha256 of its pinned .xodr (../shared/carla_maps/README.md).
+CARLA_TOWNS: dict[str, str] = {
+    "Town01": "15794f0dff5911837e6059ed628618ad666b3526748b698c0be25cdef7b27f70",
+    "Town02": "a6f47c763e09cdf34e759540eef8ef9399e2d899d8eaa33054a5203bceb5494b",
+    "Town03": "a711706c130c12b788538439fa326f95c92b2486cff810c3001e8c5e04098299",
+    "Town04": "1f334fab0f430819a93ad9f0c4a18cec8ff0c4d208412fa77eabaacdb327360d",
+    "Town05": "d01a356d8f5bfb2e508347d08cfaa09f4f395062187038ba8b4212141e354e37",
+}
+DOWNLOAD_URL = ("https://raw.githubusercontent.com/carla-simulator/opendrive-test-files/"
+                "5929b67cc414b611b701ad251fe1e6d30f465bba/OpenDrive/")
+MAP_PATH_PREFIX = "/Game/Carla/Maps/"
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def known_towns() -> list[str]:
+    """Every town name ``load_world`` accepts (CARLA towns first, then built-in ones)."""
+    return list(CARLA_TOWNS) + list(PROCEDURAL_TOWNS)
+
+
+def canonical_town(name: str) -> str:
+    """``'/Game/Carla/Maps/Town02'``, ``'Town02_Opt'``, ``'Town02'`` -> ``'Town02'``.
+
+    Raises:
+        UnknownTownError: not a known town; the message lists the valid ones.
+    """
+    base = re.sub(r"_Opt$", "", str(name).strip().rstrip("/").rsplit("/", 1)[-1])
+    for town in known_towns():
+        if base.lower() == town.lower():
+            return town
+    raise UnknownTownError(f"unknown town {name!r}; valid towns: {', '.join(known_towns())}")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "carla_embedded" / "maps"
+
+
+def _local_candidates(town: str) -> list[tuple[str, Path | None]]:
+    """(description, path or None when its variable is unset) in search order."""
+    filename = f"{town}.xodr"
+    maps_dir = os.environ.get("CARLA_MAPS_DIR")
+    carla_root = os.environ.get("CARLA_ROOT")
+    return [
+        ("$CARLA_MAPS_DIR", Path(maps_dir) / filename if maps_dir else None),
+        ("$CARLA_ROOT/CarlaUE4/Content/Carla/Maps/OpenDrive",
+         Path(carla_root) / "CarlaUE4/Content/Carla/Maps/OpenDrive" / filename if carla_root else None),
+        ("user cache", cache_dir() / filename),
+    ]
+
+
+def find_local(town: str) -> Path | None:
+    """First existing local file of a CARLA town, without downloading."""
+    for _, path in _local_candidates(town):
+        if path is not None and path.is_file():
+            return path
+    return None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def download(town: str) -> Path:
+    """Fetch the pinned ``<town>.xodr`` into the cache after checking its sha256.
+
+    Raises:
+        OSError: network/file error, or a checksum mismatch (nothing is written then).
+    """
+    url = os.environ.get("CARLA_EMBEDDED_MAPS_URL", DOWNLOAD_URL).rstrip("/") + f"/{town}.xodr"
+    logger.info("downloading %s", url)
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+        data = response.read()
+    digest = _sha256(data)
+    if digest != CARLA_TOWNS[town]:
+        raise OSError(f"sha256 mismatch for {url}: got {digest}, expected {CARLA_TOWNS[town]}")
+    target = cache_dir() / f"{town}.xodr"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".part{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(target)                # atomic: a crash never leaves a half file in the cache
+    logger.info("saved %s (sha256 ok)", target)
+    return target
+
+
+def find_town_file(town: str) -> Path:
+    """Path of a CARLA town's .xodr, downloading it into the cache if needed.
+
+    Raises:
+        UnknownTownError: not a CARLA town (the message lists the valid ones).
+        TownNotFoundError: not found locally and the download failed; the one-line message lists
+            every place searched and the download error.
+    """
+    town = canonical_town(town)
+    if town not in CARLA_TOWNS:
+        raise UnknownTownError(f"{town!r} is a built-in town without a file; "
+                               f"towns with files: {', '.join(CARLA_TOWNS)}")
+    found = find_local(town)
+    if found is not None:
+        return found
+    try:
+        return download(town)
+    except (OSError, ValueError) as exc:           # URLError and HTTPError are OSErrors
+        searched = "; ".join(f"{label} ({path if path else 'unset'})"
+                             for label, path in _local_candidates(town))
+        url = os.environ.get("CARLA_EMBEDDED_MAPS_URL", DOWNLOAD_URL)
+        raise TownNotFoundError(
+            f"{town}.xodr not found; searched: {searched}; download from {url} failed: {exc}. "
+            f"Set CARLA_MAPS_DIR to a folder holding the CARLA .xodr files") from exc
+
+
+def load_opendrive(name: str) -> tuple[str, str]:
+    """(canonical town name, OpenDRIVE text) for any known town, procedural or file-based."""
+    town = canonical_town(name)
+    if town in PROCEDURAL_TOWNS:
+        return town, generate(town)
+    return town, find_town_file(town).read_text(encoding="utf-8")
+
+
+def available_maps() -> list[str]:
+    """CARLA-style map paths loadable right now without network: local CARLA towns + built-in ones."""
+    local = [t for t in CARLA_TOWNS if find_local(t) is not None]
+    return [MAP_PATH_PREFIX + t for t in local + list(PROCEDURAL_TOWNS)]

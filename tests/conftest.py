@@ -1,0 +1,10 @@
+"""Test-wide set-up: the CARLA towns beside the checkout, headless SDL and matplotlib."""
+import os
+from pathlib import Path
+
+_shared_maps = Path(__file__).resolve().parents[2] / "shared" / "carla_maps"
+if "CARLA_MAPS_DIR" not in os.environ and _shared_maps.is_dir():
+    os.environ["CARLA_MAPS_DIR"] = str(_shared_maps)
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+os.environ.setdefault("MPLBACKEND", "Agg")

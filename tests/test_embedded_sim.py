@@ -1,0 +1,389 @@
+"""Embedded simulator without the renderer: vehicle model, world semantics, sensors, errors."""
+import math
+
+import numpy as np
+import pytest
+
+import carla
+import carla_embedded
+from carla_embedded import Client, UnsupportedFeatureError, VehicleParams, VehicleState, step
+from carla_embedded.vehicle import turning_radius
+
+DT = 0.05
+PARAMS = VehicleParams()
+
+
+def drive(control, ticks, state=None, params=PARAMS, dt=DT):
+    state = state or VehicleState(0.0, 0.0, 0.0)
+    for _ in range(ticks):
+        state = step(state, control, dt, params)
+    return state
+
+
+# -- the pure bicycle model ---------------------------------------------------------------
+def test_full_throttle_reaches_but_never_exceeds_top_speed():
+    s = drive(carla.VehicleControl(throttle=1.0), 2000)
+    assert 30.0 < s.speed < PARAMS.top_speed                   # drag-limited, above 100 km/h
+    frictionless = VehicleParams(drag_coefficient=0.0, rolling_resistance=0.0)
+    s = drive(carla.VehicleControl(throttle=1.0), 4000, params=frictionless)
+    assert 0.95 * PARAMS.top_speed < s.speed <= PARAMS.top_speed
+    s = drive(carla.VehicleControl(throttle=1.0), 60)           # 3 s: realistic 0-100 km/h pace
+    assert 6.0 < s.speed < 3.0 * PARAMS.max_accel
+
+
+def test_brake_stops_and_never_reverses():
+    moving = VehicleState(0, 0, 0, speed=20.0)
+    s = drive(carla.VehicleControl(brake=1.0), 20, moving)                  # 1 s at ~8 m/s^2
+    assert 10.0 < s.speed < 13.0
+    s = drive(carla.VehicleControl(brake=1.0), 100, moving)
+    assert s.speed == 0.0
+    assert drive(carla.VehicleControl(hand_brake=True), 200, moving).speed == 0.0
+    assert drive(carla.VehicleControl(hand_brake=True), 10, moving).speed < drive(carla.VehicleControl(), 10, moving).speed
+
+
+def test_reverse_drives_backwards_up_to_its_limit():
+    s = drive(carla.VehicleControl(throttle=1.0, reverse=True), 400)
+    assert s.x < -20.0 and -PARAMS.max_reverse_speed <= s.speed < -0.8 * PARAMS.max_reverse_speed
+    assert s.yaw == 0.0
+
+
+def test_control_values_are_clipped_like_carla():
+    over = drive(carla.VehicleControl(throttle=1.0, steer=1.0), 40)
+    clipped = drive(carla.VehicleControl(throttle=1.0, steer=1.0), 40)
+    assert (over.x, over.y, over.yaw) == (clipped.x, clipped.y, clipped.yaw)
+    wild = type("Control", (), dict(throttle=7.0, steer=-3.0, brake=-1.0, reverse=False, hand_brake=False))()
+    sane = carla.VehicleControl(throttle=1.0, steer=-1.0)
+    assert drive(wild, 40) == drive(sane, 40)
+
+
+def test_positive_steer_turns_right_in_carla_frame():
+    s = drive(carla.VehicleControl(throttle=0.5, steer=0.2), 40)
+    assert s.yaw > 5.0 and s.y > 0.2                  # yaw clockwise, y to the right
+
+
+def test_params_are_validated():
+    with pytest.raises(ValueError, match="wheelbase"):
+        VehicleParams(wheelbase=0.0)
+    with pytest.raises(ValueError, match="max_steer_deg"):
+        VehicleParams(max_steer_deg=95.0)
+    with pytest.raises(ValueError, match="dt"):
+        step(VehicleState(0, 0, 0), carla.VehicleControl(), 0.0, PARAMS)
+
+
+# -- world fixtures -----------------------------------------------------------------------
+@pytest.fixture
+def world():
+    w = Client().load_world("Embedded01")
+    settings = w.get_settings()
+    settings.synchronous_mode, settings.fixed_delta_seconds = True, DT
+    w.apply_settings(settings)
+    return w
+
+
+def on_lane(world, x=20.0, y=1.75, z=0.5):
+    """A pose on road 1, lane -1 of Embedded01 (a 60 m straight heading +x)."""
+    wp = world.get_map().get_waypoint(carla.Location(x=x, y=y))
+    t = wp.transform
+    return carla.Transform(carla.Location(t.location.x, t.location.y, z), carla.Rotation(yaw=t.rotation.yaw))
+
+
+def spawn_car(world, transform=None, blueprint="vehicle.tesla.model3"):
+    bp = world.get_blueprint_library().find(blueprint)
+    return world.spawn_actor(bp, transform or on_lane(world))
+
+
+# -- kinematics in the world --------------------------------------------------------------
+def test_distance_at_constant_throttle_matches_the_model(world):
+    """World ticks against an independent fine integration of the continuous longitudinal model."""
+    car = spawn_car(world)
+    start = car.get_location()
+    car.apply_control(carla.VehicleControl(throttle=0.5))
+    ticks = 60
+    for _ in range(ticks):
+        world.tick()
+    p, v, x, h = PARAMS, 0.0, 0.0, DT / 200
+    for _ in range(ticks * 200):
+        a = 0.5 * p.max_accel * (1 - v / p.top_speed) - p.rolling_resistance - p.drag_coefficient * v * v
+        v += a * h
+        x += v * h
+    travelled = car.get_location().distance(start)
+    assert travelled == pytest.approx(x, rel=0.01)
+    velocity = car.get_velocity()
+    assert math.hypot(velocity.x, velocity.y) == pytest.approx(v, rel=0.01)
+    assert car.get_control().throttle == pytest.approx(0.5)
+
+
+def test_turning_radius_matches_bicycle_model(world):
+    car = spawn_car(world)
+    car.set_target_velocity(carla.Vector3D(6.0, 0.0, 0.0))
+    car.apply_control(carla.VehicleControl(throttle=0.3, steer=0.4))
+    rear = []
+    for _ in range(120):
+        world.tick()
+        t = car.get_transform()
+        f = t.get_forward_vector()
+        rear.append((t.location.x - PARAMS.rear_axle_offset * f.x, t.location.y - PARAMS.rear_axle_offset * f.y))
+    pts = np.array(rear)
+    # algebraic circle fit: x^2 + y^2 + D x + E y + F = 0
+    A = np.c_[pts, np.ones(len(pts))]
+    D, E, F = np.linalg.lstsq(A, -(pts ** 2).sum(axis=1), rcond=None)[0]
+    radius = math.sqrt(D * D / 4 + E * E / 4 - F)
+    expected = PARAMS.wheelbase / math.tan(math.radians(0.4 * PARAMS.max_steer_deg))
+    assert radius == pytest.approx(expected, rel=0.01)
+    assert radius == pytest.approx(turning_radius(0.4, PARAMS), rel=0.01)
+    assert car.get_angular_velocity().z > 0                # turning right: yaw increases
+
+
+def test_z_and_pitch_follow_a_hill():
+    world = Client().load_world("Town03") if carla_embedded.towns.find_local("Town03") else None
+    if world is None:
+        pytest.skip("Town03.xodr not available offline")
+    carla_map = world.get_map()
+    slope = max((w for w in carla_map.generate_waypoints(4.0) if w.lane_type == carla.LaneType.Driving
+                 and not w.is_junction), key=lambda w: abs(math.sin(math.radians(w.transform.rotation.pitch))))
+    pitch = (slope.transform.rotation.pitch + 180) % 360 - 180
+    assert abs(pitch) > 2.0
+    t = slope.transform
+    car = world.spawn_actor(world.get_blueprint_library().find("vehicle.tesla.model3"),
+                            carla.Transform(t.location + carla.Location(z=0.5), carla.Rotation(yaw=t.rotation.yaw)))
+    car.set_target_velocity(t.get_forward_vector() * 8.0)
+    car.apply_control(carla.VehicleControl(throttle=0.4))
+    heights = []
+    for _ in range(10):
+        world.tick()
+        loc = car.get_location()
+        road = carla_map.get_waypoint(loc).transform.location
+        assert loc.z == pytest.approx(road.z, abs=0.05)
+        heights.append(loc.z)
+    assert abs(heights[-1] - heights[0]) > 1.0
+    road = carla_map.get_waypoint(car.get_location()).transform.rotation
+    road_pitch = (road.pitch + 180) % 360 - 180
+    assert abs(road_pitch) > 2.0
+    assert car.get_transform().rotation.pitch == pytest.approx(road_pitch, abs=0.5)
+
+
+# -- settings, time and callbacks ---------------------------------------------------------
+def test_settings_are_real_carla_settings_and_copied(world):
+    s = world.get_settings()
+    assert isinstance(s, carla.WorldSettings) and s.synchronous_mode and s.fixed_delta_seconds == DT
+    s.fixed_delta_seconds = 0.1
+    assert world.get_settings().fixed_delta_seconds == DT       # a copy, like carla
+    assert world.apply_settings(s) == world.get_snapshot().frame
+    world.tick()
+    assert world.get_snapshot().timestamp.delta_seconds == pytest.approx(0.1)
+
+
+def test_unset_fixed_delta_steps_default(world):
+    s = world.get_settings()
+    s.fixed_delta_seconds = None
+    world.apply_settings(s)
+    world.tick()
+    world.tick()
+    assert world.get_snapshot().timestamp.elapsed_seconds == pytest.approx(0.1)
+
+
+def test_frames_increase_by_one_and_callbacks_run_before_tick_returns(world):
+    car = spawn_car(world)
+    sensor = world.spawn_actor(world.get_blueprint_library().find("sensor.other.lane_invasion"),
+                               carla.Transform(), attach_to=car)
+    events, snapshots = [], []
+    sensor.listen(events.append)
+    world.on_tick(snapshots.append)
+    car.set_target_velocity(carla.Vector3D(8.0, 0.0, 0.0))
+    car.apply_control(carla.VehicleControl(throttle=0.2, steer=-0.1))     # drift left over the centre line
+    frames = []
+    for _ in range(40):
+        frame = world.tick()
+        frames.append(frame)
+        assert snapshots[-1].frame == frame
+        if events:
+            assert events[-1].frame <= frame
+    assert np.all(np.diff(frames) == 1)
+    assert events and events[0].frame in frames
+    first = events[0]
+    assert first.actor is car and first.timestamp == pytest.approx(first.frame * DT - frames[0] * DT + DT)
+    assert all(isinstance(m, carla.LaneMarking) for m in first.crossed_lane_markings)
+
+
+def test_wait_for_tick_advances_in_async_mode_only(world):
+    with pytest.raises(RuntimeError, match="synchronous mode"):
+        world.wait_for_tick()
+    s = world.get_settings()
+    s.synchronous_mode = False
+    world.apply_settings(s)
+    before = world.get_snapshot().frame
+    assert world.wait_for_tick().frame == before + 1
+
+
+def test_remove_on_tick(world):
+    seen = []
+    callback_id = world.on_tick(seen.append)
+    world.tick()
+    world.remove_on_tick(callback_id)
+    world.tick()
+    assert len(seen) == 1
+
+
+def test_weather_round_trip(world):
+    world.set_weather(carla.WeatherParameters.HardRainNoon)
+    weather = world.get_weather()
+    assert isinstance(weather, carla.WeatherParameters)
+    assert weather.precipitation == carla.WeatherParameters.HardRainNoon.precipitation > 50
+    weather.precipitation = 0.0
+    assert world.get_weather().precipitation > 50                # a copy
+
+
+# -- lane invasion ------------------------------------------------------------------------
+def test_lane_invasion_reports_the_crossed_centre_line(world):
+    car = spawn_car(world, on_lane(world, x=25.0))
+    sensor = world.spawn_actor(world.get_blueprint_library().find("sensor.other.lane_invasion"),
+                               carla.Transform(), attach_to=car)
+    events = []
+    sensor.listen(events.append)
+    car.set_target_velocity(carla.Vector3D(8.0, 0, 0))
+    car.apply_control(carla.VehicleControl(throttle=0.2))
+    for _ in range(30):                                   # straight in lane: nothing
+        world.tick()
+    assert events == []
+    car.apply_control(carla.VehicleControl(throttle=0.2, steer=-0.08))
+    for _ in range(40):
+        world.tick()
+    crossed = [(m.type, m.color) for e in events for m in e.crossed_lane_markings]
+    assert crossed and set(crossed) == {(carla.LaneMarkingType.SolidSolid, carla.LaneMarkingColor.Yellow)}
+    assert world.get_map().get_waypoint(car.get_location()).lane_id == 1      # now in the other lane
+
+
+def test_lane_invasion_needs_a_parent(world):
+    with pytest.raises(ValueError, match="attach_to"):
+        world.spawn_actor(world.get_blueprint_library().find("sensor.other.lane_invasion"), carla.Transform())
+
+
+# -- blueprints and actors ----------------------------------------------------------------
+def test_blueprint_library_like_carla(world):
+    library = world.get_blueprint_library()
+    vehicles = library.filter("vehicle.*")
+    assert len(vehicles) >= 2 and all(bp.id.startswith("vehicle.") for bp in vehicles)
+    assert [bp.id for bp in library.filter("model3")] == ["vehicle.tesla.model3"]      # tags match too
+    camera = library.find("sensor.camera.rgb")
+    assert {a.id for a in camera} >= {"image_size_x", "image_size_y", "fov", "sensor_tick"}
+    assert camera.get_attribute("image_size_x").as_int() == 800
+    camera.set_attribute("image_size_x", "320")
+    assert camera.get_attribute("image_size_x") == 320
+    assert library.find("sensor.camera.rgb").get_attribute("image_size_x").as_int() == 800    # copies
+    with pytest.raises(ValueError, match="'wide'"):
+        camera.set_attribute("fov", "wide")
+    with pytest.raises(IndexError, match="number_of_wheels"):
+        vehicles[0].set_attribute("number_of_wheels", "3")
+    with pytest.raises(IndexError, match="sensor.camera.rgb"):
+        library.find("sensor.camera.depth")
+    assert vehicles[0].get_attribute("color").recommended_values
+    assert library.filter("walker.*").__len__() == 0
+
+
+def test_actors_ids_lists_and_destroy(world):
+    car = spawn_car(world)
+    other = spawn_car(world, on_lane(world, x=45.0), "vehicle.audi.a2")
+    assert car.id != other.id and car.type_id == "vehicle.tesla.model3"
+    assert car.attributes["role_name"] == "autopilot"
+    assert world.get_actor(car.id) is car
+    assert [a.id for a in world.get_actors().filter("vehicle.*")] == [car.id, other.id]
+    assert world.get_actors().find(other.id) is other
+    assert world.get_actors([other.id]) == [other]
+    assert car.bounding_box.extent.x == pytest.approx(2.40)
+    assert car.get_world() is world
+    assert car.destroy() is True and car.destroy() is False
+    assert not car.is_alive and world.get_actor(car.id) is None
+    assert [a.id for a in world.get_actors()] == [other.id]
+
+
+def test_spawn_on_an_occupied_spot_fails_like_carla(world):
+    spawn_car(world)
+    bp = world.get_blueprint_library().find("vehicle.lincoln.mkz_2020")
+    with pytest.raises(RuntimeError, match="collision"):
+        world.spawn_actor(bp, on_lane(world, x=21.0))
+    assert world.try_spawn_actor(bp, on_lane(world, x=21.0)) is None
+    assert world.try_spawn_actor(bp, on_lane(world, x=30.0)) is not None
+
+
+def test_destroying_a_vehicle_stops_its_sensors(world):
+    car = spawn_car(world)
+    sensor = world.spawn_actor(world.get_blueprint_library().find("sensor.other.lane_invasion"),
+                               carla.Transform(), attach_to=car)
+    sensor.listen(lambda event: None)
+    assert sensor.is_listening() and sensor.parent is car
+    car.destroy()
+    assert not sensor.is_listening() and sensor.is_alive
+    world.tick()
+    assert sensor.destroy() is True
+
+
+def test_load_world_replaces_the_old_one():
+    client = Client()
+    old = client.load_world("Embedded01")
+    car = spawn_car(old)
+    new = client.load_world("Embedded01")
+    assert client.get_world() is new and new.id != old.id
+    assert not car.is_alive and new.get_actors() == []
+    with pytest.raises(RuntimeError, match="load_world"):
+        old.tick()
+
+
+def test_load_world_keeps_settings_when_asked(world):
+    client = Client()
+    w = client.load_world("Embedded01")
+    s = w.get_settings()
+    s.synchronous_mode = True
+    w.apply_settings(s)
+    assert client.load_world("Embedded01", reset_settings=False).get_settings().synchronous_mode
+    assert not client.load_world("Embedded01").get_settings().synchronous_mode
+    assert client.reload_world(False).get_map().name == "Carla/Maps/Embedded01"
+
+
+def test_spectator_and_teleport(world):
+    spectator = world.get_spectator()
+    target = carla.Transform(carla.Location(1, 2, 30), carla.Rotation(pitch=-45))
+    spectator.set_transform(target)
+    assert spectator.get_transform().location.z == pytest.approx(30)
+    assert spectator not in world.get_actors()
+    car = spawn_car(world)
+    car.set_transform(on_lane(world, x=50.0))
+    assert car.get_location().x == pytest.approx(50.0, abs=0.01)
+
+
+def test_batch_destroy_like_carla_scripts(world):
+    cars = [spawn_car(world, on_lane(world, x=x)) for x in (20.0, 40.0)]
+    client = Client()
+    client._world = world
+    responses = client.apply_batch_sync([carla.command.DestroyActor(c.id) for c in cars] + [
+        carla.command.DestroyActor(9999)])
+    assert [r.has_error() for r in responses] == [False, False, True]
+    assert world.get_actors() == []
+    with pytest.raises(UnsupportedFeatureError, match="SetAutopilot"):
+        client.apply_batch([carla.command.SetAutopilot(1, True)])
+
+
+def test_versions():
+    client = Client("localhost", 2000, 0)
+    client.set_timeout(2.0)
+    assert client.get_client_version() == client.get_server_version() == "0.9.16-embedded"
+    with pytest.raises(ValueError, match="timeout"):
+        client.set_timeout(0)
+
+
+@pytest.mark.parametrize("call, feature", [
+    (lambda c, w, car: c.get_trafficmanager(), "traffic manager"),
+    (lambda c, w, car: car.set_autopilot(True), "autopilot"),
+    (lambda c, w, car: w.debug, "World.debug"),
+    (lambda c, w, car: car.get_physics_control(), "Vehicle.get_physics_control"),
+    (lambda c, w, car: c.start_recorder("x.log"), "Client.start_recorder"),
+    (lambda c, w, car: c.load_world("Town02", map_layers=carla.MapLayer.NONE), "map_layers"),
+])
+def test_unsupported_features_say_so(call, feature):
+    client = Client()
+    w = client.load_world("Embedded01")
+    car = spawn_car(w)
+    with pytest.raises(UnsupportedFeatureError, match="embedded CARLA simulator does not support") as err:
+        call(client, w, car)
+    assert feature in str(err.value)
+    assert not hasattr(w, "debug")                                # hasattr stays usable
+    car.set_autopilot(False)                                      # switching it off is fine
