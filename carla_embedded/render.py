@@ -1,0 +1,632 @@
+"""Camera renderer of the embedded simulator: a plausible driving view in a few milliseconds on one core.
+
+How a frame is made (all steps are whole-array cv2/numpy operations, no per-pixel Python):
+
+1. Ground: the town is flat under the camera, so the ground part of the image is one homography of the
+   top-down :class:`~carla_embedded.raster.TownRaster` (``cv2.warpPerspective``). Three pre-filtered
+   levels of the raster (0.1/0.3/0.9 m per pixel) serve near, middle and far rows to limit aliasing.
+2. Sky: a per-weather panorama (gradient, sun glow, clouds, distant hills) mapped with one affine warp.
+3. Fog, aerial haze and night darkness: on a flat ground the distance depends only on the image row, so
+   they are per-row blends done in a few horizontal bands.
+4. Roadside objects (:mod:`carla_embedded.scenery`) within ``draw_distance``: boxes, spheres and cones
+   projected at once with :func:`project_points`, drawn far to near with per-face sun shading and fog.
+5. Rain streaks, then camera roll as a final rotation about the principal point (roll is a rotation
+   about the optical axis, so this is exact).
+
+Approximation (documented for users): elevation is ignored. The ground is the horizontal plane at the
+height of the road nearest the camera and objects stand on that plane, so on the hills of Town03-05 the
+far road does not rise or fall; lane geometry, markings and the camera's pitch are exact.
+
+Weather follows ``carla.WeatherParameters``: sun altitude/azimuth (night below 0), cloudiness,
+precipitation, precipitation_deposits (puddles), wetness, fog_density and fog_distance.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import carla
+import cv2
+import numpy as np
+
+from .raster import Material, TownRaster, smooth_noise
+from .scenery import BOX_FACES, KIND_TRUNK, Scenery, generate_scenery
+
+logger = logging.getLogger(__name__)
+
+_PANO_DEG_PER_PX = 0.2
+_PANO_AZ_PAD = 200.0  # degrees of azimuth repeated on each side so any view fits without wrapping
+_PANO_EL_MIN = -30.0  # lowest elevation row of the panorama (below the horizon: haze)
+_GROUND_MAX_DIST = 1500.0
+_NEAR = 0.15  # near clipping plane, metres
+_PAVED = (Material.ROAD, Material.SHOULDER, Material.SIDEWALK, Material.CURB, Material.MARKING_WHITE,
+          Material.MARKING_YELLOW)
+_ASPHALT = (Material.ROAD, Material.SHOULDER, Material.MARKING_WHITE, Material.MARKING_YELLOW)
+_FACE_CONTRAST = np.array([1.06, 0.94, 1.03, 0.97, 1.09])  # per box face, see BOX_FACES
+_LEVELS = (1, 3, 9)  # raster downsampling factors: near, middle, far ground
+
+
+# --------------------------------------------------------------------------- camera geometry
+def rotation_matrix(pitch: float, yaw: float, roll: float) -> np.ndarray:
+    """CARLA rotation (degrees) as a 3x3 matrix whose columns are the forward, right and up vectors."""
+    cp, sp = math.cos(math.radians(pitch)), math.sin(math.radians(pitch))
+    cy, sy = math.cos(math.radians(yaw)), math.sin(math.radians(yaw))
+    cr, sr = math.cos(math.radians(roll)), math.sin(math.radians(roll))
+    forward = (cp * cy, cp * sy, sp)
+    right = (cy * sp * sr - sy * cr, sy * sp * sr + cy * cr, -cp * sr)
+    up = (-cy * sp * cr - sy * sr, -sy * sp * cr + cy * sr, cp * cr)
+    return np.array([forward, right, up], dtype=np.float64).T
+
+
+def focal_length(width: int, fov_deg: float) -> float:
+    """CARLA's pinhole focal length in pixels: f = W / (2 tan(fov / 2))."""
+    return width / (2.0 * math.tan(math.radians(fov_deg) / 2.0))
+
+
+def _to_camera(points: np.ndarray, origin: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """World points (..., 3) to camera coordinates (depth along forward, right, up)."""
+    return (points - origin) @ rot
+
+
+def _cam_to_uv(cam: np.ndarray, f: float, cx: float, cy: float) -> np.ndarray:
+    depth = np.maximum(cam[..., 0], 1e-6)
+    return np.stack([cx + f * cam[..., 1] / depth, cy - f * cam[..., 2] / depth], axis=-1)
+
+
+def project_points(points_world, camera_transform: carla.Transform, width: int, height: int,
+                   fov: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pinhole projection with CARLA's conventions; the renderer draws objects with the same maths.
+
+    Returns ``uv`` (N,2) pixel coordinates (u right, v down, principal point (W/2, H/2)) and ``depth``
+    (N,) along the camera's forward axis; points with depth <= 0 are behind the camera and their uv is
+    meaningless.
+    """
+    pts = np.asarray(points_world, dtype=np.float64).reshape(-1, 3)
+    loc, r = camera_transform.location, camera_transform.rotation
+    cam = _to_camera(pts, np.array([loc.x, loc.y, loc.z]), rotation_matrix(r.pitch, r.yaw, r.roll))
+    return _cam_to_uv(cam, focal_length(width, fov), width / 2.0, height / 2.0), cam[:, 0]
+
+
+# --------------------------------------------------------------------------- weather
+def _smoothstep(a: float, b: float, x: float) -> float:
+    t = min(1.0, max(0.0, (x - a) / (b - a)))
+    return t * t * (3 - 2 * t)
+
+
+def _mix(a, b, t):
+    return np.asarray(a, np.float64) * (1 - t) + np.asarray(b, np.float64) * t
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """Scalar description of a weather's look, derived from ``carla.WeatherParameters``.
+
+    Colours are BGR floats in 0..255. ``gain`` scales lit albedo; ``colour_matrix`` (3x3) applies gain,
+    tint and the desaturation of overcast skies to BGR albedo. Fog: weight 1 - exp(-fog_k * (d -
+    fog_start)). ``dark_k`` darkens with distance at night (only near things are lit by the car).
+    """
+
+    day: float
+    overcast: float
+    rain: float
+    wet: float
+    puddles: float
+    ambient: float
+    diffuse: float
+    sun_dir: tuple
+    colour_matrix: np.ndarray
+    zenith: tuple
+    horizon: tuple
+    fog_colour: tuple
+    fog_k: float
+    fog_start: float
+    dark_k: float
+    lamps_on: bool
+
+    @classmethod
+    def from_weather(cls, weather: carla.WeatherParameters) -> "Lighting":
+        alt = float(weather.sun_altitude_angle)
+        az = math.radians(float(weather.sun_azimuth_angle))
+        day = _smoothstep(-8.0, 12.0, alt)
+        sunset = day * (1.0 - _smoothstep(8.0, 35.0, alt))
+        clouds = float(np.clip(weather.cloudiness / 100.0, 0, 1))
+        rain = float(np.clip(weather.precipitation / 100.0, 0, 1))
+        overcast = max(clouds, rain)
+        wet = float(np.clip(max(weather.wetness, weather.precipitation_deposits, 0.9 * weather.precipitation)
+                            / 100.0, 0, 1))
+        puddles = float(np.clip(weather.precipitation_deposits / 100.0, 0, 1))
+        ambient = float(_mix(0.16, 0.55 + 0.3 * overcast, day))
+        diffuse = day * 0.65 * (1.0 - 0.85 * overcast)
+        el = math.radians(max(alt, -90.0))
+        sun_dir = (math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el))
+        gain = (ambient + diffuse * max(0.0, sun_dir[2])) * (1.0 - 0.3 * overcast)
+        tint = _mix((1.0, 1.0, 1.0), (0.72, 0.88, 1.15), sunset * (1.0 - 0.6 * overcast))
+        tint = _mix((1.25, 1.0, 0.82), tint, day)  # moonlit blue at night
+        sat = 1.0 - 0.4 * overcast
+        desat = sat * np.eye(3) + (1 - sat) * np.full((3, 3), 1 / 3)
+        matrix = gain * np.diag(tint) @ desat
+
+        zen = _mix((45, 20, 8), (215, 135, 55), day)
+        hor = _mix((70, 45, 30), (235, 212, 185), day)
+        zen = _mix(zen, (150, 105, 95), sunset)
+        hor = _mix(hor, (120, 175, 245), sunset)
+        grey = np.array([1.0, 1.0, 1.0]) * float(_mix(40, 178, day))
+        zen = _mix(zen, grey * 0.85, 0.85 * overcast)
+        hor = _mix(hor, grey, 0.85 * overcast)
+        dim = 1.0 - 0.35 * rain
+        zen, hor = zen * dim, hor * dim
+        fog_colour = _mix(hor, grey * dim, 0.3)
+        fog_k = 0.0004 + float(weather.fog_density) / 100.0 * 0.035 + 0.006 * rain
+        return cls(day=day, overcast=overcast, rain=rain, wet=wet, puddles=puddles, ambient=ambient,
+                   diffuse=diffuse, sun_dir=sun_dir, colour_matrix=matrix, zenith=tuple(zen), horizon=tuple(hor),
+                   fog_colour=tuple(fog_colour), fog_k=fog_k, fog_start=max(0.0, float(weather.fog_distance)),
+                   dark_k=float(_mix(0.045, 0.0, day)), lamps_on=day < 0.35)
+
+    @property
+    def flat_shade(self) -> float:
+        """Shading of horizontal ground, already folded into ``colour_matrix``."""
+        return max(self.ambient + self.diffuse * max(0.0, self.sun_dir[2]), 1e-3)
+
+    def row_blend(self, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(alpha, beta) so that colour' = alpha * colour + beta * fog_colour at distance ``dist``."""
+        fog = 1.0 - np.exp(-self.fog_k * np.maximum(dist - self.fog_start, 0.0))
+        fog = np.maximum(fog, 1.0 - np.exp(-dist / 4000.0))  # aerial perspective even without fog
+        light = np.exp(-self.dark_k * dist)
+        if self.dark_k > 0:  # headlights: the road just ahead is lit at night
+            light = light * (1.0 + 0.8 * np.exp(-dist / 10.0))
+        return (1.0 - fog) * light, fog
+
+
+@dataclass
+class _Look:
+    """Everything derived from one weather: lit raster levels, sky panorama, rain overlay."""
+
+    key: tuple
+    lighting: Lighting
+    levels: list  # (image, factor) per _LEVELS
+    border: tuple
+    pano: np.ndarray
+    glow: np.ndarray
+
+
+def _weather_key(w: carla.WeatherParameters) -> tuple:
+    return tuple(round(float(getattr(w, k)), 3) for k in (
+        "cloudiness", "precipitation", "precipitation_deposits", "wetness", "fog_density", "fog_distance",
+        "sun_altitude_angle", "sun_azimuth_angle"))
+
+
+# --------------------------------------------------------------------------- renderer
+class Renderer:
+    """Renders camera images of one town; build once per map (the raster is cached on disk).
+
+    ``seed`` places the roadside scenery; the same (map, seed, camera, weather) always gives the same
+    image.
+    """
+
+    def __init__(self, carla_map: carla.Map, seed: int = 0, resolution: float = 0.1,
+                 draw_distance: float = 120.0, raster: Optional[TownRaster] = None):
+        if draw_distance <= 0:
+            raise ValueError(f"draw_distance={draw_distance!r} must be > 0 metres")
+        self._map = carla_map
+        self.seed = int(seed)
+        self.draw_distance = float(draw_distance)
+        self.raster = raster if raster is not None else TownRaster.from_map(carla_map, resolution=resolution)
+        self.scenery: Scenery = generate_scenery(self.raster, seed=self.seed)
+        self._puddles: Optional[np.ndarray] = None
+        self._look: Optional[_Look] = None
+        self._rain_cache: dict = {}
+        self._fog_cache = None
+
+    # ------------------------------------------------------------------ public
+    def render(self, camera_transform: carla.Transform, width: int, height: int, fov_deg: float,
+               weather: carla.WeatherParameters) -> np.ndarray:
+        """A new (height, width, 4) uint8 BGRA image seen by a camera at ``camera_transform`` (world)."""
+        if not (isinstance(width, (int, np.integer)) and isinstance(height, (int, np.integer))
+                and width > 0 and height > 0):
+            raise ValueError(f"image size {width!r}x{height!r} must be positive integers")
+        if not (0.0 < float(fov_deg) < 180.0):
+            raise ValueError(f"fov={fov_deg!r} degrees is out of range; use 0 < fov < 180")
+        look = self._look_for(weather)
+        loc, rot = camera_transform.location, camera_transform.rotation
+        origin = np.array([loc.x, loc.y, loc.z], dtype=np.float64)
+        f = focal_length(width, fov_deg)
+        roll = float(rot.roll)
+        if abs(roll) < 1e-3:
+            bgr = self._render_unrolled(origin, rot.pitch, rot.yaw, width, height, f, look)
+        else:
+            c, s = abs(math.cos(math.radians(roll))), abs(math.sin(math.radians(roll)))
+            wp = int(math.ceil(width * c + height * s)) + 2
+            hp = int(math.ceil(width * s + height * c)) + 2
+            big = self._render_unrolled(origin, rot.pitch, rot.yaw, wp, hp, f, look)
+            # Image rotation by the roll about the principal point (see module docstring).
+            m = cv2.getRotationMatrix2D((wp / 2.0, hp / 2.0), roll, 1.0)
+            m[:, 2] += (width / 2.0 - wp / 2.0, height / 2.0 - hp / 2.0)
+            bgr = cv2.warpAffine(big, m, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
+
+    # ------------------------------------------------------------------ per-weather state
+    def _look_for(self, weather: carla.WeatherParameters) -> _Look:
+        key = _weather_key(weather)
+        if self._look is None or self._look.key != key:
+            self._look = self._build_look(key, Lighting.from_weather(weather))
+        return self._look
+
+    def _build_look(self, key: tuple, light: Lighting) -> _Look:
+        img = self.raster.image
+        lit = cv2.transform(img, light.colour_matrix)
+        if light.wet > 0.02:
+            # Wet paving: darker, and a glossy film that reflects the sky.
+            refl = np.array(light.horizon) * 0.08 * light.wet
+            m = np.hstack([light.colour_matrix * (1.0 - 0.45 * light.wet), refl[:, None]])
+            wet = cv2.transform(img, m)
+            cv2.copyTo(wet, self._material_mask(_PAVED), lit)
+            del wet
+        if light.puddles > 0.02:
+            field = self._puddle_field()
+            thresh = int(255 * (0.86 - 0.16 * light.puddles))
+            mask = cv2.bitwise_and(self._material_mask(_ASPHALT), cv2.threshold(field, thresh, 255, cv2.THRESH_BINARY)[1])
+            puddle = np.empty_like(lit)
+            sky = (np.array(light.zenith) + np.array(light.horizon)) / 2
+            puddle[:] = np.clip(_mix(sky, sky.mean(), 0.5) * 0.55, 0, 255).astype(np.uint8)  # dull sky mirror
+            cv2.addWeighted(lit, 0.45, puddle, 0.55, 0.0, dst=puddle)
+            cv2.copyTo(puddle, mask, lit)
+            del puddle
+        if light.lamps_on:
+            self._paint_lamp_pools(lit)
+        levels = [(lit, 1)]
+        for k in _LEVELS[1:]:
+            h, w = lit.shape[:2]
+            levels.append((cv2.resize(lit, (max(1, w // k), max(1, h // k)), interpolation=cv2.INTER_AREA), k))
+        ground = np.array(self.raster.image.reshape(-1, 3)[:: 997].mean(axis=0), np.float64)
+        border = tuple(float(v) for v in np.clip(light.colour_matrix @ ground, 0, 255))
+        return _Look(key, light, levels, border, np.ascontiguousarray(self._sky_panorama(light)), self._glow_sprite())
+
+    def _material_mask(self, materials) -> np.ndarray:
+        """uint8 mask (255 where the raster's material is one of ``materials``), built with one LUT."""
+        lut = np.zeros(256, np.uint8)
+        lut[list(materials)] = 255
+        return cv2.LUT(self.raster.material, lut)
+
+    def _puddle_field(self) -> np.ndarray:
+        if self._puddles is None:
+            h, w = self.raster.material.shape
+            rng = np.random.default_rng(self.seed + 777)
+            k = 4
+            small = smooth_noise(h // k + 2, w // k + 2, 2.5 / (self.raster.resolution * k), rng)
+            small = 0.7 * small + 0.3 * smooth_noise(h // k + 2, w // k + 2, 0.8 / (self.raster.resolution * k), rng)
+            self._puddles = cv2.resize((small * 255).astype(np.uint8), ((w // k + 2) * k, (h // k + 2) * k),
+                                       interpolation=cv2.INTER_LINEAR)[:h, :w].copy()
+        return self._puddles
+
+    def _paint_lamp_pools(self, lit: np.ndarray) -> None:
+        """Warm pools of street light on the ground under every lamp (night only)."""
+        r_m = 9.0
+        r = int(r_m / self.raster.resolution)
+        yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+        fall = np.exp(-(xx ** 2 + yy ** 2) / (2 * (r / 2.2) ** 2))
+        sprite = (fall[..., None] * np.array([38, 52, 62])).astype(np.uint8)
+        h, w = lit.shape[:2]
+        for x, y, _ in self.scenery.lamp_pos:
+            u, v = self.raster.world_to_pixel(x, y)
+            u, v = int(round(float(u))), int(round(float(v)))
+            x0, y0, x1, y1 = u - r, v - r, u + r + 1, v + r + 1
+            if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+                continue
+            cv2.add(lit[y0:y1, x0:x1], sprite, dst=lit[y0:y1, x0:x1])
+
+    def _glow_sprite(self) -> np.ndarray:
+        yy, xx = np.mgrid[-32:32, -32:32] + 0.5
+        d = np.sqrt(xx ** 2 + yy ** 2) / 32.0
+        g = np.exp(-d ** 2 * 6.0) + 0.6 * np.clip(1.0 - d * 4.0, 0, 1)
+        return (np.clip(g, 0, 1)[..., None] * np.array([170, 225, 255])).astype(np.uint8)
+
+    def _sky_panorama(self, light: Lighting) -> np.ndarray:
+        """Equirectangular sky: columns are azimuth (with padding), rows elevation from +90 down."""
+        dpp = _PANO_DEG_PER_PX
+        n_el = int((90.0 - _PANO_EL_MIN) / dpp)
+        n_az = int((360.0 + 2 * _PANO_AZ_PAD) / dpp)
+        el = 90.0 - (np.arange(n_el) + 0.5) * dpp  # degrees
+        az = -_PANO_AZ_PAD + (np.arange(n_az) + 0.5) * dpp
+        t = np.clip(el / 90.0, 0, 1) ** 0.45
+        col = _mix(np.array(light.horizon)[None], np.array(light.zenith)[None], t[:, None])  # (n_el, 3)
+        sky = np.broadcast_to(col[:, None, :], (n_el, n_az, 3)).astype(np.float32)
+        rng = np.random.default_rng(4242)
+        elr, azr = np.radians(el)[:, None], np.radians(az)[None, :]
+        # Sun glow and disc (seen only when the sun is up).
+        sx, sy, sz = light.sun_dir
+        cosg = np.cos(elr) * np.cos(azr) * sx + np.cos(elr) * np.sin(azr) * sy + np.sin(elr) * sz
+        gamma = np.degrees(np.arccos(np.clip(cosg, -1, 1)))
+        sun_vis = light.day * (1.0 - 0.9 * light.overcast)
+        sun_col = _mix((235, 245, 255), (120, 190, 255), 1.0 - _smoothstep(5, 40, math.degrees(math.asin(sz))))
+        glow = (0.55 * np.exp(-gamma / 12.0) + 1.5 * (gamma < 1.6)) * sun_vis
+        sky += (glow[..., None] * np.asarray(sun_col, np.float32)).astype(np.float32)
+        # Clouds: noise stretched towards the horizon, coverage from cloudiness.
+        cloud_cell = 60.0 / dpp
+        noise = 0.6 * smooth_noise(n_el, n_az, cloud_cell / 2, rng) + 0.4 * smooth_noise(n_el, n_az, cloud_cell / 6, rng)
+        noise = noise.astype(np.float32)
+        cover = light.overcast
+        lo = 0.72 - 0.55 * cover
+        alpha = np.clip((noise - lo) / 0.18, 0, 1) * (el[:, None] > -1)
+        cloud_col = _mix(np.array(light.horizon) * 1.05, np.array(light.zenith) * 0.6 + 90 * light.day, 0.3)
+        cloud_col = np.asarray(_mix(cloud_col, np.array(light.horizon) * 0.75, cover), np.float32)
+        shade = (0.8 + 0.35 * noise)[..., None]
+        sky = sky * (1 - alpha[..., None]) + (cloud_col * shade) * alpha[..., None]
+        if light.day < 0.3:  # stars
+            stars = (rng.random((n_el, n_az)) > 0.9985) & (el[:, None] > 5)
+            sky[stars] += 120 * (1 - light.overcast) * (1 - light.day / 0.3)
+        # Distant hills and tree lines on the horizon, fading into haze.
+        ridge = 0.6 + 3.2 * smooth_noise(1, n_az, 25.0 / dpp, rng)[0] ** 1.5 + 0.5 * smooth_noise(1, n_az, 3.0 / dpp, rng)[0]
+        hill = el[:, None] < ridge[None, :]
+        hill_col = _mix(np.array(light.colour_matrix @ np.array([70.0, 95.0, 80.0])), light.fog_colour, 0.6)
+        sky[hill] = np.asarray(hill_col, np.float32)
+        sky[el < 0] = np.asarray(light.fog_colour, np.float32)
+        # Fog veils the whole sky towards the fog colour.
+        veil = min(1.0, light.fog_k * 35.0)
+        sky = sky * (1 - veil) + np.asarray(light.fog_colour, np.float32) * veil
+        return np.clip(sky, 0, 255).astype(np.uint8)
+
+    # ------------------------------------------------------------------ frame
+    def _ground_z(self, origin: np.ndarray) -> float:
+        wp = self._map.get_waypoint(carla.Location(x=float(origin[0]), y=float(origin[1]), z=float(origin[2])),
+                                    project_to_road=True)
+        return float(wp.transform.location.z) if wp is not None else 0.0
+
+    def _render_unrolled(self, origin, pitch, yaw, width, height, f, look: _Look) -> np.ndarray:
+        light = look.lighting
+        rot = rotation_matrix(pitch, yaw, 0.0)
+        fwd, right, up = rot[:, 0], rot[:, 1], rot[:, 2]
+        cx, cy = width / 2.0, height / 2.0
+        zg = self._ground_z(origin)
+        cam_h = max(origin[2] - zg, 0.05)
+
+        # Per-row geometry of the ground plane (roll is zero here, so rows are iso-distance lines).
+        rows = np.arange(height, dtype=np.float64)
+        yv = -(rows - cy) / f
+        dir_z = fwd[2] + yv * up[2]
+        norm = np.sqrt(1.0 + yv * yv)
+        with np.errstate(divide="ignore"):
+            dist = np.where(dir_z < -1e-9, cam_h * norm / -np.minimum(dir_z, -1e-9), np.inf)
+        ground_rows = np.nonzero(dist < _GROUND_MAX_DIST)[0]
+        v_ground = int(ground_rows[0]) if len(ground_rows) else height
+
+        out = np.empty((height, width, 3), np.uint8)
+        if v_ground > 0:
+            self._draw_sky(out[:v_ground], pitch, yaw, width, cx, cy, f, look)
+        if v_ground < height:
+            self._draw_ground(out, v_ground, dist, origin, zg, cam_h, rot, cx, cy, f, look)
+        self._draw_objects(out, origin, zg, rot, cx, cy, f, look)
+        if light.rain > 0.02:
+            self._draw_rain(out, origin, light)
+        return out
+
+    def _draw_sky(self, dst, pitch, yaw, width, cx, cy, f, look: _Look) -> None:
+        dpp = _PANO_DEG_PER_PX
+        k = math.degrees(1.0 / f) / dpp  # panorama pixels per image pixel at the centre
+        col0 = ((yaw % 360.0) + _PANO_AZ_PAD) / dpp
+        # elevation at row v ~ pitch + (cy - v)/f  ->  panorama row (90 - el)/dpp
+        row0 = (90.0 - pitch) / dpp
+        m = np.array([[k, 0.0, col0 - k * cx], [0.0, k, row0 - k * cy]])
+        cv2.warpAffine(look.pano, m, (width, dst.shape[0]), dst=dst, flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                       borderMode=cv2.BORDER_REPLICATE)
+
+    def _draw_ground(self, out, v_ground, dist, origin, zg, cam_h, rot, cx, cy, f, look: _Look) -> None:
+        fwd, right, up = rot[:, 0], rot[:, 1], rot[:, 2]
+        height, width = out.shape[:2]
+        # ray(u, v) = A @ (u, v, 1);  ground hit (homogeneous) = G @ ray
+        a = np.column_stack([right / f, -up / f, fwd - right * (cx / f) + up * (cy / f)])
+        g = np.array([[cam_h, 0.0, -origin[0]], [0.0, cam_h, -origin[1]], [0.0, 0.0, -1.0]])
+        world_h = g @ a
+        r = self.raster
+        # Level by row: fine while one screen pixel spans < ~2 raster pixels across the road.
+        footprint = dist / f
+        bounds = [v_ground]
+        for k in _LEVELS[1:]:
+            limit = 2.2 * r.resolution * k / 3.0
+            rows_coarse = np.nonzero((footprint > limit) & np.isfinite(dist))[0]
+            bounds.append(int(rows_coarse[-1]) + 1 if len(rows_coarse) else v_ground)
+        bounds = [max(v_ground, min(height, b)) for b in bounds]
+        # bounds[i] is the last row (exclusive) needing level >= i; draw far-to-near bands
+        edges = [v_ground, bounds[2], bounds[1], height]
+        for (img, k), r0, r1 in zip(look.levels[::-1], edges[:-1], edges[1:]):
+            if r1 <= r0:
+                continue
+            res = r.resolution * k
+            x0 = r.x0 + (k - 1) / 2.0 * r.resolution
+            y0 = r.y0 + (k - 1) / 2.0 * r.resolution
+            kr = np.array([[1 / res, 0, -x0 / res], [0, 1 / res, -y0 / res], [0, 0, 1.0]])
+            shift = np.array([[1.0, 0, 0], [0, 1.0, r0], [0, 0, 1.0]])
+            hm = kr @ world_h @ shift
+            cv2.warpPerspective(img, hm, (width, r1 - r0), dst=out[r0:r1],
+                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=look.border)
+        # Fog / haze / night darkness, in bands of nearly equal weight.
+        alpha, beta = look.lighting.row_blend(dist[v_ground:])
+        qa = np.round(alpha * 40.0)
+        qb = np.round(beta * 40.0)
+        change = np.nonzero((np.diff(qa) != 0) | (np.diff(qb) != 0))[0] + 1
+        starts = np.concatenate([[0], change])
+        ends = np.concatenate([change, [len(alpha)]])
+        fog_rows = self._fog_image(out.shape, look.lighting.fog_colour)
+        for s0, s1 in zip(starts, ends):
+            a_ = float(alpha[(s0 + s1 - 1) // 2])
+            b_ = float(beta[(s0 + s1 - 1) // 2])
+            if abs(a_ - 1.0) < 0.01 and b_ < 0.01:
+                continue
+            band = out[v_ground + s0:v_ground + s1]
+            cv2.addWeighted(band, a_, fog_rows[: s1 - s0], b_, 0.0, dst=band)
+
+    def _draw_objects(self, out, origin, zg, rot, cx, cy, f, look: _Look) -> None:
+        """Painter's algorithm over every visible face/crown/lamp within ``draw_distance``."""
+        sc = self.scenery
+        light = look.lighting
+        width = out.shape[1]
+        dd = self.draw_distance
+        ground = np.array([0.0, 0.0, zg])
+        fog = np.asarray(light.fog_colour)
+        half_w = width / (2 * f)
+        draws: list = []  # (distance, drawing function, args)
+        fill = cv2.fillConvexPoly
+
+        # ---- boxes: buildings, trunks, poles, lamp heads
+        if len(sc.box_kind):
+            c = sc.box_centre + ground
+            cam = _to_camera(c, origin, rot)
+            d = np.linalg.norm(c - origin, axis=1)
+            radius = sc.box_radius
+            sel = np.nonzero((d < dd + radius) & (cam[:, 0] > -radius) &
+                             (np.abs(cam[:, 1]) < cam[:, 0] * half_w + radius + 1))[0]
+            if len(sel):
+                corners = sc.box_corners[sel] + ground
+                ccam = _to_camera(corners, origin, rot)  # (n,8,3)
+                uv = np.clip(_cam_to_uv(ccam, f, cx, cy), -1e5, 1e5)
+                centres = sc.box_face_centre[sel] + ground
+                normals = sc.box_normals[sel]
+                visible = np.einsum("nfk,nfk->nf", normals, origin - centres) > 0
+                shade = light.ambient + light.diffuse * np.clip(normals @ np.array(light.sun_dir), 0, None)
+                shade = shade * _FACE_CONTRAST  # keeps edges readable when there is no direct sun
+                colour = (sc.box_colour[sel] @ light.colour_matrix.T) * (shade / light.flat_shade)[..., None]
+                al, be = light.row_blend(d[sel])
+                colour = np.clip(colour * al[:, None, None] + fog * be[:, None, None], 0, 255)
+                face_depth = ccam[:, BOX_FACES, 0]  # (n,5,4)
+                clipped = np.any(face_depth <= _NEAR, axis=2)
+                polys = np.ascontiguousarray(np.round(uv[:, BOX_FACES] * 8), dtype=np.int32)  # (n,5,4,2)
+                dist = d[sel] + np.where(sc.box_kind[sel] == KIND_TRUNK, 0.5, 0.0)
+                for j, fi in zip(*np.nonzero(visible & ~clipped)):
+                    draws.append((dist[j], fill, (polys[j, fi], tuple(colour[j, fi].tolist()), cv2.LINE_AA, 3)))
+                for j, fi in zip(*np.nonzero(visible & clipped)):
+                    poly = _clip_near(ccam[j, BOX_FACES[fi]])
+                    if len(poly) >= 3:
+                        pts = np.round(np.clip(_cam_to_uv(poly, f, cx, cy), -1e5, 1e5) * 8).astype(np.int32)
+                        draws.append((dist[j], fill, (pts, tuple(colour[j, fi].tolist()), cv2.LINE_AA, 3)))
+
+        # ---- tree crowns: a shaded disc with a sunlit highlight
+        if len(sc.sphere_radius):
+            c = sc.sphere_centre + ground
+            cam = _to_camera(c, origin, rot)
+            d = np.linalg.norm(c - origin, axis=1)
+            rad = sc.sphere_radius
+            sel = np.nonzero((d < dd) & (cam[:, 0] > rad + _NEAR) & (np.abs(cam[:, 1]) < cam[:, 0] * half_w + rad))[0]
+            if len(sel):
+                uv = _cam_to_uv(cam[sel], f, cx, cy)
+                pr = f * rad[sel] / cam[sel, 0]
+                al, be = light.row_blend(d[sel])
+                base = sc.sphere_colour[sel] @ light.colour_matrix.T * (
+                    (light.ambient + 0.4 * light.diffuse) / light.flat_shade)
+                dark = np.clip(base * 0.8 * al[:, None] + fog * be[:, None], 0, 255).tolist()
+                lit = np.clip(base * (0.85 + 0.35 * light.diffuse) * al[:, None] + fog * be[:, None], 0, 255).tolist()
+                p0 = np.round(uv * 8).astype(np.int64).tolist()
+                p1 = np.round((uv - pr[:, None] * np.array([0.22, 0.25])) * 8).astype(np.int64).tolist()
+                r0 = np.round(pr * 8).astype(np.int64).tolist()
+                r1 = np.round(pr * 0.62 * 8).astype(np.int64).tolist()
+                for j in range(len(sel)):
+                    draws.append((d[sel[j]], _crown, (p0[j], r0[j], tuple(dark[j]), p1[j], r1[j], tuple(lit[j]))))
+
+        # ---- conifers: a cone seen from the side is a triangle, lit on one half
+        if len(sc.cone_radius):
+            b = sc.cone_base + ground
+            apex = b.copy()
+            apex[:, 2] += sc.cone_height
+            cam_b = _to_camera(b, origin, rot)
+            cam_a = _to_camera(apex, origin, rot)
+            d = np.linalg.norm((b + apex) / 2 - origin, axis=1)
+            rad = sc.cone_radius
+            sel = np.nonzero((d < dd) & (cam_b[:, 0] > rad + _NEAR) & (cam_a[:, 0] > _NEAR) &
+                             (np.abs(cam_b[:, 1]) < cam_b[:, 0] * half_w + rad))[0]
+            if len(sel):
+                uvb = _cam_to_uv(cam_b[sel], f, cx, cy)
+                uva = _cam_to_uv(cam_a[sel], f, cx, cy)
+                pr = (f * rad[sel] / cam_b[sel, 0])[:, None] * np.array([1.0, 0.0])
+                al, be = light.row_blend(d[sel])
+                base = sc.cone_colour[sel] @ light.colour_matrix.T * (
+                    (light.ambient + 0.4 * light.diffuse) / light.flat_shade)
+                dark = np.clip(base * 0.8 * al[:, None] + fog * be[:, None], 0, 255).tolist()
+                lit = np.clip(base * (0.85 + 0.35 * light.diffuse) * al[:, None] + fog * be[:, None], 0, 255).tolist()
+                tri = np.ascontiguousarray(np.round(np.stack([uva, uvb - pr, uvb + pr], 1) * 8), dtype=np.int32)
+                half = np.ascontiguousarray(np.round(np.stack([uva, uvb - pr, uvb], 1) * 8), dtype=np.int32)
+                for j in range(len(sel)):
+                    draws.append((d[sel[j]], _cone, (tri[j], tuple(dark[j]), half[j], tuple(lit[j]))))
+
+        # ---- street lamps at night: additive glow, dimmed by fog only
+        if light.lamps_on and len(sc.lamp_pos):
+            c = sc.lamp_pos + ground
+            cam = _to_camera(c, origin, rot)
+            d = np.linalg.norm(c - origin, axis=1)
+            sel = np.nonzero((d < dd * 1.5) & (cam[:, 0] > 1.0))[0]
+            if len(sel):
+                uv = _cam_to_uv(cam[sel], f, cx, cy)
+                vis = np.exp(-light.fog_k * np.maximum(d[sel] - light.fog_start, 0) * 0.5)
+                size = np.clip(f * 9.0 / cam[sel, 0], 6, 200).astype(int)
+                for j in range(len(sel)):
+                    draws.append((d[sel[j]] - 0.5, _blit_glow, (look.glow, uv[j], int(size[j]), float(vis[j]))))
+        draws.sort(key=lambda t: -t[0])
+        for _, func, args in draws:
+            func(out, *args)
+
+    def _fog_image(self, shape, colour) -> np.ndarray:
+        key = (shape, tuple(np.clip(colour, 0, 255).astype(np.uint8).tolist()))
+        if self._fog_cache is None or self._fog_cache[0] != key:
+            img = np.empty(shape, np.uint8)
+            img[:] = key[1]
+            self._fog_cache = (key, img)
+        return self._fog_cache[1]
+
+    def _draw_rain(self, out, origin, light: Lighting) -> None:
+        h, w = out.shape[:2]
+        key = (w, h, round(light.rain, 2))
+        overlay = self._rain_cache.get(key)
+        if overlay is None:
+            rng = np.random.default_rng(99)
+            overlay = np.zeros((2 * h, w, 3), np.uint8)
+            n = int(light.rain * w * h / 2500)
+            xs = rng.uniform(0, w, n)
+            ys = rng.uniform(0, 2 * h, n)
+            ln = rng.uniform(0.03, 0.09, n) * h
+            val = rng.uniform(15, 40, n) * (0.5 + 0.5 * light.day)
+            for x, y, l, v in zip(xs, ys, ln, val):
+                cv2.line(overlay, (int(x), int(y)), (int(x - 0.08 * l), int(y + l)), (v, v, v), 1, cv2.LINE_AA)
+            overlay = cv2.blur(overlay, (1, 3))
+            self._rain_cache = {key: overlay}
+        off = int(abs(origin[0] * 37.0 + origin[1] * 53.0)) % h
+        cv2.add(out, overlay[off:off + h], dst=out)
+
+
+def _clip_near(poly: np.ndarray, near: float = _NEAR) -> np.ndarray:
+    """Clip a convex polygon in camera coordinates against the plane depth = near."""
+    out = []
+    n = len(poly)
+    for i in range(n):
+        a, b = poly[i], poly[(i + 1) % n]
+        ina, inb = a[0] > near, b[0] > near
+        if ina:
+            out.append(a)
+        if ina != inb:
+            t = (near - a[0]) / (b[0] - a[0])
+            out.append(a + (b - a) * t)
+    return np.array(out).reshape(-1, 3)
+
+
+def _blit_glow(out, sprite, uv, size, vis) -> None:
+    h, w = out.shape[:2]
+    x0, y0 = int(uv[0]) - size // 2, int(uv[1]) - size // 2
+    x1, y1 = x0 + size, y0 + size
+    if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+        return
+    spr = cv2.resize(sprite, (size, size), interpolation=cv2.INTER_LINEAR)
+    if vis < 0.99:
+        spr = (spr * vis).astype(np.uint8)
+    sx0, sy0 = max(0, -x0), max(0, -y0)
+    sx1, sy1 = size - max(0, x1 - w), size - max(0, y1 - h)
+    roi = out[max(0, y0):min(h, y1), max(0, x0):min(w, x1)]
+    cv2.add(roi, spr[sy0:sy1, sx0:sx1], dst=roi)
+
+
+def _crown(out, p0, r0, c0, p1, r1, c1) -> None:
+    cv2.circle(out, p0, r0, c0, -1, cv2.LINE_AA, 3)
+    cv2.circle(out, p1, r1, c1, -1, cv2.LINE_AA, 3)
+
+
+def _cone(out, tri, c0, half, c1) -> None:
+    cv2.fillConvexPoly(out, tri, c0, cv2.LINE_AA, 3)
+    cv2.fillConvexPoly(out, half, c1, cv2.LINE_AA, 3)
