@@ -1,0 +1,51 @@
+"""CARLA-style command-line flags shared by every CLI of the project (--sim --host --port --timeout --res --seed --sync)."""
+from __future__ import annotations
+
+import argparse
+
+from .connection import SIMS
+
+
+def parse_res(text: str) -> tuple[int, int]:
+    """``"800x600"`` -> (800, 600); raises ValueError naming the bad value."""
+    try:
+        w, h = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"resolution {text!r} is not WIDTHxHEIGHT (e.g. 800x600)") from None
+    if not (16 <= w <= 8192 and 16 <= h <= 8192):
+        raise ValueError(f"resolution {text!r} out of range: width and height must be in [16, 8192]")
+    return w, h
+
+
+def _res_type(text: str) -> tuple[int, int]:
+    try:
+        return parse_res(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_carla_args(parser: argparse.ArgumentParser, res: str = "800x600", sync_default: bool = True,
+                   port_list: bool = False) -> argparse.ArgumentParser:
+    """Add --sim --host --port --timeout --res --seed --sync/--async to ``parser``; returns it.
+
+    ``port_list=True`` makes --port a string holding one port or a comma list (one server per
+    worker); the CLI parses it.
+    """
+    g = parser.add_argument_group("simulator")
+    g.add_argument("--sim", choices=SIMS, default="auto",
+                   help="auto: a CARLA server if one answers at --host:--port, else the embedded simulator")
+    g.add_argument("--host", default="127.0.0.1", help="CARLA server host (default: %(default)s)")
+    if port_list:
+        g.add_argument("--port", default="2000",
+                       help="CARLA server RPC port, or a comma list with one port per worker (default: %(default)s)")
+    else:
+        g.add_argument("--port", type=int, default=2000, help="CARLA server RPC port (default: %(default)s)")
+    g.add_argument("--timeout", type=float, default=10.0, help="client timeout, s (default: %(default)s)")
+    g.add_argument("--res", type=_res_type, default=parse_res(res), metavar="WxH",
+                   help=f"camera resolution (default: {res})")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    g.add_argument("--sync", dest="sync", action="store_true", default=sync_default,
+                   help="synchronous mode with a fixed time step (default)" if sync_default else
+                   "synchronous mode with a fixed time step")
+    g.add_argument("--async", dest="sync", action="store_false", help="asynchronous mode")
+    return parser
