@@ -1,0 +1,170 @@
+"""Smoke tests of the closed loop on the embedded simulator (tiny camera, few frames).
+
+State is restored and actors destroyed after every drive; the tests check that too.
+"""
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+
+import carla
+
+from launch.loop import DriveConfig, WorldContext, open_world, run_drive, run_episode
+from launch.video import probe
+
+RES = (160, 120)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    """An untrained simple_cnn exported with our metadata: exercises the real classifier path end to end."""
+    import torch
+    from perception.export import export_onnx
+    from perception.meta import ModelMeta
+    from training.models import create_model
+
+    d = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", num_classes=2, dropout=0.0, weights="none").eval()
+    config = {"arch": "simple_cnn", "num_classes": 2, "classes": ["curve", "straight"], "img_size": 64,
+              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "color_order": "RGB",
+              "dropout": 0.0, "recipe": {}}
+    torch.save({"state_dict": model.state_dict(), "config": config}, d / "tiny_best.pt")
+    meta = ModelMeta.from_checkpoint_config(config, path=str(d / "tiny_best.pt"))
+    export_onnx(model, meta, d / "tiny.onnx")
+    return d / "tiny.onnx"
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return open_world(DriveConfig(town="Town02", sim="embedded", gate="oracle"))
+
+
+def _cfg(**kw):
+    base = dict(town="Town02", sim="embedded", gate="oracle", res=RES, display=False, seed=3, warmup=2)
+    base.update(kw)
+    return DriveConfig(**base)
+
+
+def _our_actors(world):
+    return [a for a in world.get_actors() if a.type_id.startswith(("vehicle.", "sensor."))]
+
+
+def test_headless_drive_writes_one_video_frame_per_tick_and_metrics(tmp_path, tiny_onnx, ctx):
+    from launch.loop import load_classifier
+    cfg = _cfg(model=str(tiny_onnx), gate="hard", frames=25, record=str(tmp_path / "d.mp4"),
+               metrics=str(tmp_path / "d.json"))
+    settings_before = ctx.world.get_settings().synchronous_mode
+    result = run_episode(ctx, cfg, load_classifier(cfg.model, "onnxruntime", 2))
+    info = probe(tmp_path / "d.mp4")
+    assert info["frames"] == 25 == result.metrics["ticks"]
+    assert info["fps"] == pytest.approx(20.0) and info["codec"] == "h264"
+    m = json.loads((tmp_path / "d.json").read_text())
+    for key in ("gate_accuracy", "route_completion", "loop_fps", "inference_p50_ms", "inference_p99_ms"):
+        assert key in m and m[key] is not None
+    assert 0.0 < m["route_completion"] < 1.0 and m["loop_fps"] > 0 and m["inference_p50_ms"] > 0
+    assert m["end_reason"] == "frames"
+    assert _our_actors(ctx.world) == []
+    assert ctx.world.get_settings().synchronous_mode == settings_before
+    for r in result.records:
+        assert all(math.isfinite(v) for v in (r.steer, r.throttle, r.brake))
+        assert -1 <= r.steer <= 1 and 0 <= r.throttle <= 1 and 0 <= r.brake <= 1
+
+
+def test_ctrl_c_finalises_video_and_metrics(tmp_path, ctx):
+    k = 7
+
+    def interrupt(i, rec):
+        if i == k:
+            raise KeyboardInterrupt
+
+    cfg = _cfg(frames=50, record=str(tmp_path / "c.mp4"), metrics=str(tmp_path / "c.json"))
+    result = run_episode(ctx, cfg, on_tick=interrupt)
+    assert result.interrupted and result.end_reason == "interrupted"
+    assert probe(tmp_path / "c.mp4")["frames"] == k
+    assert json.loads((tmp_path / "c.json").read_text())["ticks"] == k
+    assert _our_actors(ctx.world) == []
+    assert not ctx.world.get_settings().synchronous_mode
+
+
+def test_oracle_gate_follows_the_map_label_along_the_route(ctx):
+    result = run_episode(ctx, _cfg(gate="oracle", frames=400, seed=1, minimap=False, hud=False,
+                                   route_length_m=150.0, extend_route=False))
+    labelled = [r for r in result.records if r.truth in ("curve", "straight")]
+    assert {r.truth for r in labelled} == {"curve", "straight"}, "route should contain a turn"
+    assert all(r.expert == r.truth for r in labelled)
+    assert result.metrics["gate_accuracy"] == 1.0
+    m = result.metrics
+    assert m["route_completion"] == pytest.approx(m["distance_m"] / m["route_length_m"], rel=0.1)
+    assert m["route_completion"] > 0.25
+
+
+def test_nan_inference_falls_back_and_controls_stay_finite(ctx, tiny_onnx):
+    calls = {"n": 0}
+
+    def flaky(frame):
+        calls["n"] += 1
+        return (None, float("nan")) if 10 <= calls["n"] < 20 else ("straight", 0.1)
+
+    result = run_episode(ctx, _cfg(gate="hard", frames=30, model=str(tiny_onnx), hud=False), predict=flaky)
+    fb = [r.fallback for r in result.records]
+    assert fb[9:19] == [True] * 10 and not any(fb[:9]) and not any(fb[19:])
+    assert all(r.throttle == 0.0 and r.brake > 0 for r in result.records[9:19])
+    assert result.metrics["fallback_frames"] == 10
+
+
+def test_keys_gate_cycle_record_pause_quit(tmp_path, monkeypatch, ctx):
+    pygame = pytest.importorskip("pygame")
+    monkeypatch.chdir(tmp_path)
+
+    def key(k):
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=k, mod=0, unicode="", scancode=0))
+
+    def on_tick(i, rec):
+        if i == 3:
+            key(pygame.K_g)         # oracle -> curve
+        elif i == 5:
+            key(pygame.K_r)         # start recording (no --record: runs/drive/<town>_<gate>_<date>.mp4)
+            key(pygame.K_h)         # hide the HUD
+        elif i == 8:
+            key(pygame.K_p)         # pause; a timer un-pauses 0.3 s later
+            pygame.time.set_timer(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_p, mod=0, unicode="",
+                                                     scancode=0), 300, loops=1)
+        elif i == 12:
+            key(pygame.K_ESCAPE)
+
+    t0 = time.perf_counter()
+    result = run_episode(ctx, _cfg(gate="oracle", display=True, realtime=False, frames=100), on_tick=on_tick)
+    assert time.perf_counter() - t0 >= 0.3                      # it really paused
+    assert result.end_reason == "quit" and len(result.records) == 12
+    frames = [r.frame for r in result.records]
+    assert frames == list(range(frames[0], frames[0] + 12))     # no tick skipped or doubled by the pause
+    assert [r.gate for r in result.records] == ["oracle"] * 3 + ["curve"] * 9
+    assert [r.expert for r in result.records[3:]] == ["curve"] * 9
+    assert len(result.videos) == 1 and result.videos[0].parent == tmp_path / "runs" / "drive"
+    assert probe(result.videos[0])["frames"] == 12 - 5           # ticks 6..12
+
+
+def test_drive_cli_bad_input_is_one_line(capsys, tmp_path):
+    from launch.drive import main
+    with pytest.raises(SystemExit) as e:
+        main(["--gate", "hard", "--sim", "embedded", "--no-display"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "gate 'hard' needs --model" in err
+    with pytest.raises(SystemExit):
+        main(["--gate", "oracle", "--weather", "Sunny", "--sim", "embedded"])
+    assert "unknown weather preset 'Sunny'; valid: " in capsys.readouterr().err
+
+
+def test_drive_cli_acceptance_shape(tmp_path, tiny_onnx):
+    """The issue's acceptance command, shortened (same flags, fewer frames)."""
+    from launch.drive import main
+    rc = main(["--sim", "embedded", "--town", "Town02", "--model", str(tiny_onnx), "--gate", "hard",
+               "--frames", "20", "--no-display", "--record", str(tmp_path / "d.mp4"), "--metrics",
+               str(tmp_path / "d.json"), "--seed", "3", "--res", "160x120", "--warmup", "2"])
+    assert rc == 0
+    assert probe(tmp_path / "d.mp4")["frames"] == 20
+    assert json.loads((tmp_path / "d.json").read_text())["ticks"] == 20

@@ -1,0 +1,182 @@
+"""launch/ building blocks without a simulator: video, timing, overlay, metrics, keys."""
+import datetime as dt
+import math
+import time
+
+import numpy as np
+import pytest
+
+from launch.metrics import LEADERBOARD_1_0, PenaltyTable, TickRecord, episode_metrics, route_progress
+from launch.overlay import HudState, Minimap, Overlay
+from launch.timing import CycleTimer
+from launch.video import VideoWriter, probe, video_path
+
+
+# ------------------------------------------------------------------ video
+
+def test_video_one_frame_per_write_h264_at_sim_rate(tmp_path):
+    path = tmp_path / "v.mp4"
+    with VideoWriter(path, fps=20.0, size=(160, 120)) as vw:
+        for i in range(17):
+            frame = np.zeros((120, 160, 3), np.uint8)
+            frame[:, i * 8:(i + 1) * 8] = 255
+            vw.write(frame)
+    info = probe(path)
+    assert info["frames"] == 17
+    assert info["fps"] == pytest.approx(20.0)
+    assert info["codec"] == "h264"
+    assert (info["width"], info["height"]) == (160, 120)
+
+
+def test_video_finalised_when_an_exception_escapes(tmp_path):
+    path = tmp_path / "crash.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        with VideoWriter(path, fps=10.0, size=(64, 48)) as vw:
+            for i in range(5):
+                vw.write(np.full((48, 64, 3), i * 40, np.uint8))
+            raise KeyboardInterrupt
+    assert probe(path)["frames"] == 5
+
+
+def test_video_path_naming():
+    when = dt.datetime(2025, 1, 2, 3, 4, 5)
+    assert str(video_path("out/x.mp4", "Town02", "hard", when)).endswith("out/x.mp4")
+    assert video_path("runs/v", "Town02", "soft", when).name == "Town02_soft_20250102-030405.mp4"
+
+
+def test_video_rejects_bad_frame(tmp_path):
+    with VideoWriter(tmp_path / "b.mp4", fps=20, size=(64, 48)) as vw:
+        with pytest.raises(ValueError, match="expected a >= 64x48 BGR frame"):
+            vw.write(np.zeros((48, 64, 4), np.uint8))
+
+
+# ------------------------------------------------------------------ timing
+
+def test_cycle_timer_sections_summary_and_pacing():
+    timer = CycleTimer(dt=0.02)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        timer.tick()
+        with timer.section("work"):
+            time.sleep(0.002)
+        timer.wait()
+    elapsed = time.perf_counter() - t0
+    s = timer.summary()
+    assert s["stages"]["work"]["count"] == 5
+    assert 1.5 <= s["stages"]["work"]["p50_ms"] < 15
+    assert elapsed >= 4 * 0.02  # paced at dt
+    assert 20 <= s["loop_fps"] <= 60
+    assert "loop FPS" in timer.format_summary()
+    with pytest.raises(ValueError, match="dt must be > 0"):
+        CycleTimer(0)
+
+
+# ------------------------------------------------------------------ overlay
+
+def _minimap():
+    img = np.full((400, 400, 3), 90, np.uint8)
+    w2p = lambda x, y: (np.asarray(x) * 2 + 200, np.asarray(y) * 2 + 200)  # noqa: E731
+    route = np.stack([np.linspace(-60, 60, 50), np.zeros(50)], 1)
+    return Minimap(img, w2p, route, size=160)
+
+
+def test_overlay_draws_hud_and_is_cheap():
+    ov = Overlay((800, 600), _minimap())
+    state = HudState(pred_label="curve", p_curve=0.8, truth="straight", gate="hard",
+                     weights={"curve": 1.0, "straight": 0.0}, in_charge="curve", speed_kmh=30, steer=-0.4,
+                     throttle=0.5, town="Town02", weather="ClearNoon", sim_time=3.0, x=0.0, y=0.0, yaw=90.0,
+                     recording=True)
+    base = np.full((600, 800, 3), 128, np.uint8)
+    out = ov.draw(base.copy(), state)
+    assert (out[:300, :200] != 128).any()                  # panel drawn
+    assert (out[-170:, -170:] != 128).any()                # minimap drawn
+    assert (out[300:420, 300:500] == 128).all()            # the middle of the road view stays clean
+    hidden = ov.draw(base.copy(), state, show_hud=False)
+    assert (hidden[:300, :200] == 128).all()
+    t0 = time.perf_counter()
+    for _ in range(50):
+        ov.draw(base.copy(), state)
+    assert (time.perf_counter() - t0) / 50 < 0.010         # a few ms at 800x600
+
+
+def test_minimap_is_centred_on_car_and_points_along_heading():
+    mm = _minimap()
+    crop = mm.render(0.0, 0.0, yaw_deg=0.0)                # heading +x = right in the raster
+    red = (crop[..., 2] > 200) & (crop[..., 0] < 80) & (crop[..., 1] < 80)
+    ys, xs = np.nonzero(red)
+    assert abs(ys.mean() - 80) < 3 and xs.mean() > 80 - 3  # arrow centred, nose to the right
+    assert xs.max() - 80 > 80 - xs.min()
+
+
+# ------------------------------------------------------------------ metrics
+
+def _rec(i, progress, on_road=True, inv=0, truth="straight", expert="straight", steer=0.0, x=None, infer=3.0):
+    return TickRecord(frame=i, t=i * 0.05, x=progress if x is None else x, y=0.0, yaw=0.0, speed_kmh=36.0,
+                      steer=steer, throttle=0.5, brake=0.0, progress_m=progress, route_dist_m=0.1 * (i % 3),
+                      on_road=on_road, lane_invasions=inv, truth=truth, pred=truth, p_curve=0.1, expert=expert,
+                      w_curve=0.0, fallback=False, gate="hard", infer_ms=infer)
+
+
+def test_episode_metrics_on_a_clean_drive():
+    recs = [_rec(i, i * 0.5) for i in range(201)]          # 100 m at 0.5 m / tick
+    m = episode_metrics(recs, route_length_m=200.0, dt=0.05)
+    assert m["route_completion"] == pytest.approx(0.5)
+    assert m["driving_score"] == pytest.approx(0.5)
+    assert m["distance_m"] == pytest.approx(100.0)
+    assert m["gate_accuracy"] == 1.0 and m["gate_switches"] == 0
+    assert m["lateral_deviation_max_m"] == pytest.approx(0.2)
+    assert m["inference_p50_ms"] == pytest.approx(3.0)
+    assert m["penalty_table"] == "CARLA Leaderboard 1.0"
+
+
+def test_off_road_distance_excluded_and_penalised_like_a_layout_collision():
+    recs = [_rec(i, i * 1.0, on_road=not 20 <= i < 40) for i in range(101)]
+    m = episode_metrics(recs, route_length_m=100.0, dt=0.05)
+    assert m["route_completion_raw"] == pytest.approx(1.0)
+    assert m["route_completion"] == pytest.approx(0.8)       # the 20 m off-road do not count
+    assert m["infractions"]["off_road_events"] == 1
+    assert m["driving_score"] == pytest.approx(0.8 * LEADERBOARD_1_0.collision_layout)
+    assert m["off_road_events_per_km"] == pytest.approx(10.0)
+    lenient = episode_metrics(recs, 100.0, 0.05, PenaltyTable(off_road_as_layout_collision=False))
+    assert lenient["driving_score"] == pytest.approx(0.8)
+
+
+def test_gate_accuracy_switches_and_steering_suddenness():
+    truth = ["straight"] * 10 + ["curve"] * 10 + [None] * 5
+    expert = ["straight"] * 12 + ["curve"] * 13
+    steer = [0.0, 0.5] * 12 + [0.0]
+    recs = [_rec(i, i * 1.0, truth=t, expert=e, steer=s) for i, (t, e, s) in enumerate(zip(truth, expert, steer))]
+    m = episode_metrics(recs, 100.0, dt=0.05)
+    assert m["gate_accuracy"] == pytest.approx(18 / 20)     # ambiguous frames are not scored
+    assert m["gate_switches"] == 1
+    assert m["gate_switches_per_km"] == pytest.approx(1 / 0.024)
+    assert m["steer_rate_mean_per_s"] == pytest.approx(0.5 / 0.05)
+
+
+def test_route_progress_ignores_going_backwards():
+    recs = [_rec(i, p) for i, p in enumerate([0, 5, 10, 4, 8, 12, 20])]
+    assert route_progress(recs, 40.0) == (pytest.approx(0.5), pytest.approx(0.5))
+
+
+def test_penalty_table_validation():
+    with pytest.raises(ValueError, match="collision_layout=1.5"):
+        PenaltyTable(collision_layout=1.5)
+
+
+# ------------------------------------------------------------------ keys
+
+def test_keys_map_to_actions_with_sdl_dummy_driver():
+    pygame = pytest.importorskip("pygame")
+    from launch.display import Action, open_display
+    disp = open_display((160, 120), enabled=True)
+    assert disp is not None, "SDL dummy driver should give a (virtual) window"
+    try:
+        for key in (pygame.K_h, pygame.K_r, pygame.K_p, pygame.K_g, pygame.K_x, pygame.K_ESCAPE, pygame.K_q):
+            pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=key, mod=0, unicode="", scancode=0))
+        pygame.event.post(pygame.event.Event(pygame.QUIT))
+        assert disp.poll() == [Action.TOGGLE_HUD, Action.TOGGLE_RECORD, Action.PAUSE, Action.CYCLE_GATE,
+                               Action.QUIT, Action.QUIT, Action.QUIT]
+        disp.show(np.zeros((120, 160, 3), np.uint8))
+    finally:
+        disp.close()
+    assert open_display((160, 120), enabled=False) is None
