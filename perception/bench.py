@@ -1,0 +1,235 @@
+"""Latency benchmark of the classifier per backend, preprocessing of a full camera frame included.
+
+Usage::
+
+    python -m perception.bench --model model.onnx --backends torch,onnxruntime --img-size 224 --runs 200 --json b.json
+    python -m perception.bench --model best.pt --backends all --runs 500
+
+Each backend is loaded through :class:`perception.classifier.CurveClassifier` (so its warm-up is
+the product's), warmed up further, then timed on ``--runs`` predictions of an 800x600 BGRA frame:
+p50/p95/p99/max of preprocess, inference and total, FPS (1000 / mean total), device, and the
+speed ratio against torch eager measured in the same run (torch eager is always measured).
+For an ``.onnx`` whose checkpoint is not at hand, torch eager runs the same architecture with
+random weights: eager speed does not depend on weight values, and the output says so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from perception.formats import BACKEND_NAMES, format_for_path
+
+log = logging.getLogger(__name__)
+
+STAGES = ("preprocess", "infer", "total")
+
+
+@dataclass
+class BenchConfig:
+    """Attributes: model file; backends (``all`` or names); img_size (None = the model's); runs and
+    warmup per backend; json output; frame size (W, H) of the synthetic BGRA frame; frames dir of
+    recorded frames to cycle through instead; seed of the drawn frame."""
+    model: Path
+    backends: tuple[str, ...] | str = "all"
+    img_size: int | None = None
+    runs: int = 200
+    warmup: int = 10
+    json: Path | None = None
+    frame_size: tuple[int, int] = (800, 600)
+    frames: Path | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.model = Path(self.model)
+        format_for_path(self.model)
+        if not self.model.is_file():
+            raise ValueError(f"--model {str(self.model)!r}: no such file")
+        if isinstance(self.backends, str):
+            self.backends = ("all",) if self.backends == "all" else tuple(b.strip() for b in self.backends.split(",")
+                                                                          if b.strip())
+        bad = [b for b in self.backends if b not in BACKEND_NAMES and b != "all"]
+        if bad or not self.backends:
+            raise ValueError(f"unknown backend(s) {', '.join(bad) or '(none)'}; valid: all or a comma list of "
+                             f"{', '.join(BACKEND_NAMES)}")
+        if self.runs < 1 or self.warmup < 0:
+            raise ValueError(f"need --runs >= 1 and --warmup >= 0, got {self.runs}, {self.warmup}")
+
+
+@dataclass
+class BenchRecord:
+    """One backend's figures; ``*_ms`` fields are the TOTAL per frame (preprocess + inference)."""
+    backend: str
+    device: str
+    model: str
+    img_size: int
+    runs: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+    fps: float
+    stages: dict = field(default_factory=dict)        # stage -> {p50, p95, p99, max, mean}
+    speedup_vs_torch: float | None = None             # torch eager p50 total / this p50 total
+    infer_speedup_vs_torch: float | None = None       # same, inference only
+    note: str = ""
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values)
+    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
+            "p99": float(np.percentile(a, 99)), "max": float(a.max()), "mean": float(a.mean())}
+
+
+def host_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from perception.backends.onnxruntime_backend import physical_cores
+    return f"{cpu}, {physical_cores()} physical cores ({os.cpu_count()} logical)"
+
+
+def _load(cfg: BenchConfig, name: str):
+    """(classifier, note) for backend ``name``; torch on an .onnx without checkpoint gets random weights."""
+    from perception.classifier import CurveClassifier, read_meta
+    try:
+        return CurveClassifier.load(cfg.model, backend=name, warmup=cfg.warmup), ""
+    except FileNotFoundError:
+        if name not in ("torch", "torch-cuda") or format_for_path(cfg.model).arg == "torch":
+            raise
+    from perception.backends import get_backend_class
+    from training.models import create_model
+    meta = read_meta(cfg.model)
+    model = create_model(meta.arch, meta.num_classes, meta.dropout, weights="none")
+    clf = CurveClassifier(get_backend_class(name)(model), meta, cfg.model)
+    clf.backend.warmup(cfg.warmup, meta.img_size)
+    return clf, "RANDOM weights, same architecture (timing only: the ONNX's checkpoint is not here)"
+
+
+def _bench_frames(cfg: BenchConfig) -> tuple[list[np.ndarray], str]:
+    from perception.frames import load_frames, road_frame
+    if cfg.frames is not None:
+        return load_frames(cfg.frames, 64)
+    return [road_frame("curve", np.random.default_rng(cfg.seed), *cfg.frame_size)], "BGRA"
+
+
+def run_bench(cfg: BenchConfig) -> list[BenchRecord]:
+    """Time every requested backend (plus torch eager as the reference). The CLI's one library call."""
+    from tqdm import tqdm
+
+    from perception.backends import available_backends, unavailable_reason
+    from perception.classifier import read_meta
+    meta = read_meta(cfg.model)
+    if cfg.img_size is not None and cfg.img_size != meta.img_size:
+        raise ValueError(f"--img-size {cfg.img_size} but {cfg.model} takes {meta.img_size} px inputs; "
+                         f"re-export at {cfg.img_size} or pass --img-size {meta.img_size}")
+    if "all" in cfg.backends:
+        names = available_backends()
+    else:
+        missing = {b: unavailable_reason(b) for b in cfg.backends if unavailable_reason(b)}
+        if missing:
+            raise RuntimeError("unavailable backend(s): " + "; ".join(f"{b} ({r})" for b, r in missing.items())
+                               + f"; available here: {', '.join(available_backends())}")
+        names = list(cfg.backends)
+    if "torch" not in names:
+        names.append("torch")
+    names.sort(key=lambda n: n != "torch")          # reference first
+    frames, order = _bench_frames(cfg)
+    records: list[BenchRecord] = []
+    for name in names:
+        clf, note = _load(cfg, name)
+        times: dict[str, list[float]] = {s: [] for s in STAGES}
+        for i in tqdm(range(cfg.runs), desc=f"{name:12s}", leave=False, disable=None):
+            t = clf.predict(frames[i % len(frames)], color_order=order).timings_ms
+            for s in STAGES:
+                times[s].append(t[s])
+        stages = {s: _stats(v) for s, v in times.items()}
+        total = stages["total"]
+        records.append(BenchRecord(
+            backend=name, device=clf.backend.describe(), model=str(clf.source), img_size=meta.img_size,
+            runs=cfg.runs, p50_ms=total["p50"], p95_ms=total["p95"], p99_ms=total["p99"], max_ms=total["max"],
+            mean_ms=total["mean"], fps=1e3 / total["mean"], stages=stages, note=note))
+    ref = records[0]
+    for r in records:
+        r.speedup_vs_torch = ref.p50_ms / r.p50_ms
+        r.infer_speedup_vs_torch = ref.stages["infer"]["p50"] / r.stages["infer"]["p50"]
+    if cfg.json is not None:
+        cfg.json.parent.mkdir(parents=True, exist_ok=True)
+        cfg.json.write_text(json.dumps([asdict(r) for r in records], indent=2))
+    return records
+
+
+def format_table(records: list[BenchRecord]) -> str:
+    head = (f"{'backend':12s} {'pre p50/p99':>12s} {'infer p50/p99':>14s} {'total p50':>9s} {'p95':>6s} "
+            f"{'p99':>6s} {'max':>6s} {'FPS':>7s} {'x torch':>8s} {'(infer)':>8s}")
+    lines = [head, "-" * len(head)]
+    for r in records:
+        pre, inf = r.stages["preprocess"], r.stages["infer"]
+        lines.append(f"{r.backend:12s} {pre['p50']:5.2f}/{pre['p99']:5.2f}  {inf['p50']:6.2f}/{inf['p99']:6.2f}  "
+                     f"{r.p50_ms:9.2f} {r.p95_ms:6.2f} {r.p99_ms:6.2f} {r.max_ms:6.2f} {r.fps:7.1f} "
+                     f"{r.speedup_vs_torch:7.2f}x {r.infer_speedup_vs_torch:7.2f}x")
+    lines.append("ms per frame; total = preprocess (800x600 BGRA -> model input) + inference")
+    for r in records:
+        lines.append(f"  {r.backend}: {r.device}" + (f"  [{r.note}]" if r.note else ""))
+    return "\n".join(lines)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Benchmark the curve/straight classifier per backend.", add_help=add_help)
+    p.add_argument("--model", required=True, type=Path, help="model file: .pt, .onnx or .engine")
+    p.add_argument("--backends", default="all",
+                   help=f"'all' (every backend usable here) or a comma list of {', '.join(BACKEND_NAMES)} "
+                        f"(default: all; torch eager is always added as the reference)")
+    p.add_argument("--img-size", type=int, default=None, help="model input size, px (default: the model's)")
+    p.add_argument("--runs", type=int, default=200, help="timed predictions per backend (default: 200)")
+    p.add_argument("--warmup", type=int, default=10, help="warm-up predictions per backend (default: 10)")
+    p.add_argument("--json", type=Path, default=None, help="write the records here as a JSON list")
+    p.add_argument("--res", default="800x600", help="synthetic camera frame size WxH (default: 800x600)")
+    p.add_argument("--frames", type=Path, default=None, help="dataset/image dir to cycle instead of a drawn frame")
+    p.add_argument("--seed", type=int, default=0, help="seed of the drawn frame (default: 0)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    res = re.fullmatch(r"(\d+)x(\d+)", args.res.strip().lower())
+    if not res:
+        parser.error(f"bad --res {args.res!r}; use WxH, e.g. 800x600")
+    try:
+        cfg = BenchConfig(model=args.model, backends=args.backends, img_size=args.img_size, runs=args.runs,
+                          warmup=args.warmup, json=args.json, frame_size=(int(res[1]), int(res[2])),
+                          frames=args.frames, seed=args.seed)
+    except ValueError as e:
+        parser.error(str(e))
+    print(f"host: {host_description()}")
+    try:
+        records = run_bench(cfg)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"bench failed: {e}", file=sys.stderr)
+        return 2
+    print(format_table(records))
+    if cfg.json is not None:
+        print(f"wrote {cfg.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The latency bench: records, JSON, torch-eager reference, and its error lines."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from perception.bench import BenchConfig, main, run_bench
+from perception.export import ExportConfig, export
+from test_perception_support import trained_ckpt  # noqa: F401  (session fixture)
+
+
+@pytest.fixture(scope="module")
+def onnx_path(trained_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "model.onnx"
+    export(ExportConfig(checkpoint=trained_ckpt, out=out, parity_frames=0))
+    return out
+
+
+def test_bench_json_records(onnx_path, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["--model", str(onnx_path), "--backends", "onnxruntime", "--runs", "20", "--warmup", "2",
+                 "--json", str(out), "--res", "320x240"]) == 0
+    records = json.loads(out.read_text())
+    assert [r["backend"] for r in records] == ["torch", "onnxruntime"], "torch eager is always the reference"
+    for r in records:
+        assert {"backend", "img_size", "p50_ms", "p95_ms", "p99_ms", "max_ms", "fps"} <= set(r)
+        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"] and r["img_size"] == 64
+        assert r["fps"] == pytest.approx(1e3 / r["mean_ms"])
+        st = r["stages"]
+        assert st["total"]["p50"] >= st["infer"]["p50"] and st["preprocess"]["p50"] > 0
+    assert records[0]["speedup_vs_torch"] == 1.0
+    text = capsys.readouterr().out
+    assert "x torch" in text and "onnxruntime:" in text
+
+
+def test_torch_timing_on_onnx_without_checkpoint_says_random_weights(trained_ckpt, tmp_path):
+    moved = tmp_path / "gone.pt"
+    moved.write_bytes(trained_ckpt.read_bytes())
+    out = tmp_path / "m.onnx"
+    export(ExportConfig(checkpoint=moved, out=out, parity_frames=0))
+    moved.unlink()
+    records = run_bench(BenchConfig(model=out, backends="onnxruntime", runs=3, warmup=1, frame_size=(160, 120)))
+    torch_rec = next(r for r in records if r.backend == "torch")
+    assert "RANDOM weights" in torch_rec.note and records[1].note == ""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backends", "openvino"], "unknown backend(s) openvino; valid: all or a comma list of tensorrt"),
+    (["--img-size", "224"], "--img-size 224 but"),
+    (["--res", "800by600"], "bad --res '800by600'"),
+    (["--runs", "0"], "need --runs >= 1"),
+])
+def test_bench_bad_flags(onnx_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        rc = main(["--model", str(onnx_path), "--runs", "2", *argv])
+        raise SystemExit(rc)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,195 @@
+"""The classifier API over every backend available here, on frames through a TRAINED checkpoint."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from perception.backends import available_backends
+from perception.backends.onnxruntime_backend import OnnxRuntimeBackend, best_providers, physical_cores
+from perception.backends.torch_backend import TorchBackend
+from perception.classifier import CurveClassifier, Prediction, resolve_backend
+from perception.export import ExportConfig, export
+from test_perception_support import frames_and_labels, trained_ckpt  # noqa: F401  (session fixture)
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def onnx_path(trained_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clf") / "model.onnx"
+    export(ExportConfig(checkpoint=trained_ckpt, out=out, parity_frames=0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return frames_and_labels(12, seed=21)
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARLA_PERCEPTION_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _reference_labels(trained_ckpt, frames):
+    clf = CurveClassifier.load(trained_ckpt, backend="torch", warmup=0)
+    return [p.label for p in clf.predict_batch(frames)]
+
+
+def test_predict_returns_label_probability_and_timings(onnx_path, frames):
+    clf = CurveClassifier.load(onnx_path, backend="onnxruntime")
+    pred = clf.predict(frames[0][0])
+    assert isinstance(pred, Prediction)
+    assert pred.label in ("curve", "straight") and pred.p_curve == pred.probs[0]
+    assert sum(pred.probs) == pytest.approx(1.0)
+    assert set(pred.timings_ms) == {"preprocess", "infer", "total"}
+    assert pred.timings_ms["total"] >= pred.timings_ms["infer"] > 0
+
+
+def test_classifier_is_right_on_drawn_frames(onnx_path, frames):
+    clf = CurveClassifier.load(onnx_path)
+    labels = [p.label for p in clf.predict_batch(frames[0])]
+    assert np.mean([a == b for a, b in zip(labels, frames[1])]) >= 0.9
+
+
+@pytest.mark.parametrize("source", ["pt", "onnx"])
+def test_every_available_backend_gives_the_same_class(trained_ckpt, onnx_path, frames, cache, source):
+    path = trained_ckpt if source == "pt" else onnx_path
+    want = _reference_labels(trained_ckpt, frames[0])
+    ref = CurveClassifier.load(trained_ckpt, backend="torch", warmup=0).predict_batch(frames[0])
+    backends = available_backends()
+    assert {"torch", "onnxruntime"} <= set(backends)
+    for name in backends:
+        clf = CurveClassifier.load(path, backend=name, warmup=1)
+        got = clf.predict_batch(frames[0])
+        assert [p.label for p in got] == want, name
+        tol = 0.02 if name in ("torch-cuda", "tensorrt") else 1e-4    # fp16 on GPU backends
+        assert max(abs(a.p_curve - b.p_curve) for a, b in zip(got, ref)) <= tol, name
+
+
+def test_pt_on_onnxruntime_exports_once_into_the_cache(trained_ckpt, cache):
+    clf = CurveClassifier.load(trained_ckpt, backend="onnxruntime", warmup=0)
+    assert clf.source.parent == cache / "onnx" and clf.source.suffix == ".onnx"
+    mtime = clf.source.stat().st_mtime_ns
+    assert CurveClassifier.load(trained_ckpt, backend="onnxruntime", warmup=0).source.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("cls, name", [(OnnxRuntimeBackend, "onnxruntime"), (TorchBackend, "torch")])
+def test_warmup_runs_at_load(onnx_path, frames, monkeypatch, cls, name):
+    calls = []
+    original = cls.infer
+    monkeypatch.setattr(cls, "infer", lambda self, x: calls.append(x.shape) or original(self, x))
+    clf = CurveClassifier.load(onnx_path, backend=name, warmup=4)
+    assert len(calls) == 4, "the warm-up calls must happen inside load(), before the first frame"
+    assert calls[0] == (1, 3, clf.meta.img_size, clf.meta.img_size)
+    clf.predict(frames[0][0])
+    assert len(calls) == 5
+
+
+def test_predict_batch_matches_predict(onnx_path, frames):
+    clf = CurveClassifier.load(onnx_path, backend="onnxruntime", warmup=0)
+    single = [clf.predict(f) for f in frames[0][:5]]
+    many = clf.predict_batch(frames[0][:5])
+    assert [p.label for p in single] == [p.label for p in many]
+    assert np.allclose([p.p_curve for p in single], [p.p_curve for p in many], atol=1e-6)
+
+
+@pytest.mark.parametrize("order, code", [("BGR", cv2.COLOR_BGRA2BGR), ("RGB", cv2.COLOR_BGRA2RGB),
+                                         ("RGBA", cv2.COLOR_BGRA2RGBA)])
+def test_colour_orders_agree(onnx_path, frames, order, code):
+    clf = CurveClassifier.load(onnx_path, backend="onnxruntime", warmup=0)
+    frame = frames[0][1]
+    assert clf.predict(cv2.cvtColor(frame, code), color_order=order).p_curve == \
+        pytest.approx(clf.predict(frame).p_curve, abs=1e-6)
+
+
+def test_auto_backend_on_this_machine(onnx_path, trained_ckpt):
+    if HAS_CUDA:
+        assert resolve_backend("auto", onnx_path) in ("tensorrt", "onnxruntime", "torch-cuda")
+    else:
+        assert resolve_backend("auto", onnx_path) == "onnxruntime"
+        assert resolve_backend("auto", trained_ckpt) == "onnxruntime"
+
+
+def test_onnxruntime_session_is_tuned(onnx_path):
+    clf = CurveClassifier.load(onnx_path, backend="onnxruntime", warmup=0)
+    assert clf.backend.threads == physical_cores()
+    assert clf.backend.providers[0] == best_providers()[0]
+
+
+def test_torch_backend_from_onnx_finds_the_checkpoint(onnx_path, trained_ckpt, frames):
+    clf = CurveClassifier.load(onnx_path, backend="torch", warmup=0)
+    assert clf.backend_name == "torch"
+    assert [p.label for p in clf.predict_batch(frames[0])] == _reference_labels(trained_ckpt, frames[0])
+
+
+# --- errors: one clear line naming the bad value and the valid choices ------------------------
+
+def test_unknown_file_type(tmp_path):
+    bad = tmp_path / "model.h5"
+    bad.write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"unknown model file type '\.h5'.*\.pt.*\.onnx.*\.engine"):
+        CurveClassifier.load(bad)
+
+
+def test_onnx_without_our_metadata(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    foreign = tmp_path / "foreign.onnx"
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    onnx.save(helper.make_model(graph), str(foreign))
+    with pytest.raises(ValueError, match="no carla-perception metadata.*perception.export"):
+        CurveClassifier.load(foreign)
+
+
+@pytest.mark.parametrize("frame, order, match", [
+    (np.zeros((600, 800, 3), np.uint8), "BGRA", r"expected an HxWx4 uint8 BGRA frame.*shape=\(600, 800, 3\)"),
+    (np.zeros((600, 800, 4), np.float32), "BGRA", r"dtype=float32"),
+    (np.zeros((600, 800), np.uint8), "BGRA", r"shape=\(600, 800\)"),
+    (np.zeros((600, 800, 4), np.uint8), "ARGB", r"unknown color_order 'ARGB'; valid: BGRA, BGR, RGB, RGBA"),
+])
+def test_wrong_frame(onnx_path, frame, order, match):
+    clf = CurveClassifier.load(onnx_path, backend="onnxruntime", warmup=0)
+    with pytest.raises(ValueError, match=match):
+        clf.predict(frame, color_order=order)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has a CUDA GPU")
+def test_gpu_backends_without_gpu_name_the_available_ones(onnx_path):
+    for name in ("tensorrt", "torch-cuda"):
+        with pytest.raises(RuntimeError, match=rf"backend '{name}' is unavailable: .*available here: onnxruntime, torch"):
+            CurveClassifier.load(onnx_path, backend=name)
+
+
+def test_unknown_backend(onnx_path):
+    with pytest.raises(ValueError, match="unknown backend 'openvino'; valid: auto, tensorrt, onnxruntime, torch-cuda, torch"):
+        CurveClassifier.load(onnx_path, backend="openvino")
+
+
+def test_torch_backend_without_checkpoint(trained_ckpt, tmp_path):
+    moved = tmp_path / "moved.pt"
+    moved.write_bytes(trained_ckpt.read_bytes())
+    out = tmp_path / "m.onnx"
+    export(ExportConfig(checkpoint=moved, out=out, parity_frames=0))
+    moved.unlink()
+    with pytest.raises(FileNotFoundError, match="torch backends need the training checkpoint"):
+        CurveClassifier.load(out, backend="torch")
+
+
+# --- GPU -------------------------------------------------------------------------------------
+
+def test_torch_cuda_fp16_channels_last_graph(trained_ckpt, frames):
+    if not HAS_CUDA:
+        pytest.skip("no CUDA GPU")
+    clf = CurveClassifier.load(trained_ckpt, backend="torch-cuda", warmup=3)
+    assert clf.backend._graph is not None, "batch-1 warm-up must capture the CUDA graph"
+    assert clf.backend.dtype == torch.float16
+    ref = CurveClassifier.load(trained_ckpt, backend="torch", warmup=0)
+    for f in frames[0]:
+        a, b = clf.predict(f), ref.predict(f)
+        assert a.label == b.label and abs(a.p_curve - b.p_curve) < 0.02
