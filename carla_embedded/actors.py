@@ -9,6 +9,7 @@ clean-up loop ``for a in actors: a.destroy()`` still returns True for each of th
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 import math
@@ -142,6 +143,67 @@ class Actor(CarlaSurface):
         return f"Actor(id={self._id}, type={self._type_id})"
 
 
+_AIR_DENSITY = 1.225              # kg/m^3
+_FRONTAL_AREA_FILL = 0.85         # frontal area / (width x height) of a car body
+_FINAL_RATIO = 4.0                # one gear of ratio 1 behind it: the model has no gearbox
+_FRONT_WHEELS = (carla.VehicleWheelLocation.FL_Wheel, carla.VehicleWheelLocation.FR_Wheel,
+                 carla.VehicleWheelLocation.Front_Wheel)
+# Fields of carla's physics controls that apply_physics_control compares to decide what changed.
+_PHYSICS_FIELDS = ("torque_curve", "max_rpm", "moi", "damping_rate_full_throttle",
+                   "damping_rate_zero_throttle_clutch_engaged", "damping_rate_zero_throttle_clutch_disengaged",
+                   "use_gear_autobox", "gear_switch_time", "clutch_strength", "final_ratio", "forward_gears",
+                   "mass", "drag_coefficient", "center_of_mass", "steering_curve", "use_sweep_wheel_collision")
+_WHEEL_FIELDS = ("tire_friction", "damping_rate", "radius", "max_brake_torque", "max_handbrake_torque",
+                 "lat_stiff_max_load", "lat_stiff_value", "long_stiff_value")
+
+
+def vehicle_physics(transform: carla.Transform, spec) -> carla.VehiclePhysicsControl:
+    """The real ``carla.VehiclePhysicsControl`` equivalent to a car's bicycle-model limits.
+
+    Same layout and units as a CARLA server reports: wheels FL, FR, RL, RR with positions in
+    world coordinates in cm; front ``max_steer_angle`` = the model's road-wheel angle at
+    steer = 1, rear 0. The engine numbers are derived, not invented: one gear behind
+    ``final_ratio``, ``max_rpm`` reached at top speed, torque falling linearly to 0 there (the
+    model's fading drive force) from ``mass * max_accel`` at the wheels; ``drag_coefficient``
+    is the Cd giving the model's ``k v^2`` drag on the body's frontal area; brake torques give
+    ``max_brake_decel``/``hand_brake_decel`` (hand brake on the rear wheels, as in CARLA). The
+    steering curve is flat: the model does not reduce the steer angle with speed.
+    """
+    p, (_, ey, ez), r = spec.params, spec.extent, spec.wheel_radius
+    max_rpm = p.top_speed / r * 60.0 / (2.0 * math.pi) * _FINAL_RATIO
+    launch_torque = spec.mass * p.max_accel * r / _FINAL_RATIO
+    frontal_area = (2.0 * ey) * (2.0 * ez) * _FRONTAL_AREA_FILL
+    front_x, rear_x, half_track = p.wheelbase - p.rear_axle_offset, -p.rear_axle_offset, 0.8 * ey
+
+    def wheel(x: float, y: float, steer_deg: float, hand_brake: bool) -> carla.WheelPhysicsControl:
+        at = transform.transform(carla.Location(x, y, r))
+        return carla.WheelPhysicsControl(
+            tire_friction=3.5, max_steer_angle=steer_deg, radius=r * 100.0,
+            max_brake_torque=p.max_brake_decel * spec.mass * r / 4.0,
+            max_handbrake_torque=p.hand_brake_decel * spec.mass * r / 2.0 if hand_brake else 0.0,
+            position=carla.Vector3D(at.x * 100.0, at.y * 100.0, at.z * 100.0))
+
+    return carla.VehiclePhysicsControl(
+        torque_curve=[carla.Vector2D(0.0, launch_torque), carla.Vector2D(max_rpm, 0.0)],
+        max_rpm=max_rpm, final_ratio=_FINAL_RATIO, use_gear_autobox=True,
+        forward_gears=[carla.GearPhysicsControl(ratio=1.0, down_ratio=0.5, up_ratio=0.65)],
+        mass=spec.mass, drag_coefficient=2.0 * p.drag_coefficient * spec.mass / (_AIR_DENSITY * frontal_area),
+        center_of_mass=carla.Location(0.0, 0.0, 0.0),
+        steering_curve=[carla.Vector2D(0.0, 1.0), carla.Vector2D(p.top_speed * 3.6, 1.0)],
+        wheels=[wheel(front_x, -half_track, p.max_steer_deg, False), wheel(front_x, half_track, p.max_steer_deg, False),
+                wheel(rear_x, -half_track, 0.0, True), wheel(rear_x, half_track, 0.0, True)])
+
+
+def _plain(value):
+    """carla value -> comparable plain Python (vectors, gears and lists by their numbers)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    for fields in (("x", "y", "z"), ("x", "y"), ("ratio", "down_ratio", "up_ratio")):
+        if all(hasattr(value, f) for f in fields):
+            return tuple(round(float(getattr(value, f)), 3) for f in fields)
+    return round(float(value), 3) if isinstance(value, float) else value
+
+
 class Vehicle(Actor):
     """carla.Vehicle driven by the pure bicycle model ``vehicle.step``; z and pitch follow the road."""
 
@@ -149,6 +211,7 @@ class Vehicle(Actor):
 
     def __init__(self, world, actor_id, type_id, transform, attributes, spec):
         super().__init__(world, actor_id, type_id, transform, attributes, extent=spec.extent)
+        self._spec = spec
         self._params = spec.params
         self._state = VehicleState(transform.location.x, transform.location.y, transform.rotation.yaw)
         self._control = carla.VehicleControl()
@@ -191,6 +254,47 @@ class Vehicle(Actor):
 
     def get_control(self) -> carla.VehicleControl:
         return _copy_control(self._control)
+
+    def get_physics_control(self) -> carla.VehiclePhysicsControl:
+        """The car's limits as CARLA reports them (see ``vehicle_physics``); wheel positions are now's."""
+        self._check_alive("get_physics_control")
+        return vehicle_physics(self.get_transform(), dataclasses.replace(self._spec, params=self._params))
+
+    def apply_physics_control(self, physics_control: carla.VehiclePhysicsControl) -> None:
+        """Apply a changed front-wheel ``max_steer_angle`` (the one number the bicycle model uses).
+
+        As in CARLA, wheel positions are read-only and ignored. Any other change raises
+        ``UnsupportedFeatureError`` instead of being silently dropped.
+
+        Raises:
+            ValueError: not 4 wheels, or a steer angle outside (0, 80) deg.
+            UnsupportedFeatureError: rear-wheel steering, unequal front angles, or any other field changed.
+        """
+        self._check_alive("apply_physics_control")
+        current, wheels = self.get_physics_control(), list(physics_control.wheels)
+        if len(wheels) != 4:
+            raise ValueError(f"apply_physics_control: {len(wheels)} wheels given, the car has 4 (FL, FR, RL, RR)")
+        angles = [float(w.max_steer_angle) for w in wheels]
+        if angles[0] != angles[1] or angles[2] != 0 or angles[3] != 0:
+            raise UnsupportedFeatureError(f"wheel max_steer_angle={angles}",
+                                          "only equal front angles and unsteered rear wheels")
+        changed = [f for f in _PHYSICS_FIELDS
+                   if _plain(getattr(physics_control, f)) != _plain(getattr(current, f))]
+        changed += [f"wheels[{i}].{f}" for i, (new, old) in enumerate(zip(wheels, current.wheels))
+                    for f in _WHEEL_FIELDS if _plain(getattr(new, f)) != _plain(getattr(old, f))]
+        if changed:
+            raise UnsupportedFeatureError(f"changing VehiclePhysicsControl {', '.join(changed)}",
+                                          "the kinematic car only takes the front wheels' max_steer_angle")
+        try:
+            self._params = dataclasses.replace(self._params, max_steer_deg=angles[0])
+        except ValueError as exc:
+            raise ValueError(f"apply_physics_control: front max_steer_angle={angles[0]}: {exc}") from None
+
+    def get_wheel_steer_angle(self, wheel_location: carla.VehicleWheelLocation) -> float:
+        """Road-wheel angle of the current control, deg (front wheels; the rear ones never steer)."""
+        if wheel_location not in _FRONT_WHEELS:
+            return 0.0
+        return max(-1.0, min(1.0, float(self._control.steer))) * self._params.max_steer_deg
 
     def set_target_velocity(self, velocity: carla.Vector3D) -> None:
         """Set the speed to the velocity's component along the heading (a kinematic car cannot slide)."""

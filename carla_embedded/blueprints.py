@@ -94,10 +94,26 @@ class ActorAttribute:
 
 @dataclass(frozen=True)
 class VehicleSpec:
-    """Geometry and dynamics of a car blueprint; extents are half sizes in m like carla.BoundingBox."""
+    """Geometry and dynamics of a car blueprint.
+
+    Attributes:
+        extent: half sizes of the bounding box, m (like carla.BoundingBox.extent).
+        params: the bicycle model's limits.
+        mass: kg; reported by ``get_physics_control`` (the kinematic model does not need it).
+        wheel_radius: m; places the wheels and turns speed into engine rpm for ``get_physics_control``.
+    """
 
     extent: tuple[float, float, float]
     params: VehicleParams
+    mass: float = 1800.0
+    wheel_radius: float = 0.35
+
+    def __post_init__(self):
+        if len(self.extent) != 3 or not all(e > 0 for e in self.extent):
+            raise ValueError(f"VehicleSpec.extent={self.extent!r} must be three half sizes > 0 m")
+        if not self.mass > 0 or not 0 < self.wheel_radius < self.extent[2] * 2:
+            raise ValueError(f"VehicleSpec mass={self.mass!r} must be > 0 kg and wheel_radius={self.wheel_radius!r} "
+                             f"in (0, car height) m")
 
 
 class ActorBlueprint:
@@ -185,7 +201,8 @@ def _role_name(default: str) -> ActorAttribute:
 _CAR_COLORS = ("255,255,255", "17,37,103", "0,0,0", "153,0,0", "204,204,204")
 
 
-def _car(maker: str, model: str, extent, params: VehicleParams, generation: int) -> ActorBlueprint:
+def _car(maker: str, model: str, extent, params: VehicleParams, generation: int, mass: float,
+         wheel_radius: float) -> ActorBlueprint:
     return ActorBlueprint(
         f"vehicle.{maker}.{model}", (maker, model, "car"),
         [ActorAttribute("base_type", _TYPE.String, "car"),
@@ -195,17 +212,19 @@ def _car(maker: str, model: str, extent, params: VehicleParams, generation: int)
          ActorAttribute("object_type", _TYPE.String, ""),
          _role_name("autopilot"),
          ActorAttribute("sticky_control", _TYPE.Bool, "true", is_modifiable=True)],
-        VehicleSpec(tuple(extent), params))
+        VehicleSpec(tuple(extent), params, mass, wheel_radius))
 
 
 def default_blueprints() -> list[ActorBlueprint]:
     """The blueprints every embedded world offers (a fresh list: callers may mutate it)."""
     return [
-        _car("tesla", "model3", (2.40, 1.08, 0.75), VehicleParams(wheelbase=2.875, rear_axle_offset=1.44), 2),
+        _car("tesla", "model3", (2.40, 1.08, 0.75), VehicleParams(wheelbase=2.875, rear_axle_offset=1.44), 2,
+             mass=1845.0, wheel_radius=0.355),
         _car("lincoln", "mkz_2020", (2.45, 1.06, 0.76),
-             VehicleParams(wheelbase=2.85, rear_axle_offset=1.42, max_accel=3.2), 2),
+             VehicleParams(wheelbase=2.85, rear_axle_offset=1.42, max_accel=3.2), 2, mass=1750.0, wheel_radius=0.36),
         _car("audi", "a2", (1.86, 0.90, 0.78),
-             VehicleParams(wheelbase=2.41, rear_axle_offset=1.2, max_accel=2.6, top_speed=48.0), 1),
+             VehicleParams(wheelbase=2.41, rear_axle_offset=1.2, max_accel=2.6, top_speed=48.0), 1,
+             mass=1030.0, wheel_radius=0.31),
         ActorBlueprint(
             "sensor.camera.rgb", ("sensor", "camera", "rgb"),
             [ActorAttribute("image_size_x", _TYPE.Int, 800, is_modifiable=True),

@@ -23,7 +23,9 @@ class VehicleParams:
     Attributes:
         wheelbase: front-to-rear axle distance, m.
         rear_axle_offset: rear axle to actor origin (the bounding-box centre), m.
-        max_steer_deg: road-wheel angle at ``steer = +-1``, deg.
+        max_steer_deg: road-wheel angle at ``steer = +-1``, deg. 70 like CARLA's cars (their front
+            ``WheelPhysicsControl.max_steer_angle``), so a steer command turns the car as tightly
+            here as on a CARLA server and a controller tuned on one works on the other.
         max_accel: full-throttle acceleration from rest, m/s^2 (falls linearly to 0 at top speed).
         max_brake_decel: deceleration at ``brake = 1``, m/s^2.
         hand_brake_decel: deceleration of the hand brake, m/s^2.
@@ -35,7 +37,7 @@ class VehicleParams:
 
     wheelbase: float = 2.875
     rear_axle_offset: float = 1.4
-    max_steer_deg: float = 35.0
+    max_steer_deg: float = 70.0
     max_accel: float = 3.5
     max_brake_decel: float = 8.0
     hand_brake_decel: float = 5.0

@@ -1,12 +1,23 @@
 """The carla API seam: every carla attribute the project uses exists on the real carla class AND
 on the embedded simulator's object, with the same kind (method vs property) and argument names.
 
-To extend: add the attribute name to the role's list in ``CARLA_API`` (or a new role plus a
-builder in ``EMBEDDED``). A name missing on the real class fails too, so the table cannot list
-something a CARLA server would not have.
+Two parts:
+
+* ``CARLA_API``, the authoritative hand-written table (role -> real carla class, attribute names).
+  A name missing on the real class fails too, so the table cannot list something a CARLA server
+  would not have. To extend: add the name to the role's list (or a new role plus its object in
+  the ``embedded`` fixture).
+* A safety net that reads the client code (``CLIENT_PACKAGES``) with ``ast``: every attribute
+  taken from something that looks like a carla object (by its variable name, e.g. ``world``,
+  ``ctx.map``, ``cam_bp``, or by the getter that returned it, e.g. ``get_settings()``) must be in
+  the table, and must not be an embedded-only extension a CARLA server lacks. Attributes on
+  other receivers that only carla classes have (``a.get_physics_control()``) must exist on the
+  embedded stand-in. Failures name file:line and the attribute.
 """
+import ast
 import inspect
 import re
+from pathlib import Path
 
 import pytest
 
@@ -37,7 +48,14 @@ CARLA_API: dict[str, tuple[type, list[str]]] = {
                                   "previous_until_lane_start", "get_left_lane", "get_right_lane", "get_junction"]),
     "LaneMarking": (carla.LaneMarking, ["type", "color", "width", "lane_change"]),
     "Vehicle": (carla.Vehicle, _ACTOR + ["apply_control", "get_control", "set_autopilot",
-                                       "set_target_velocity"]),
+                                       "set_target_velocity", "get_physics_control", "apply_physics_control",
+                                       "get_wheel_steer_angle"]),
+    "VehicleControl": (carla.VehicleControl, ["throttle", "steer", "brake", "hand_brake", "reverse",
+                                              "manual_gear_shift", "gear"]),
+    "VehiclePhysicsControl": (carla.VehiclePhysicsControl, ["wheels", "mass", "max_rpm", "torque_curve",
+                                                            "drag_coefficient", "steering_curve", "center_of_mass"]),
+    "WheelPhysicsControl": (carla.WheelPhysicsControl, ["max_steer_angle", "position", "radius",
+                                                        "max_brake_torque", "max_handbrake_torque"]),
     "Spectator": (carla.Actor, ["id", "type_id", "get_transform", "set_transform", "get_location"]),
     "CameraSensor": (carla.Sensor, _SENSOR),
     "LaneInvasionSensor": (carla.Sensor, _SENSOR),
@@ -89,6 +107,8 @@ def embedded():
         "BlueprintLibrary": library, "ActorBlueprint": camera_bp, "ActorAttribute": camera_bp.get_attribute("fov"),
         "ActorList": world.get_actors(), "WorldSettings": world.get_settings(), "WorldSnapshot": world.get_snapshot(),
         "Timestamp": world.get_snapshot().timestamp, "WeatherParameters": world.get_weather(),
+        "VehicleControl": car.get_control(), "VehiclePhysicsControl": car.get_physics_control(),
+        "WheelPhysicsControl": car.get_physics_control().wheels[0],
     }
     yield objects
     camera.stop()
@@ -155,3 +175,166 @@ def test_real_carla_types_are_used_where_carla_can_build_them(embedded):
     assert isinstance(embedded["Vehicle"].get_transform(), carla.Transform)
     assert isinstance(embedded["Vehicle"].get_control(), carla.VehicleControl)
     assert isinstance(embedded["Vehicle"].bounding_box, carla.BoundingBox)
+    assert isinstance(embedded["VehiclePhysicsControl"], carla.VehiclePhysicsControl)
+    assert isinstance(embedded["WheelPhysicsControl"], carla.WheelPhysicsControl)
+
+
+# -- the safety net: what the client code really calls ------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+#: packages written once against the carla API (the embedded simulator is not client code)
+CLIENT_PACKAGES = ("carla_client", "control", "launch", "perception")
+
+#: how client code names carla objects: receiver (its last identifier, or the getter that
+#: returned it) -> role in CARLA_API. Matched against the whole name, leading "_" stripped.
+RECEIVER_ROLES = [
+    (r"client", "Client"),
+    (r"world|get_world\(\)", "World"),
+    (r"(w|carla_|town_)?map|get_map\(\)", "Map"),
+    (r"(ego_)?(vehicle|car|ego)|hero", "Vehicle"),
+    (r"(rgb_)?(camera|cam)", "CameraSensor"),
+    (r"lane_(invasion_)?sensor|sensor", "LaneInvasionSensor"),
+    (r"image", "Image"),
+    (r"event", "LaneInvasionEvent"),
+    (r"bl|library|blueprint_library|get_blueprint_library\(\)", "BlueprintLibrary"),
+    (r"bp|\w+_bp|blueprint", "ActorBlueprint"),
+    (r"settings|get_settings\(\)", "WorldSettings"),
+    (r"snapshot|get_snapshot\(\)", "WorldSnapshot"),
+    (r"wp\d*|\w+_wp|(\w+_)?waypoint", "Waypoint"),
+    (r"weather|get_weather\(\)", "WeatherParameters"),
+    (r"spectator|get_spectator\(\)", "Spectator"),
+    (r"control|get_control\(\)", "VehicleControl"),
+    (r"physics|get_physics_control\(\)", "VehiclePhysicsControl"),
+    (r"wheels\[\]|wheel", "WheelPhysicsControl"),
+]
+#: roles played by objects the embedded simulator re-implements (the rest are real carla objects)
+_REIMPLEMENTED = ("Client", "World", "Vehicle", "Spectator", "CameraSensor", "LaneInvasionSensor", "Image",
+                  "LaneInvasionEvent", "BlueprintLibrary", "ActorBlueprint", "ActorAttribute", "ActorList",
+                  "WorldSnapshot")
+_NOT_CARLA = re.compile(r"_?(log|logger|logging|args|parser|np|cv2|os|sys|path|Path|pygame)")
+
+
+def _receiver(node: ast.expr) -> str:
+    """'ctx.world' -> 'world', 'w.get_map()' -> 'get_map()', 'wheels[0]' -> 'wheels[]'."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if isinstance(node, ast.Call):
+        return _receiver(node.func) + "()"
+    if isinstance(node, ast.Subscript):
+        return _receiver(node.value) + "[]"
+    return ""
+
+
+def _role_of(receiver: str) -> str | None:
+    name = receiver.lstrip("_")
+    return next((role for pattern, role in RECEIVER_ROLES if re.fullmatch(pattern, name)), None)
+
+
+def _attribute_uses(source: str, filename: str):
+    """(where, receiver, attribute) for every public ``x.attr`` in ``source``; ``carla.X`` apart."""
+    uses, module_uses = [], []
+    for node in ast.walk(ast.parse(source, filename)):
+        if not isinstance(node, ast.Attribute) or node.attr.startswith("_"):
+            continue
+        where = f"{filename}:{node.lineno}"
+        if isinstance(node.value, ast.Name) and node.value.id == "carla":
+            module_uses.append((where, node.attr))
+        else:
+            uses.append((where, _receiver(node.value), node.attr))
+    return uses, module_uses
+
+
+def _client_attribute_uses():
+    uses, module_uses = [], []
+    for package in CLIENT_PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            found = _attribute_uses(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
+            uses += found[0]
+            module_uses += found[1]
+    return uses, module_uses
+
+
+CLIENT_USES, CARLA_MODULE_USES = _client_attribute_uses()
+
+
+def _has(obj, name: str) -> bool:
+    try:
+        inspect.getattr_static(obj, name)           # really implemented, not the __getattr__ fallback
+        return True
+    except AttributeError:
+        return False
+
+
+def _table_violations(uses, embedded) -> list[str]:
+    """Recognised carla objects: attributes missing from CARLA_API, and embedded-only extensions."""
+    problems = set()
+    for where, receiver, name in uses:
+        role = _role_of(receiver)
+        if role is None:
+            continue
+        carla_class, names = CARLA_API[role]
+        if _has(carla_class, name):
+            if name not in names:
+                problems.add(f"{where}: {receiver}.{name} is not in the contract: add {name!r} to CARLA_API[{role!r}]")
+        elif role in _REIMPLEMENTED and _has(embedded[role], name):
+            problems.add(f"{where}: {receiver}.{name} exists only on the embedded {role}, not on "
+                         f"carla.{carla_class.__name__}: it would fail on a CARLA server")
+    return sorted(problems)
+
+
+def _stand_in_violations(uses, embedded) -> list[str]:
+    """Unrecognised receivers: an attribute only carla's re-implemented classes have must exist on
+    at least one embedded object standing in for such a class."""
+    owners: dict[str, list[str]] = {}
+    for role in _REIMPLEMENTED:
+        for name in dir(CARLA_API[role][0]):
+            if not name.startswith("_"):
+                owners.setdefault(name, []).append(role)
+    return sorted({f"{where}: {receiver}.{name} (carla {'/'.join(owners[name])}) is not implemented by the "
+                   f"embedded simulator" for where, receiver, name in uses
+                   if _role_of(receiver) is None and name in owners and not _NOT_CARLA.fullmatch(receiver)
+                   and not any(_has(embedded[role], name) for role in owners[name])})
+
+
+def test_the_scan_sees_the_client_code():
+    """Guards the safety net itself: the scan reads the packages and recognises their carla objects."""
+    assert len(CLIENT_USES) > 200
+    roles = {_role_of(receiver) for _, receiver, _ in CLIENT_USES}
+    assert {"Client", "World", "Map", "Vehicle", "Image", "WorldSettings"} <= roles
+    assert _role_of("_vehicle") == "Vehicle" and _role_of("get_map()") == "Map"
+    assert _role_of("minimap") is None and _role_of("cam_bp") == "ActorBlueprint"
+
+
+def test_the_safety_net_catches_drift(embedded):
+    """Code the checks must reject, each naming file:line and the attribute."""
+    source = ("world.get_lightmanager()\n"             # carla World method missing from the table
+              "world.delta_seconds()\n"                # embedded-only: no such method on a CARLA server
+              "hud.ego.get_telemetry_data()\n"         # recognised Vehicle, not in the table
+              "a.open_door(0)\n"                       # unrecognised receiver, carla-only, not implemented
+              "image.shape, log.debug('x'), a.destroy()\n")      # not carla / implemented: fine
+    uses, _ = _attribute_uses(source, "drift.py")
+    table = _table_violations(uses, embedded)
+    assert len(table) == 3
+    assert "drift.py:1: world.get_lightmanager" in table[0] and "CARLA_API['World']" in table[0]
+    assert "drift.py:2: world.delta_seconds exists only on the embedded World" in table[1]
+    assert "drift.py:3: ego.get_telemetry_data" in table[2]
+    assert _stand_in_violations(uses, embedded) == [
+        "drift.py:4: a.open_door (carla Vehicle) is not implemented by the embedded simulator"]
+
+
+def test_client_code_calls_only_what_the_table_lists(embedded):
+    """Every carla attribute taken from a recognised carla object is in CARLA_API (so the table
+    test checks it on both simulators), and none is an embedded-only extension."""
+    problems = _table_violations(CLIENT_USES, embedded)
+    assert not problems, "client code and the carla contract disagree:\n" + "\n".join(problems)
+
+
+def test_carla_only_attributes_on_other_receivers_exist_on_the_embedded_stand_in(embedded):
+    problems = _stand_in_violations(CLIENT_USES, embedded)
+    assert not problems, "\n".join(problems)
+
+
+def test_client_code_uses_only_names_the_carla_module_has():
+    unknown = sorted({f"{where}: carla.{name}" for where, name in CARLA_MODULE_USES if not hasattr(carla, name)})
+    assert not unknown, "not in the carla module:\n" + "\n".join(unknown)
