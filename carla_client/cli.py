@@ -24,6 +24,17 @@ def _res_type(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+class _RefuseAsync(argparse.Action):
+    """``--async`` exists because CARLA users type it; every CLI here needs frames matched by frame id."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string}: {parser.prog} runs the simulator in synchronous mode "
+                     "(fixed time step, sensor data matched by frame id); drop --async")
+
+
 def add_carla_args(parser: argparse.ArgumentParser, res: str = "800x600", sync_default: bool = True,
                    port_list: bool = False) -> argparse.ArgumentParser:
     """Add --sim --host --port --timeout --res --seed --sync/--async to ``parser``; returns it.
@@ -47,5 +58,6 @@ def add_carla_args(parser: argparse.ArgumentParser, res: str = "800x600", sync_d
     g.add_argument("--sync", dest="sync", action="store_true", default=sync_default,
                    help="synchronous mode with a fixed time step (default)" if sync_default else
                    "synchronous mode with a fixed time step")
-    g.add_argument("--async", dest="sync", action="store_false", help="asynchronous mode")
+    g.add_argument("--async", dest="sync", action=_RefuseAsync,
+                   help="not supported: refused with a message (the loops here are synchronous)")
     return parser

@@ -75,7 +75,9 @@ def _follow_lane(vehicle, carla_map) -> carla.VehicleControl:
     dx, dy = target.x - t.location.x, target.y - t.location.y
     lateral = -math.sin(yaw) * dx + math.cos(yaw) * dy
     distance2 = max(dx * dx + dy * dy, 1e-6)
-    steer = math.atan(2 * 2.875 * lateral / distance2) / math.radians(35.0)
+    wheels = vehicle.get_physics_control().wheels
+    wheelbase = math.dist((wheels[0].position.x, wheels[0].position.y), (wheels[2].position.x, wheels[2].position.y)) / 100.0
+    steer = math.atan(2 * wheelbase * lateral / distance2) / math.radians(wheels[0].max_steer_angle)
     v = vehicle.get_velocity()
     speed = math.hypot(v.x, v.y)
     return carla.VehicleControl(throttle=0.5 if speed < 8.3 else 0.0, steer=max(-1.0, min(1.0, steer)))

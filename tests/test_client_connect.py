@@ -93,8 +93,11 @@ def test_add_carla_args_defaults_and_errors(capsys):
     p = add_carla_args(argparse.ArgumentParser(prog="tool"))
     a = p.parse_args([])
     assert (a.sim, a.host, a.port, a.res, a.sync) == ("auto", "127.0.0.1", 2000, (800, 600), True)
-    a = p.parse_args(["--sim", "embedded", "--res", "320x240", "--async", "--seed", "3"])
-    assert (a.sim, a.res, a.sync, a.seed) == ("embedded", (320, 240), False, 3)
+    a = p.parse_args(["--sim", "embedded", "--res", "320x240", "--sync", "--seed", "3"])
+    assert (a.sim, a.res, a.sync, a.seed) == ("embedded", (320, 240), True, 3)
     with pytest.raises(SystemExit):
         p.parse_args(["--res", "big"])
     assert "not WIDTHxHEIGHT" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # every loop here is synchronous: --async is refused, not ignored
+        p.parse_args(["--async"])
+    assert "synchronous mode" in capsys.readouterr().err
