@@ -20,7 +20,7 @@ setup(
         "pyyaml>=6.0",
         "torch>=2.1",
         "torchvision>=0.16",
-        "albumentations>=1.4",
+        "albumentations>=2.0",
         "tensorboard>=2.14",
         "onnx>=1.15",
         "onnxruntime>=1.17",

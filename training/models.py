@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
 log = logging.getLogger(__name__)
 
 
@@ -24,6 +26,8 @@ class ModelSpec:
     head: Callable[[nn.Module, float, int], None]
     blocks: Callable[[nn.Module], list[nn.Module]]
     head_module: Callable[[nn.Module], nn.Module]
+    mean: tuple[float, float, float] = IMAGENET_MEAN   # input normalisation the weights expect
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -89,6 +93,12 @@ def get_spec(arch: str) -> ModelSpec:
     if arch not in _REGISTRY:
         raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(list_models())}")
     return _REGISTRY[arch]
+
+
+def data_config(arch: str) -> dict:
+    """Input normalisation of ``arch`` (like timm's ``resolve_data_config``): train.py reads it, never literals."""
+    spec = get_spec(arch)
+    return {"mean": list(spec.mean), "std": list(spec.std), "color_order": "RGB"}
 
 
 def _resolve_weights(spec: ModelSpec, arch: str, weights: str):

@@ -1,0 +1,75 @@
+"""One preprocessing: training's eval path and perception's preprocess(frame_bgra) give the same tensor."""
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from datasets.dataset import FrameDataset, build_cache, load_frames
+from datasets.presets import ClassificationPresetEval
+from datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_frame, normalize, preprocess, to_rgb_resized
+from datasets.schema import MANIFEST_COLUMNS
+from tests.synthetic_data import draw_road
+
+
+def _bgra_frames(n=4, size=(160, 120)):
+    rng = np.random.default_rng(3)
+    frames = []
+    for k in range(n):
+        bgr = draw_road("curve" if k % 2 else "straight", 0.8, k, 1.0, rng, size)
+        frames.append(np.dstack([bgr, np.full(bgr.shape[:2], 255, np.uint8)]))  # CARLA raw_data layout
+    return frames
+
+
+def _write_png_dataset(root, frames):
+    """The collector's path: raw BGRA -> true-colour PNG on disk (lossless)."""
+    rows = []
+    for k, f in enumerate(frames):
+        rel = f"images/f{k}.png"
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / rel), f[:, :, :3])
+        rows.append({c: 0 for c in MANIFEST_COLUMNS} | {"image": rel, "label": ("straight", "curve")[k % 2],
+                                                         "town": "Town01", "weather": "ClearNoon", "episode": "e0"})
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(MANIFEST_COLUMNS))
+        w.writeheader()
+        w.writerows(rows)
+    (root / "dataset.json").write_text(json.dumps({"label": {}}))
+
+
+@pytest.mark.parametrize("img_size", [48, 96, 224])
+def test_training_eval_path_equals_inference_preprocess(tmp_path, img_size):
+    frames = _bgra_frames()
+    _write_png_dataset(tmp_path, frames)
+    table = load_frames([tmp_path])
+    ds = FrameDataset(build_cache(table, img_size, progress=False), table, ClassificationPresetEval())
+    for k, raw in enumerate(frames):
+        x_train, _, _ = ds[k]
+        x_infer = torch.from_numpy(preprocess(raw, img_size, "BGRA", IMAGENET_MEAN, IMAGENET_STD)[0])
+        assert x_train.shape == x_infer.shape == (3, img_size, img_size)
+        assert torch.equal(x_train, x_infer)
+
+
+def test_color_orders_agree_and_channel_order_is_rgb():
+    bgra = _bgra_frames(1)[0]
+    ref = to_rgb_resized(bgra, 64, "BGRA")
+    np.testing.assert_array_equal(ref, to_rgb_resized(bgra[:, :, :3], 64, "BGR"))
+    np.testing.assert_array_equal(ref, to_rgb_resized(cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGB), 64, "RGB"))
+    red = np.zeros((8, 8, 4), np.uint8)
+    red[..., 2] = 255  # red in BGRA
+    x = normalize(to_rgb_resized(red, 8, "BGRA"))
+    assert x[0].mean() > 2 and x[2].mean() < -1  # channel 0 of the model input is R
+
+
+@pytest.mark.parametrize("frame, order, expect", [
+    (np.zeros((4, 4, 3), np.uint8), "BGRA", "HxWx4 uint8 BGRA"),
+    (np.zeros((4, 4, 4), np.float32), "BGRA", "dtype=float32"),
+    (np.zeros((4, 4, 3), np.uint8), "YUV", "unknown color_order 'YUV'"),
+])
+def test_bad_frames_are_rejected(frame, order, expect):
+    with pytest.raises(ValueError, match=expect.replace("(", r"\(")):
+        check_frame(frame, order)

@@ -1,0 +1,102 @@
+"""The run-directory figures: learning curves, confusion matrices, a grid of predictions."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(history: Sequence[dict], path: str | Path, stage2_epoch: int | None = None,
+                best_epoch: int | None = None) -> None:
+    """Train vs validation loss and accuracy per epoch; dashed lines mark unfreezing and the best epoch."""
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
+        ax.plot(ep, [h[f"train_{key}"] for h in history], "o-", label="train")
+        ax.plot(ep, [h[f"val_{key}"] for h in history], "o-", label="validation")
+        if stage2_epoch is not None:
+            ax.axvline(stage2_epoch - 0.5, color="grey", ls="--", lw=1, label="backbone unfrozen")
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="green", ls=":", lw=1, label="best (val loss)")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(matrices: dict[str, list[list[int]]], classes: Sequence[str], path: str | Path) -> None:
+    """One panel per split (e.g. val, test): counts and row-normalised share."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.8), squeeze=False)
+    for ax, (name, cm) in zip(axes[0], matrices.items()):
+        cm = np.asarray(cm)
+        share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.0%}", ha="center", va="center",
+                        color="white" if share[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(classes)), classes)
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{name} (acc {np.trace(cm) / max(cm.sum(), 1):.1%})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_predictions(frames: Sequence[np.ndarray], labels: Sequence[int], probs: np.ndarray,
+                     classes: Sequence[str], path: str | Path, captions: Sequence[str] | None = None,
+                     cols: int = 6) -> None:
+    """Grid of uint8 RGB frames titled ``true / pred p=..``; mistakes in red."""
+    plt = _plt()
+    n = len(frames)
+    if n == 0:
+        log.warning("no frames to plot for %s", path)
+        return
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.4 * rows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        pred = int(np.argmax(probs[k]))
+        ax.imshow(frames[k])
+        title = f"true {classes[labels[k]]}\npred {classes[pred]} p={probs[k][pred]:.2f}"
+        if captions is not None:
+            title += f"\n{captions[k]}"
+        ax.set_title(title, fontsize=8, color="black" if pred == labels[k] else "red")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def pick_examples(labels: np.ndarray, probs: np.ndarray, n: int = 24, seed: int = 0) -> np.ndarray:
+    """Indices to show: up to half mistakes (most confident first), the rest random correct frames."""
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    if len(labels) == 0:
+        return np.zeros(0, dtype=np.int64)
+    pred = probs.argmax(1)
+    wrong = np.flatnonzero(pred != labels)
+    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][: n // 2]
+    right = np.flatnonzero(pred == labels)
+    right = np.random.default_rng(seed).permutation(right)[: n - len(wrong)]
+    return np.concatenate([wrong, right]).astype(np.int64)
