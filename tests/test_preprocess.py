@@ -73,3 +73,25 @@ def test_color_orders_agree_and_channel_order_is_rgb():
 def test_bad_frames_are_rejected(frame, order, expect):
     with pytest.raises(ValueError, match=expect.replace("(", r"\(")):
         check_frame(frame, order)
+
+
+def test_normalize_matches_reference_formula_single_and_batch():
+    """The planar fast path equals (x/255 - mean)/std in CHW order, for one image and a batch."""
+    import numpy as np
+    from datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 37, 53, 3), dtype=np.uint8)
+    ref = (rgb.astype(np.float64) / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    ref = ref.transpose(0, 3, 1, 2)
+    assert normalize(rgb).shape == (2, 3, 37, 53) and normalize(rgb).dtype == np.float32
+    np.testing.assert_allclose(normalize(rgb), ref, atol=1e-5)
+    np.testing.assert_allclose(normalize(rgb[0]), ref[0], atol=1e-5)
+
+
+def test_resize_to_rgb_matches_resize_then_convert():
+    """Converting before the area resize must not change a single pixel (it only saves time)."""
+    import cv2
+    import numpy as np
+    from datasets.preprocess import to_rgb_resized
+    frame = np.random.default_rng(1).integers(0, 256, (600, 800, 4), dtype=np.uint8)
+    ref = cv2.cvtColor(cv2.resize(frame, (224, 224), interpolation=cv2.INTER_AREA), cv2.COLOR_BGRA2RGB)
+    assert np.array_equal(to_rgb_resized(frame, 224, "BGRA"), ref)
