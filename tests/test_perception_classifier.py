@@ -49,10 +49,12 @@ def test_predict_returns_label_probability_and_timings(onnx_path, frames):
     assert pred.timings_ms["total"] >= pred.timings_ms["infer"] > 0
 
 
-def test_classifier_is_right_on_drawn_frames(onnx_path, frames):
+def test_classifier_is_right_on_simulator_frames(onnx_path):
+    """Town02 frames the model never trained on (it saw Town01): the map labels, mostly."""
+    frames, truth = frames_and_labels(200, seed=21)
     clf = CurveClassifier.load(onnx_path)
-    labels = [p.label for p in clf.predict_batch(frames[0])]
-    assert np.mean([a == b for a, b in zip(labels, frames[1])]) >= 0.9
+    labels = [p.label for p in clf.predict_batch(frames)]
+    assert np.mean([a == b for a, b in zip(labels, truth)]) >= 0.85
 
 
 @pytest.mark.parametrize("source", ["pt", "onnx"])
