@@ -23,7 +23,11 @@ setup(
         "albumentations>=2.0",
         "tensorboard>=2.14",
         "onnx>=1.15",
-        "onnxruntime>=1.17",
+        # x86-64 Linux: the OpenVINO build of ONNX Runtime (same API, plus the OpenVINO provider,
+        # ~1.7x faster on CPU here). GPU users who want onnxruntime-gpu: uninstall it first, the
+        # builds share one import name.
+        "onnxruntime>=1.17; platform_machine != 'x86_64' or sys_platform != 'linux'",
+        "onnxruntime-openvino>=1.20; platform_machine == 'x86_64' and sys_platform == 'linux'",
         "onnxscript>=0.1",
         "pygame>=2.5",
         "imageio>=2.31",
@@ -32,7 +36,6 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=7.4", "pytest-timeout>=2.2"],
-        "gpu": ["onnxruntime-gpu>=1.17"],
         "tensorrt": ["tensorrt>=10.0"],
     },
     entry_points={

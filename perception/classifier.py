@@ -85,8 +85,8 @@ def resolve_backend(name: str, path: Path) -> str:
     if "tensorrt" in usable:
         return "tensorrt"
     if "onnxruntime" in usable:
-        from perception.backends.onnxruntime_backend import best_providers
-        if best_providers()[0] != "CPUExecutionProvider":
+        from perception.backends.onnxruntime_backend import GPU_PROVIDERS, best_providers
+        if best_providers()[0] in GPU_PROVIDERS:
             return "onnxruntime"
     if "torch-cuda" in usable:
         return "torch-cuda"

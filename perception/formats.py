@@ -49,7 +49,7 @@ class BackendInfo:
 
 BACKEND_INFO: tuple[BackendInfo, ...] = (
     BackendInfo("tensorrt", "engine", True, "TensorRT engine, CUDA device buffers, execute_async_v3"),
-    BackendInfo("onnxruntime", "onnx", False, "ONNX Runtime, best provider: TensorRT EP > CUDA EP > CPU EP"),
+    BackendInfo("onnxruntime", "onnx", False, "ONNX Runtime, best provider: TensorRT EP > CUDA EP > OpenVINO EP > CPU EP"),
     BackendInfo("torch-cuda", "torch", True, "PyTorch on CUDA: FP16, channels_last, CUDA-graph replay"),
     BackendInfo("torch", "torch", False, "PyTorch eager on the CPU (the reference)"),
 )

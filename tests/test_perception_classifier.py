@@ -195,3 +195,16 @@ def test_torch_cuda_fp16_channels_last_graph(trained_ckpt, frames):
     for f in frames[0]:
         a, b = clf.predict(f), ref.predict(f)
         assert a.label == b.label and abs(a.p_curve - b.p_curve) < 0.02
+
+
+@pytest.mark.parametrize("available, first", [
+    (["CPUExecutionProvider"], "CPUExecutionProvider"),
+    (["OpenVINOExecutionProvider", "CPUExecutionProvider"], "OpenVINOExecutionProvider"),
+    (["CPUExecutionProvider", "CUDAExecutionProvider", "OpenVINOExecutionProvider"], "CUDAExecutionProvider"),
+    (["CUDAExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"], "TensorrtExecutionProvider"),
+    (["AzureExecutionProvider"], "CPUExecutionProvider"),
+])
+def test_provider_preference(available, first):
+    """GPU providers first, then OpenVINO (faster than the default CPU EP), CPU EP always last."""
+    order = best_providers(available)
+    assert order[0] == first and (order[-1] == "CPUExecutionProvider" or "CPUExecutionProvider" not in available)
