@@ -9,7 +9,14 @@ A car follows random routes through the town's junction graph (``carla_client.pl
 with our route follower (``control.controller``) at town speeds, in synchronous mode. Each
 frame is labelled from the planned route ahead (``carla_client.labels``); ambiguous frames and
 frames of a class that is already full are not saved, and two saved frames are at least
-``--min-spacing`` metres of driving apart. Running again with the same ``--out`` resumes
+``--min-spacing`` metres of driving apart.
+
+``--junction-policy skip`` (default) also drops route-dependent frames: approaching a
+junction with several ways on, the label depends on which one the planner picked, which the
+camera cannot see (the same crossing image would be ``curve`` on one route and ``straight`` on
+another), so such frames are label noise (see ``carla_client.labels.route_dependent``).
+``keep`` saves them, as before the policy existed. The summary counts what was skipped
+(counted at the ``--min-spacing`` rate, like saved frames). Running again with the same ``--out`` resumes
 (reconciling images and rows first); ``--frames`` is the total target of the dataset.
 
 Speed: the camera is only listened to on ticks whose frame will be saved (the embedded
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import logging
 import math
 import multiprocessing as mp
@@ -46,7 +54,7 @@ from .cli import add_carla_args
 from .connection import SIMS, connect, sim_kind
 from .dataset_writer import DatasetWriter, DiskFullError, check_writable, merge_info, previous_runs, read_manifest, \
     write_contact_sheet
-from .labels import LabelParams, label_at
+from .labels import JunctionChoices, LabelParams, label_at, route_dependent
 from .planner import GlobalRoutePlanner
 from .route import RoutePath
 from .sync import CarlaSyncMode
@@ -60,6 +68,8 @@ WARMUP_TICKS = 10          # let the car settle on the road before saving
 STUCK_SECONDS = 4.0        # slower than 0.5 m/s this long ends the episode
 OFF_ROUTE_M = 4.0          # farther than this from the route = left the road, ends the episode
 PLANNER_RESOLUTION_M = 1.0
+JUNCTION_POLICIES = ("skip", "keep")
+"""What to do with route-dependent frames (label decided by a route choice the camera cannot see)."""
 
 
 def weather_presets() -> dict[str, carla.WeatherParameters]:
@@ -95,6 +105,7 @@ class CollectConfig:
         min_spacing: metres driven between two saved frames.
         workers: processes collecting in parallel into ``out``.
         label: label parameters.
+        junction_policy: ``skip`` drops route-dependent frames at junctions, ``keep`` saves them.
         image_format, jpeg_quality: how frames are stored.
         recovery: chance per second of a random steering perturbation (frames during it are not saved).
         episode_length: metres of route per episode (a new spawn point and weather after it).
@@ -120,6 +131,7 @@ class CollectConfig:
     min_spacing: float = 2.0
     workers: int = 1
     label: LabelParams = field(default_factory=LabelParams)
+    junction_policy: str = "skip"
     image_format: str = "jpg"
     jpeg_quality: int = 95
     recovery: float = 0.0
@@ -135,6 +147,8 @@ class CollectConfig:
         if self.frames < 2 or self.frames % 2:
             raise ValueError(f"--frames must be an even number >= 2 (split equally between {' and '.join(CLASSES)}), "
                              f"got {self.frames}")
+        if self.junction_policy not in JUNCTION_POLICIES:
+            raise ValueError(f"unknown junction policy {self.junction_policy!r}; valid: {', '.join(JUNCTION_POLICIES)}")
         if self.sim not in SIMS:
             raise ValueError(f"unknown sim {self.sim!r}; valid: {', '.join(SIMS)}")
         if not self.towns:
@@ -157,6 +171,10 @@ class CollectConfig:
         if not 0 < self.delta_seconds <= 0.1:
             raise ValueError(f"--delta must be in (0, 0.1] s (CARLA's physics limit), got {self.delta_seconds}")
 
+    def label_json(self) -> dict:
+        """``dataset.json``'s ``"label"``: thresholds plus the junction policy (both decide which frames exist)."""
+        return {**self.label.to_json(), "junction_policy": self.junction_policy}
+
     def camera_json(self) -> dict:
         return {"width": self.res[0], "height": self.res[1], "fov": self.fov, "mount": CAMERA_MOUNT,
                 "image_format": self.image_format}
@@ -177,6 +195,7 @@ class Job:
 class JobResult:
     saved: Counter = field(default_factory=Counter)
     by_weather: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)  # "ambiguous" / "route_dependent" frames not saved
     ticks: int = 0
     episodes: int = 0
     timings: dict = field(default_factory=dict)
@@ -198,6 +217,8 @@ class CollectResult:
     stopped: str | None
     contact_sheet: Path | None
     reconciled: object = None
+    skipped: Counter = field(default_factory=Counter)
+    junction_policy: str = "skip"
 
     @property
     def frames_per_second(self) -> float:
@@ -246,7 +267,7 @@ def collect(config: CollectConfig, client=None) -> CollectResult:
         need = {c: max(0, target - have.get(c, 0)) for c in CLASSES}
         run_index = previous_runs(config.out)
         jobs = _plan_jobs(config, towns, need, run_index)
-        info = {"label": config.label.to_json(), "camera": config.camera_json(), "format_version": 1,
+        info = {"label": _label_json_for(config), "camera": config.camera_json(), "format_version": 1,
                 "routes": "routes/<episode>.json: lane coordinates [road_id, section_id, lane_id, s] and "
                           "x, y, yaw of every route point an episode's labels were computed from"}
         run = {"run": run_index, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": _config_json(config),
@@ -264,7 +285,8 @@ def collect(config: CollectConfig, client=None) -> CollectResult:
                          by_town=Counter(r["town"] for r in rows), by_weather=Counter(r["weather"] for r in rows),
                          seconds=time.perf_counter() - t_start, ticks=sum(r.ticks for r in results),
                          episodes=sum(r.episodes for r in results), timings=dict(timings), stopped=stopped,
-                         contact_sheet=sheet, reconciled=reconciled)
+                         contact_sheet=sheet, reconciled=reconciled,
+                         skipped=sum((r.skipped for r in results), Counter()), junction_policy=config.junction_policy)
 
 
 @contextlib.contextmanager
@@ -279,6 +301,24 @@ def _exclusive(out: Path):
         yield
     finally:
         os.close(fd)
+
+
+def _label_json_for(config: CollectConfig) -> dict:
+    """The label record, compatible with datasets written before the junction policy existed.
+
+    Those were collected as ``keep``: resuming one with ``keep`` keeps its record as it is;
+    with ``skip`` it would mix two kinds of frames, so that is refused with the way out.
+    """
+    label = config.label_json()
+    path = Path(config.out) / INFO_NAME
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8")).get("label", {})
+        if "junction_policy" not in old and old == config.label.to_json():
+            if config.junction_policy != "keep":
+                raise ValueError(f"{config.out} was collected before --junction-policy existed (i.e. keep); "
+                                 f"resume it with --junction-policy keep or use another --out")
+            return old
+    return label
 
 
 def _validate_towns(client, towns) -> list[str]:
@@ -424,6 +464,8 @@ def run_job(config: CollectConfig, job: Job, client, on_saved=lambda label: None
         world = client.load_world(job.town)
     wmap = world.get_map()
     planner = GlobalRoutePlanner(wmap, PLANNER_RESOLUTION_M)
+    junctions = JunctionChoices(wmap, config.label.lookahead_m, PLANNER_RESOLUTION_M) \
+        if config.junction_policy == "skip" else None
     starts = list(wmap.get_spawn_points()) or [w.transform for w in planner.spawn_waypoints(10.0)]
     rng = np.random.default_rng([config.seed, job.run_index, job.index])
     presets = weather_presets()
@@ -447,8 +489,8 @@ def run_job(config: CollectConfig, job: Job, client, on_saved=lambda label: None
                 weather = config.weather[(episode + job.index + job.run_index) % len(config.weather)]
                 world.set_weather(presets[weather])
                 episode_id = f"{job.town}-r{job.run_index:03d}-j{job.index:02d}-e{episode:04d}"
-                got = _run_episode(config, job, world, planner, starts, rng, vehicle_bp, cam_bp, mount, writer,
-                                   episode_id, weather, saved, result, timer, on_saved)
+                got = _run_episode(config, job, world, planner, junctions, starts, rng, vehicle_bp, cam_bp, mount,
+                                   writer, episode_id, weather, saved, result, timer, on_saved)
                 episode += 1
                 failures = 0 if got else failures + 1
                 if failures >= 50:
@@ -498,9 +540,14 @@ def _turn_probability(job: Job, saved: Counter) -> float:
     return min(1.0, 2.0 * need_c / max(1, need_c + need_s))
 
 
-def _run_episode(config, job, world, planner, starts, rng, vehicle_bp, cam_bp, mount, writer, episode_id, weather,
-                 saved, result, timer, on_saved) -> int:
-    """One spawn + one route; returns the number of frames saved."""
+def _run_episode(config, job, world, planner, junctions, starts, rng, vehicle_bp, cam_bp, mount, writer, episode_id,
+                 weather, saved, result, timer, on_saved) -> int:
+    """One spawn + one route; returns the number of frames saved.
+
+    ``junctions`` (a JunctionChoices, or None for ``--junction-policy keep``) finds the route's
+    junction choices once per episode; a frame's route dependence is only computed for frames
+    that would otherwise be saved, so it costs little.
+    """
     actors = []
     n_saved = 0
     try:
@@ -518,11 +565,13 @@ def _run_episode(config, job, world, planner, starts, rng, vehicle_bp, cam_bp, m
                                         # lane s unrounded: map.get_waypoint_xodr rejects s past the lane end
                                         "points": np.column_stack((path.ids, np.round(np.column_stack(
                                             (path.x, path.y, np.degrees(path.yaw))), 4))).tolist()})
+        with timer("label"):
+            choices = junctions.along(path) if junctions is not None else None
         follower = RouteFollower(vehicle, config.follower, dt=config.delta_seconds)
         follower.set_route(path)
         dt = config.delta_seconds
         with CarlaSyncMode(world, camera, fixed_delta_seconds=dt) as sync:
-            odometer, last_saved_at = 0.0, -math.inf
+            odometer, last_saved_at, last_skipped_at = 0.0, -math.inf, -math.inf
             previous_xy = None
             slow_time = 0.0
             perturbation = Perturbation(config.recovery, dt, rng)
@@ -548,7 +597,14 @@ def _run_episode(config, job, world, planner, starts, rng, vehicle_bp, cam_bp, m
                 with timer("label"):
                     s0 = follower.progress
                     evidence = label_at(path, s0, config.label)
-                if image is not None and evidence is not None and evidence.label is not None \
+                    skip = None
+                    if evidence is not None and not perturbing and tick > WARMUP_TICKS \
+                            and odometer - last_saved_at >= config.min_spacing:
+                        skip = _skip_reason(config, path, s0, evidence, choices, saved, job)
+                        if skip is not None and odometer - last_skipped_at >= config.min_spacing:
+                            result.skipped[skip] += 1
+                            last_skipped_at = odometer
+                if image is not None and evidence is not None and evidence.label is not None and skip is None \
                         and not perturbing and tick > WARMUP_TICKS \
                         and saved[evidence.label] < job.quota[evidence.label] \
                         and odometer - last_saved_at >= config.min_spacing and image.frame == frame:
@@ -570,7 +626,7 @@ def _run_episode(config, job, world, planner, starts, rng, vehicle_bp, cam_bp, m
                 # listen to the camera for the next frame only if that frame can be saved
                 with timer("control"):
                     want = _camera_wanted(config, follower, path, state, dt, odometer - last_saved_at, tick,
-                                          perturbation.active, saved, job)
+                                          perturbation.active, saved, job, choices)
                     if config.camera_on_demand and want != camera_on:
                         (sync.resume if want else sync.pause)(camera)
                         camera_on = want
@@ -611,13 +667,30 @@ class Perturbation:
         return True
 
 
-def _camera_wanted(config, follower, path, state, dt, since_saved, tick, perturbing, saved, job) -> bool:
+def _skip_reason(config, path, s0, evidence, choices, saved, job) -> str | None:
+    """Why a frame that is due (spacing, warm-up, no perturbation) is not saved, for the summary.
+
+    ``ambiguous``: delta_psi in the gap between the thresholds. ``route_dependent``: with
+    ``--junction-policy skip``, another legal way on at a junction ahead would give the other
+    class (computed only for frames whose class still needs frames: the rest are not saved anyway).
+    """
+    if evidence.label is None:
+        return "ambiguous"
+    if choices and saved[evidence.label] < job.quota[evidence.label] \
+            and route_dependent(path, s0, config.label, choices):
+        return "route_dependent"
+    return None
+
+
+def _camera_wanted(config, follower, path, state, dt, since_saved, tick, perturbing, saved, job, choices=None) -> bool:
     """Will the NEXT frame be saved? (predicted one step ahead; a miss only delays a save by one tick)."""
     step = max(0.0, state.speed) * dt
     if perturbing or tick + 1 <= WARMUP_TICKS or since_saved + step * 0.98 < config.min_spacing:
         return False
-    ev = label_at(path, follower.progress + step, config.label)
-    return ev is not None and ev.label is not None and saved[ev.label] < job.quota[ev.label]
+    s_next = follower.progress + step
+    ev = label_at(path, s_next, config.label)
+    return ev is not None and ev.label is not None and saved[ev.label] < job.quota[ev.label] \
+        and not (choices and route_dependent(path, s_next, config.label, choices))
 
 
 @contextlib.contextmanager
@@ -686,6 +759,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="heading change over L at or above which a frame is 'curve', deg (default: %(default)s)")
     p.add_argument("--straight-deg", type=float, default=LabelParams.straight_deg,
                    help="heading change over L at or below which a frame is 'straight', deg (default: %(default)s)")
+    p.add_argument("--junction-policy", choices=JUNCTION_POLICIES, default="skip",
+                   help="skip: do not save frames whose label depends on a route choice at a junction ahead, which "
+                        "the camera cannot see (straight or turn at a crossing); keep: save them (default: %(default)s)")
     p.add_argument("--recovery", type=float, default=0.0,
                    help="recovery data: random steering perturbations per second; their frames are never saved "
                         "(default: %(default)s = off)")
@@ -723,7 +799,8 @@ def config_from_args(args: argparse.Namespace) -> CollectConfig:
         sim=args.sim, host=args.host, ports=_parse_ports(args.port), tm_port=args.tm_port, timeout=args.timeout,
         res=args.res, fov=args.fov, weather=parse_weather(args.weather), seed=args.seed,
         min_spacing=args.min_spacing, workers=args.workers,
-        label=LabelParams(args.lookahead, args.curve_deg, args.straight_deg), image_format=args.image_format,
+        label=LabelParams(args.lookahead, args.curve_deg, args.straight_deg), junction_policy=args.junction_policy,
+        image_format=args.image_format,
         jpeg_quality=args.jpeg_quality, recovery=args.recovery, episode_length=args.episode_length,
         delta_seconds=args.delta, follower=replace(TOWN, cruise_speed_kmh=args.cruise_speed,
                                                    min_speed_kmh=min(TOWN.min_speed_kmh, args.cruise_speed)),
@@ -735,6 +812,9 @@ def format_summary(result: CollectResult, out: Path, profile: bool = False) -> s
     lines = [f"added {added} frames in {result.seconds:.1f} s ({result.frames_per_second:.1f} frames/s, "
              f"{result.ticks} ticks, {result.episodes} episodes) -> {out}",
              "dataset: " + ", ".join(f"{c} {result.totals.get(c, 0)}" for c in CLASSES),
+             f"skipped: {result.skipped.get('ambiguous', 0)} ambiguous, "
+             + (f"{result.skipped.get('route_dependent', 0)} route-dependent at junctions"
+                if result.junction_policy == "skip" else "route-dependent frames kept (--junction-policy keep)"),
              "per town: " + ", ".join(f"{k} {v}" for k, v in sorted(result.by_town.items())),
              "per weather: " + ", ".join(f"{k} {v}" for k, v in sorted(result.by_weather.items()))]
     if result.contact_sheet:

@@ -81,6 +81,38 @@ def audit_labels(out, tolerance_deg=1.0):
     return checked
 
 
+def route_dependent_rows(out, margin_m=0.25):
+    """Rows whose label depends on a junction choice, recomputed from the saved pose and route file.
+
+    The route is rebuilt from the route file (lane coordinates and positions), the pose projected
+    on it with plain numpy, and the library's junction search + route_dependent applied (that
+    function is checked on real junctions in test_labels.py). A row counts only when it is
+    route-dependent over the whole +-``margin_m`` around the projection, so that a frame saved right at
+    the border of a route-dependent stretch is not blamed on projection round-off.
+    """
+    from carla_client.labels import JunctionChoices, LabelParams, route_dependent
+    from carla_client.route import RoutePath
+
+    info = json.loads((Path(out) / INFO_NAME).read_text())
+    params = LabelParams(*(info["label"][k] for k in ("lookahead_m", "curve_deg", "straight_deg")))
+    maps, paths, flagged = {}, {}, []
+    for r in rows_of(out):
+        town = r["town"]
+        if town not in maps:
+            with open(os.path.join(os.environ["CARLA_MAPS_DIR"], f"{town}.xodr"), encoding="utf-8") as f:
+                maps[town] = JunctionChoices(carla.Map(town, f.read()), params.lookahead_m)
+        if r["episode"] not in paths:
+            pts = np.array(json.loads((Path(out) / "routes" / f"{r['episode']}.json").read_text())["points"])
+            path = RoutePath.from_points(pts[:, 4], pts[:, 5], pts[:, 6], ids=pts[:, :4])
+            paths[r["episode"]] = (path, maps[town].along(path))
+        path, choices = paths[r["episode"]]
+        s0, _, dist = path.project(float(r["x"]), float(r["y"]), window=None)
+        assert dist < 1.5
+        if all(route_dependent(path, s0 + d, params, choices) for d in (-margin_m, 0.0, margin_m)):
+            flagged.append(r)
+    return flagged
+
+
 @pytest.fixture(scope="module")
 def acceptance_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("accept") / "ds"
@@ -100,7 +132,7 @@ def test_acceptance_balanced_decodable_800x600(acceptance_dir):
         assert 0.0 <= float(r["speed"]) < 35.0
     assert 15.0 < np.median([float(r["speed"]) for r in rows]) < 33.0  # town speeds
     info = json.loads((acceptance_dir / INFO_NAME).read_text())
-    assert info["label"] == {"lookahead_m": 25.0, "curve_deg": 20.0, "straight_deg": 5.0}
+    assert info["label"] == {"lookahead_m": 25.0, "curve_deg": 20.0, "straight_deg": 5.0, "junction_policy": "skip"}
     assert info["camera"]["width"] == 800 and info["camera"]["fov"] == 90.0 and info["camera"]["mount"]["z"] == 2.0
     assert info["runs"][0]["sim"] == "embedded" and info["runs"][0]["server_version"]
     assert (acceptance_dir / "contact_sheet.png").is_file()
@@ -144,3 +176,18 @@ def test_resume_adds_exactly_the_difference(acceptance_dir, tmp_path):
     # a smaller target adds nothing
     assert main(["--sim", "embedded", "--frames", "100", "--out", str(out), "--no-progress"]) == 0
     assert len(rows_of(out)) == 300
+
+
+def test_skip_saves_no_route_dependent_frame_and_keep_does(acceptance_dir, tmp_path):
+    """With the default --junction-policy skip no saved label hinges on a junction choice; the same run
+    with keep saves such frames (so the check above is not vacuous) and otherwise labels alike."""
+    assert route_dependent_rows(acceptance_dir) == []
+    keep = tmp_path / "keep"
+    assert main(["--sim", "embedded", "--town", "Town02", "--frames", "200", "--out", str(keep), "--seed", "1",
+                 "--res", "160x120", "--no-progress", "--junction-policy", "keep"]) == 0
+    rows = rows_of(keep)
+    assert Counter(r["label"] for r in rows) == {"curve": 100, "straight": 100}
+    assert json.loads((keep / INFO_NAME).read_text())["label"]["junction_policy"] == "keep"
+    flagged = route_dependent_rows(keep)
+    assert len(flagged) >= 0.05 * len(rows)
+    assert audit_labels(keep) == {"curve": 100, "straight": 100}

@@ -172,6 +172,7 @@ def test_recovery_perturbations_are_never_saved(tmp_path, monkeypatch):
     (["--frames", "3"], "--frames must be an even number"),
     (["--frames", "0"], "--frames must be an even number"),
     (["--out", "/proc/forbidden/ds"], "is not writable"),
+    (["--junction-policy", "drop"], "--junction-policy: invalid choice: 'drop'"),
 ])
 def test_bad_inputs_give_one_line_errors(tmp_path, capsys, argv, needle):
     args = [*SMALL, "--out", str(tmp_path / "ds"), *argv]
@@ -187,3 +188,27 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys, argv, needle):
         assert "Town02" in err[-1]
     if "weather" in needle:
         assert "HardRainNoon" in err[-1]
+
+
+def test_summary_counts_skipped_frames(tmp_path, capsys):
+    assert main([*SMALL, "--town", "Town02", "--frames", "40", "--out", str(tmp_path / "ds"), "--seed", "2"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("skipped: "))
+    n_amb, n_dep = (int(w) for w in line.split() if w.isdigit())
+    assert line == f"skipped: {n_amb} ambiguous, {n_dep} route-dependent at junctions"
+    assert n_dep > 0  # Town02's T-junctions: straight on or turn along every bar
+
+
+def test_dataset_from_before_the_junction_policy_resumes_only_as_keep(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "ds"
+    assert main([*SMALL, "--frames", "10", "--out", str(out), "--junction-policy", "keep"]) == 0
+    info = json.loads((out / "dataset.json").read_text())
+    del info["label"]["junction_policy"]          # what the collector wrote before the flag existed
+    (out / "dataset.json").write_text(json.dumps(info))
+    capsys.readouterr()
+    assert main([*SMALL, "--frames", "20", "--out", str(out)]) == 2
+    assert "--junction-policy keep" in capsys.readouterr().err
+    assert main([*SMALL, "--frames", "20", "--out", str(out), "--junction-policy", "keep"]) == 0
+    assert len(rows_of(out)) == 20
+    assert "junction_policy" not in json.loads((out / "dataset.json").read_text())["label"]
