@@ -399,23 +399,23 @@ def _run_workers(config: CollectConfig, jobs: list[Job], bar: _Bar) -> list[JobR
     for p in procs:
         p.start()
     results: list[JobResult] = []
-    finished = 0
+    exited = 0  # a worker runs several jobs; it says "exit" once, after its last one
     try:
-        while finished < len(procs):
+        while exited < len(procs):
             try:
                 kind, payload = events.get(timeout=0.5)
             except Exception:  # queue.Empty
                 if not any(p.is_alive() for p in procs) and events.empty():
-                    break
+                    break  # a worker died without saying goodbye (killed): nothing more will come
                 continue
             if kind == "saved":
                 bar.saved(payload)
             elif kind == "done":
                 results.append(payload)
-                finished += 1
             elif kind == "error":
                 results.append(JobResult(stopped=payload))
-                finished += 1
+            elif kind == "exit":
+                exited += 1
     except KeyboardInterrupt:
         for p in procs:
             if p.is_alive():
@@ -423,7 +423,7 @@ def _run_workers(config: CollectConfig, jobs: list[Job], bar: _Bar) -> list[JobR
         for p in procs:
             p.join(timeout=30)
         raise
-    for p in procs:
+    for p in procs:  # every event has been read, so no worker is blocked flushing the queue
         p.join()
     return results
 
@@ -432,19 +432,22 @@ def _worker_main(config: CollectConfig, jobs: list[Job], events) -> None:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     client = None
-    for job in jobs:
-        try:
-            client = client or connect(config.sim, config.host, job.port, config.timeout)
-            result = run_job(config, job, client, on_saved=lambda label: events.put(("saved", label)))
-        except KeyboardInterrupt:
-            events.put(("error", "interrupted"))
-            return
-        except Exception as err:  # noqa: BLE001 - reported to the parent as one line
-            events.put(("error", f"{type(err).__name__}: {err}"))
-            return
-        events.put(("done", result))
-        if result.stopped:
-            return
+    try:
+        for job in jobs:
+            try:
+                client = client or connect(config.sim, config.host, job.port, config.timeout)
+                result = run_job(config, job, client, on_saved=lambda label: events.put(("saved", label)))
+            except KeyboardInterrupt:
+                events.put(("error", "interrupted"))
+                return
+            except Exception as err:  # noqa: BLE001 - reported to the parent as one line
+                events.put(("error", f"{type(err).__name__}: {err}"))
+                return
+            events.put(("done", result))
+            if result.stopped:
+                return
+    finally:
+        events.put(("exit", None))
 
 
 def _raise_keyboard_interrupt(signum, frame):

@@ -212,3 +212,16 @@ def test_dataset_from_before_the_junction_policy_resumes_only_as_keep(tmp_path, 
     assert main([*SMALL, "--frames", "20", "--out", str(out), "--junction-policy", "keep"]) == 0
     assert len(rows_of(out)) == 20
     assert "junction_policy" not in json.loads((out / "dataset.json").read_text())["label"]
+
+
+def test_workers_with_more_jobs_than_processes_finish_and_report_every_job(tmp_path, capsys):
+    """Three towns on two workers: one worker runs two jobs. The parent must keep reading events
+    until every worker has exited (it once stopped after one job per worker and deadlocked)."""
+    out = tmp_path / "ds"
+    argv = [*SMALL, "--town", "Town01,Town02,Town03", "--frames", "60", "--workers", "2", "--out", str(out)]
+    assert main(argv) == 0
+    rows = assert_consistent(out)
+    assert Counter(r["label"] for r in rows) == {"curve": 30, "straight": 30}
+    assert {r["town"] for r in rows} == {"Town01", "Town02", "Town03"}
+    summary = capsys.readouterr().out
+    assert "added 60 frames" in summary  # counted from every job's own report, not from the manifest
