@@ -23,15 +23,12 @@ setup(
         "albumentations>=2.0",
         "tensorboard>=2.14",
         "onnx>=1.15",
-        # x86-64 Linux: the OpenVINO build of ONNX Runtime (same API, plus the OpenVINO provider,
-        # ~1.7x faster on CPU here). GPU users who want onnxruntime-gpu: uninstall it first, the
-        # builds share one import name.
-        "onnxruntime>=1.17; platform_machine != 'x86_64' or sys_platform != 'linux'",
-        "onnxruntime-openvino>=1.20; platform_machine == 'x86_64' and sys_platform == 'linux'",
+        "onnxruntime>=1.17",
         "onnxscript>=0.1",
         "pygame>=2.5",
         "imageio>=2.31",
         "imageio-ffmpeg>=0.4.9",
+        "av>=12.0",
         "scikit-learn>=1.3",
     ],
     extras_require={

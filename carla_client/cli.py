@@ -52,12 +52,11 @@ def add_carla_args(parser: argparse.ArgumentParser, res: str = "800x600", sync_d
     else:
         g.add_argument("--port", type=int, default=2000, help="CARLA server RPC port (default: %(default)s)")
     g.add_argument("--timeout", type=float, default=10.0, help="client timeout, s (default: %(default)s)")
-    g.add_argument("--res", type=_res_type, default=parse_res(res), metavar="WxH",
-                   help=f"camera resolution (default: {res})")
+    g.add_argument("--res", type=_res_type, default=res, metavar="WxH",  # argparse converts a str default
+                   help="camera resolution (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     g.add_argument("--sync", dest="sync", action="store_true", default=sync_default,
-                   help="synchronous mode with a fixed time step (default)" if sync_default else
-                   "synchronous mode with a fixed time step")
-    g.add_argument("--async", dest="sync", action=_RefuseAsync,
+                   help="synchronous mode with a fixed time step (default: %(default)s)")
+    g.add_argument("--async", dest="sync", action=_RefuseAsync, default=argparse.SUPPRESS,
                    help="not supported: refused with a message (the loops here are synchronous)")
     return parser

@@ -40,9 +40,10 @@ def physical_cores() -> int:
 def best_providers(available: list[str] | None = None) -> list[str]:
     """Available providers in preference order: TensorRT EP > CUDA EP > OpenVINO EP > CPU EP.
 
-    The OpenVINO EP exists in the ``onnxruntime-openvino`` build (the default install on x86-64
-    Linux); on this project's 2-core x86 CPU it runs EfficientNet-B0 about 1.7x faster than the
-    default CPU EP with the same logits (see docs/benchmarks.md).
+    The OpenVINO EP exists only in the ``onnxruntime-openvino`` build (an alternative to the
+    default ``onnxruntime``; they share one import name). Measured on this project's 2-core x86
+    CPU, EfficientNet-B0 at 224 px: OpenVINO EP 3.97 ms, plain onnxruntime 1.32 CPU EP ~4.3 ms,
+    the OpenVINO build's own CPU EP 6.6 ms (docs/benchmarks.md).
     """
     if available is None:
         import onnxruntime as ort
