@@ -1,7 +1,9 @@
-"""CARLA-style command-line flags shared by every CLI of the project (--sim --host --port --timeout --res --seed --sync)."""
+"""CARLA-style command-line flags and values shared by every CLI of the project (--sim --host --port --timeout --res --seed --sync, weather presets)."""
 from __future__ import annotations
 
 import argparse
+
+import carla
 
 from .connection import SIMS
 
@@ -60,3 +62,21 @@ def add_carla_args(parser: argparse.ArgumentParser, res: str = "800x600", sync_d
     g.add_argument("--async", dest="sync", action=_RefuseAsync, default=argparse.SUPPRESS,
                    help="not supported: refused with a message (the loops here are synchronous)")
     return parser
+
+
+def weather_presets() -> dict[str, carla.WeatherParameters]:
+    """CARLA's named weather presets (ClearNoon, WetNoon, HardRainNoon, ...)."""
+    return {name: getattr(carla.WeatherParameters, name) for name in dir(carla.WeatherParameters)
+            if not name.startswith("_") and isinstance(getattr(carla.WeatherParameters, name), carla.WeatherParameters)}
+
+
+def parse_weather(text: str) -> tuple[str, ...]:
+    """``"all"`` or a comma list of presets; raises ValueError listing the valid presets."""
+    presets = weather_presets()
+    if text.strip().lower() == "all":
+        return tuple(sorted(n for n in presets if n != "Default"))
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in presets]
+    if bad or not names:
+        raise ValueError(f"unknown weather preset {', '.join(bad) or repr(text)}; valid: all, {', '.join(sorted(presets))}")
+    return names

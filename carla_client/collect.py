@@ -50,7 +50,7 @@ import carla
 from control.controller import TOWN, FollowerParams, RouteFollower
 from datasets.schema import CLASSES, INFO_NAME
 
-from .cli import add_carla_args
+from .cli import add_carla_args, parse_weather, weather_presets
 from .connection import SIMS, connect, sim_kind
 from .dataset_writer import DatasetWriter, DiskFullError, check_writable, merge_info, previous_runs, read_manifest, \
     write_contact_sheet
@@ -70,24 +70,6 @@ OFF_ROUTE_M = 4.0          # farther than this from the route = left the road, e
 PLANNER_RESOLUTION_M = 1.0
 JUNCTION_POLICIES = ("skip", "keep")
 """What to do with route-dependent frames (label decided by a route choice the camera cannot see)."""
-
-
-def weather_presets() -> dict[str, carla.WeatherParameters]:
-    """CARLA's named weather presets (ClearNoon, WetNoon, HardRainNoon, ...)."""
-    return {name: getattr(carla.WeatherParameters, name) for name in dir(carla.WeatherParameters)
-            if not name.startswith("_") and isinstance(getattr(carla.WeatherParameters, name), carla.WeatherParameters)}
-
-
-def parse_weather(text: str) -> tuple[str, ...]:
-    """``"all"`` or a comma list of presets; raises ValueError listing the valid presets."""
-    presets = weather_presets()
-    if text.strip().lower() == "all":
-        return tuple(sorted(n for n in presets if n != "Default"))
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    bad = [n for n in names if n not in presets]
-    if bad or not names:
-        raise ValueError(f"unknown weather preset {', '.join(bad) or repr(text)}; valid: all, {', '.join(sorted(presets))}")
-    return names
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import numpy as np
 
 import carla
 
-from carla_client.cli import parse_res
+from carla_client.cli import parse_res, weather_presets
 from carla_client.connection import SIMS
 from control.experts import Observation, create_expert
 from control.gates import CURVE, STRAIGHT, create_gate, gate_names
@@ -102,9 +102,9 @@ class DriveConfig:
             raise ValueError(f"fps must be in [1, 1000], got {self.fps}")
         if isinstance(self.res, str):
             self.res = parse_res(self.res)
-        if not hasattr(carla.WeatherParameters, self.weather) or not self.weather[:1].isupper():
-            presets = [p for p in dir(carla.WeatherParameters) if p[:1].isupper()]
-            raise ValueError(f"unknown weather preset {self.weather!r}; valid: {', '.join(presets)}")
+        presets = weather_presets()
+        if self.weather not in presets:
+            raise ValueError(f"unknown weather preset {self.weather!r}; valid: {', '.join(sorted(presets))}")
         if self.model and not Path(self.model).exists():
             raise ValueError(f"--model {self.model!r}: no such file")
         bad = set(self.expert_params) - {CURVE, STRAIGHT}
