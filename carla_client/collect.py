@@ -64,6 +64,13 @@ logger = logging.getLogger(__name__)
 CAMERA_MOUNT = {"x": 1.5, "y": 0.0, "z": 2.0, "pitch": 0.0, "yaw": 0.0, "roll": 0.0}
 """Camera on the car, CARLA's hood position: what the label's lookahead defaults are derived for."""
 
+
+def camera_mount_transform(mount: dict = CAMERA_MOUNT) -> carla.Transform:
+    """The camera's transform relative to the car. The drive loop uses it too: the classifier must see
+    the view it was trained on."""
+    return carla.Transform(carla.Location(x=mount["x"], y=mount["y"], z=mount["z"]),
+                           carla.Rotation(pitch=mount["pitch"], yaw=mount["yaw"], roll=mount["roll"]))
+
 WARMUP_TICKS = 10          # let the car settle on the road before saving
 STUCK_SECONDS = 4.0        # slower than 0.5 m/s this long ends the episode
 OFF_ROUTE_M = 4.0          # farther than this from the route = left the road, ends the episode
@@ -463,8 +470,7 @@ def run_job(config: CollectConfig, job: Job, client, on_saved=lambda label: None
     cam_bp.set_attribute("image_size_x", str(config.res[0]))
     cam_bp.set_attribute("image_size_y", str(config.res[1]))
     cam_bp.set_attribute("fov", str(config.fov))
-    mount = carla.Transform(carla.Location(x=CAMERA_MOUNT["x"], y=CAMERA_MOUNT["y"], z=CAMERA_MOUNT["z"]),
-                            carla.Rotation(pitch=CAMERA_MOUNT["pitch"], yaw=CAMERA_MOUNT["yaw"], roll=CAMERA_MOUNT["roll"]))
+    mount = camera_mount_transform()
     saved = Counter()
     episode = 0
     try:

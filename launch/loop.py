@@ -26,6 +26,7 @@ import numpy as np
 import carla
 
 from carla_client.cli import parse_res, weather_presets
+from carla_client.collect import camera_mount_transform
 from carla_client.connection import SIMS
 from control.experts import Observation, create_expert
 from control.gates import CURVE, STRAIGHT, create_gate, gate_names
@@ -38,8 +39,6 @@ from launch.video import VideoWriter, video_path
 
 log = logging.getLogger(__name__)
 
-CAMERA_MOUNT = carla.Transform(carla.Location(x=1.5, z=2.0))
-"""The collector's camera mount (CARLA's examples): the classifier was trained on this view."""
 
 @dataclass
 class DriveConfig:
@@ -211,7 +210,7 @@ def _spawn(ctx: WorldContext, cfg: DriveConfig, route):
         cam_bp.set_attribute("image_size_x", str(cfg.res[0]))
         cam_bp.set_attribute("image_size_y", str(cfg.res[1]))
         cam_bp.set_attribute("fov", str(cfg.fov))
-        camera = ctx.world.spawn_actor(cam_bp, CAMERA_MOUNT, attach_to=vehicle)
+        camera = ctx.world.spawn_actor(cam_bp, camera_mount_transform(), attach_to=vehicle)
         actors.append(camera)
         lane = ctx.world.spawn_actor(bl.find("sensor.other.lane_invasion"), carla.Transform(), attach_to=vehicle)
         actors.append(lane)
