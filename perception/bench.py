@@ -4,6 +4,7 @@ Usage::
 
     python -m perception.bench --model model.onnx --backends torch,onnxruntime --img-size 224 --runs 200 --json b.json
     python -m perception.bench --model best.pt --backends all --runs 500
+    python -m perception.bench --model model.onnx --backends onnxruntime --precision auto,fp32
 
 Each backend is loaded through :class:`perception.classifier.CurveClassifier` (so its warm-up is
 the product's), warmed up further, then timed on ``--runs`` predictions of an 800x600 BGRA frame:
@@ -11,6 +12,8 @@ p50/p95/p99/max of preprocess, inference and total, FPS (1000 / mean total), dev
 speed ratio against torch eager measured in the same run (torch eager is always measured).
 For an ``.onnx`` whose checkpoint is not at hand, torch eager runs the same architecture with
 random weights: eager speed does not depend on weight values, and the output says so.
+``--precision`` is ONNX Runtime's (``auto`` = bf16 on the OpenVINO EP of a CPU with native
+bf16, else the ONNX's own); a comma list times it once per precision in the same run.
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ STAGES = ("preprocess", "infer", "total")
 class BenchConfig:
     """Attributes: model file; backends (``all`` or names); img_size (None = the model's); runs and
     warmup per backend; json output; frame size (W, H) of the synthetic BGRA frame; frames dir of
-    recorded frames to cycle through instead; seed of the drawn frame."""
+    recorded frames to cycle through instead; seed of the drawn frame; onnxruntime precisions
+    (each one timed)."""
     model: Path
     backends: tuple[str, ...] | str = "all"
     img_size: int | None = None
@@ -47,8 +51,10 @@ class BenchConfig:
     frame_size: tuple[int, int] = (800, 600)
     frames: Path | None = None
     seed: int = 0
+    precisions: tuple[str, ...] | str = "auto"
 
     def __post_init__(self) -> None:
+        from perception.backends.onnxruntime_backend import PRECISION_CHOICES
         self.model = Path(self.model)
         format_for_path(self.model)
         if not self.model.is_file():
@@ -60,6 +66,12 @@ class BenchConfig:
         if bad or not self.backends:
             raise ValueError(f"unknown backend(s) {', '.join(bad) or '(none)'}; valid: all or a comma list of "
                              f"{', '.join(BACKEND_NAMES)}")
+        if isinstance(self.precisions, str):
+            self.precisions = tuple(p.strip() for p in self.precisions.split(",") if p.strip())
+        bad = [p for p in self.precisions if p not in PRECISION_CHOICES]
+        if bad or not self.precisions:
+            raise ValueError(f"unknown precision(s) {', '.join(bad) or '(none)'}; valid: a comma list of "
+                             f"{', '.join(PRECISION_CHOICES)}")
         if self.runs < 1 or self.warmup < 0:
             raise ValueError(f"need --runs >= 1 and --warmup >= 0, got {self.runs}, {self.warmup}")
 
@@ -68,6 +80,7 @@ class BenchConfig:
 class BenchRecord:
     """One backend's figures; ``*_ms`` fields are the TOTAL per frame (preprocess + inference)."""
     backend: str
+    precision: str
     device: str
     model: str
     img_size: int
@@ -103,11 +116,11 @@ def host_description() -> str:
     return f"{cpu}, {physical_cores()} physical cores ({os.cpu_count()} logical)"
 
 
-def _load(cfg: BenchConfig, name: str):
+def _load(cfg: BenchConfig, name: str, options: dict):
     """(classifier, note) for backend ``name``; torch on an .onnx without checkpoint gets random weights."""
     from perception.classifier import CurveClassifier, read_meta
     try:
-        return CurveClassifier.load(cfg.model, backend=name, warmup=cfg.warmup), ""
+        return CurveClassifier.load(cfg.model, backend=name, warmup=cfg.warmup, **options), ""
     except FileNotFoundError:
         if name not in ("torch", "torch-cuda") or format_for_path(cfg.model).arg == "torch":
             raise
@@ -148,19 +161,21 @@ def run_bench(cfg: BenchConfig) -> list[BenchRecord]:
     if "torch" not in names:
         names.append("torch")
     names.sort(key=lambda n: n != "torch")          # reference first
+    jobs = [(n, {"precision": p} if n == "onnxruntime" else {}) for n in names
+            for p in (cfg.precisions if n == "onnxruntime" else ("",))]
     frames, order = _bench_frames(cfg)
     records: list[BenchRecord] = []
-    for name in names:
-        clf, note = _load(cfg, name)
+    for name, options in jobs:
+        clf, note = _load(cfg, name, options)
         times: dict[str, list[float]] = {s: [] for s in STAGES}
-        for i in tqdm(range(cfg.runs), desc=f"{name:12s}", leave=False, disable=None):
+        for i in tqdm(range(cfg.runs), desc=f"{name:12s} {options.get('precision', '')}", leave=False, disable=None):
             t = clf.predict(frames[i % len(frames)], color_order=order).timings_ms
             for s in STAGES:
                 times[s].append(t[s])
         stages = {s: _stats(v) for s, v in times.items()}
         total = stages["total"]
         records.append(BenchRecord(
-            backend=name, device=clf.backend.describe(), model=str(clf.source), img_size=meta.img_size,
+            backend=name, precision=clf.backend.precision, device=clf.backend.describe(), model=str(clf.source), img_size=meta.img_size,
             runs=cfg.runs, p50_ms=total["p50"], p95_ms=total["p95"], p99_ms=total["p99"], max_ms=total["max"],
             mean_ms=total["mean"], fps=1e3 / total["mean"], stages=stages, note=note))
     ref = records[0]
@@ -174,12 +189,12 @@ def run_bench(cfg: BenchConfig) -> list[BenchRecord]:
 
 
 def format_table(records: list[BenchRecord]) -> str:
-    head = (f"{'backend':12s} {'pre p50/p99':>12s} {'infer p50/p99':>14s} {'total p50':>9s} {'p95':>6s} "
+    head = (f"{'backend':12s} {'prec':4s} {'pre p50/p99':>12s} {'infer p50/p99':>14s} {'total p50':>9s} {'p95':>6s} "
             f"{'p99':>6s} {'max':>6s} {'FPS':>7s} {'x torch':>8s} {'(infer)':>8s}")
     lines = [head, "-" * len(head)]
     for r in records:
         pre, inf = r.stages["preprocess"], r.stages["infer"]
-        lines.append(f"{r.backend:12s} {pre['p50']:5.2f}/{pre['p99']:5.2f}  {inf['p50']:6.2f}/{inf['p99']:6.2f}  "
+        lines.append(f"{r.backend:12s} {r.precision:4s} {pre['p50']:5.2f}/{pre['p99']:5.2f}  {inf['p50']:6.2f}/{inf['p99']:6.2f}  "
                      f"{r.p50_ms:9.2f} {r.p95_ms:6.2f} {r.p99_ms:6.2f} {r.max_ms:6.2f} {r.fps:7.1f} "
                      f"{r.speedup_vs_torch:7.2f}x {r.infer_speedup_vs_torch:7.2f}x")
     lines.append("ms per frame; total = preprocess (800x600 BGRA -> model input) + inference")
@@ -198,6 +213,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=200, help="timed predictions per backend (default: 200)")
     p.add_argument("--warmup", type=int, default=10, help="warm-up predictions per backend (default: 10)")
     p.add_argument("--json", type=Path, default=None, help="write the records here as a JSON list")
+    p.add_argument("--precision", default="auto",
+                   help="onnxruntime precision(s): a comma list of auto, fp32, bf16; each is timed (default: auto, "
+                        "i.e. bf16 on the OpenVINO EP of a CPU with native bf16, else the ONNX's own)")
     p.add_argument("--res", default="800x600", help="synthetic camera frame size WxH (default: 800x600)")
     p.add_argument("--frames", type=Path, default=None, help="dataset/image dir to cycle instead of a drawn frame")
     p.add_argument("--seed", type=int, default=0, help="seed of the drawn frame (default: 0)")
@@ -216,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = BenchConfig(model=args.model, backends=args.backends, img_size=args.img_size, runs=args.runs,
                           warmup=args.warmup, json=args.json, frame_size=(int(res[1]), int(res[2])),
-                          frames=args.frames, seed=args.seed)
+                          frames=args.frames, seed=args.seed, precisions=args.precision)
     except ValueError as e:
         parser.error(str(e))
     print(f"host: {host_description()}")

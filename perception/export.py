@@ -116,11 +116,12 @@ class ParityReport:
     max_abs_dlogit: float
     class_agreement: float       # fraction of frames with the same argmax
     logit_std: float             # spread of torch logits across frames: ~0 means parity proves nothing
+    runtime: str = "CPUExecutionProvider, fp32"     # ONNX Runtime provider and precision compared
 
     def __str__(self) -> str:
-        return (f"ONNX Runtime vs torch on {self.frames} {self.source}: max |dlogit| = {self.max_abs_dlogit:.2e}, "
-                f"class agreement {100 * self.class_agreement:.2f}% (torch logit std across frames "
-                f"{self.logit_std:.3f})")
+        return (f"ONNX Runtime ({self.runtime}) vs torch on {self.frames} {self.source}: max |dlogit| = "
+                f"{self.max_abs_dlogit:.2e}, class agreement {100 * self.class_agreement:.2f}% (torch logit std "
+                f"across frames {self.logit_std:.3f})")
 
 
 @dataclass
@@ -128,6 +129,7 @@ class ExportResult:
     onnx: Path
     meta: ModelMeta
     parity: ParityReport | None = None
+    parity_default: ParityReport | None = None     # the session CurveClassifier builds here, if it differs
     engine: Path | None = None
     seconds: dict = field(default_factory=dict)
 
@@ -197,19 +199,22 @@ def export_onnx(model, meta: ModelMeta, out: Path, fp16: bool = False, dynamic_b
 
 
 def parity_check(model, onnx_path: Path, meta: ModelMeta, frames: list[np.ndarray], color_order: str,
-                 source: str) -> ParityReport:
-    """Compare ONNX Runtime (CPU provider) with the FP32 torch model on ``frames``."""
+                 source: str, providers: list[str] | None = ("CPUExecutionProvider",),
+                 precision: str = "auto") -> ParityReport:
+    """Compare ONNX Runtime (by default its CPU provider, the exact FP32 reference) with the FP32
+    torch model on ``frames``; ``providers=None`` is the session the classifier would build."""
     import torch
     from datasets.preprocess import preprocess
     from perception.backends.onnxruntime_backend import OnnxRuntimeBackend
     x = np.concatenate([preprocess(f, meta.img_size, color_order, meta.mean, meta.std) for f in frames])
     with torch.inference_mode():
         ref = model.eval().float()(torch.from_numpy(x)).numpy()
-    ort = OnnxRuntimeBackend(onnx_path, meta, providers=["CPUExecutionProvider"])
+    ort = OnnxRuntimeBackend(onnx_path, meta, providers=list(providers) if providers else None, precision=precision)
     got = np.concatenate([ort.infer(x[i:i + ort.max_batch]) for i in range(0, len(x), ort.max_batch)])
     return ParityReport(frames=len(frames), source=source, max_abs_dlogit=float(np.abs(got - ref).max()),
                         class_agreement=float((got.argmax(1) == ref.argmax(1)).mean()),
-                        logit_std=float((ref[:, 0] - ref[:, 1]).std()))
+                        logit_std=float((ref[:, 0] - ref[:, 1]).std()),
+                        runtime=f"{ort.providers[0]}, {ort.precision}")
 
 
 def _parity_frames(cfg: ExportConfig) -> tuple[list[np.ndarray], str, str]:
@@ -231,6 +236,9 @@ def export(cfg: ExportConfig) -> ExportResult:
         t1 = time.perf_counter()
         frames, order, source = _parity_frames(cfg)
         result.parity = parity_check(model, cfg.out, written, frames, order, source)
+        default = parity_check(model, cfg.out, written, frames, order, source, providers=None)
+        if default.runtime != result.parity.runtime:     # e.g. OpenVINO EP in bf16: say what users get
+            result.parity_default = default
         result.seconds["parity"] = time.perf_counter() - t1
     if cfg.engine is not None:
         from perception.tensorrt_engine import EngineBuildConfig, ensure_engine
@@ -286,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
           f"classes {list(m.classes)}, checkpoint sha256 {m.checkpoint_sha256[:12]}...; onnx.checker OK")
     if result.parity is not None:
         print(result.parity)
+    if result.parity_default is not None:
+        print(f"{result.parity_default}  <- CurveClassifier's default session on this machine")
     if result.engine is not None:
         print(f"TensorRT engine {result.engine} (sidecar {result.engine}.json)")
     print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()))

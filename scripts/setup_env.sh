@@ -12,6 +12,13 @@ if [ ! -f "$stamp" ]; then
   # torch first, pinned, so pip does not pick an unrelated (multi-GB) build
   .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
   .venv/bin/python -m pip install -q -e ".[dev]"
+  # onnxruntime and onnxruntime-openvino write the same package: if an older install left the
+  # plain build beside the OpenVINO one, drop it and restore the OpenVINO build's files.
+  if .venv/bin/python -m pip show -q onnxruntime-openvino >/dev/null 2>&1 &&
+     .venv/bin/python -m pip show -q onnxruntime >/dev/null 2>&1; then
+    .venv/bin/python -m pip uninstall -q -y onnxruntime
+    .venv/bin/python -m pip install -q --force-reinstall --no-deps onnxruntime-openvino
+  fi
   touch "$stamp"
 fi
 # The CARLA towns: ../shared/carla_maps beside the checkout unless the user says otherwise.

@@ -45,8 +45,20 @@ def test_torch_timing_on_onnx_without_checkpoint_says_random_weights(trained_ckp
     assert "RANDOM weights" in torch_rec.note and records[1].note == ""
 
 
+def test_bench_times_each_onnxruntime_precision_in_one_run(onnx_path, tmp_path):
+    out = tmp_path / "p.json"
+    assert main(["--model", str(onnx_path), "--backends", "onnxruntime", "--precision", "auto,fp32", "--runs", "5",
+                 "--warmup", "1", "--res", "160x120", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert [r["backend"] for r in records] == ["torch", "onnxruntime", "onnxruntime"]
+    assert records[0]["precision"] == "fp32" and records[2]["precision"] == "fp32"
+    assert records[1]["precision"] in ("fp32", "bf16")
+    assert all(r["precision"] in r["device"] for r in records[1:])
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--backends", "openvino"], "unknown backend(s) openvino; valid: all or a comma list of tensorrt"),
+    (["--precision", "fp8"], "unknown precision(s) fp8; valid: a comma list of auto, fp32, bf16"),
     (["--img-size", "224"], "--img-size 224 but"),
     (["--res", "800by600"], "bad --res '800by600'"),
     (["--runs", "0"], "need --runs >= 1"),

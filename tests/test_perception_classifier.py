@@ -7,13 +7,16 @@ import pytest
 import torch
 
 from perception.backends import available_backends
-from perception.backends.onnxruntime_backend import OnnxRuntimeBackend, best_providers, physical_cores
+from perception.backends.onnxruntime_backend import (BF16_CPU_FLAGS, OnnxRuntimeBackend, best_providers, cpu_flags,
+                                                     physical_cores, resolve_precision)
 from perception.backends.torch_backend import TorchBackend
 from perception.classifier import CurveClassifier, Prediction, resolve_backend
 from perception.export import ExportConfig, export
 from test_perception_support import frames_and_labels, trained_ckpt  # noqa: F401  (session fixture)
 
 HAS_CUDA = torch.cuda.is_available()
+OPENVINO = "OpenVINOExecutionProvider"
+BF16_HERE = best_providers()[0] == OPENVINO and bool(BF16_CPU_FLAGS & cpu_flags())
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +67,13 @@ def test_every_available_backend_gives_the_same_class(trained_ckpt, onnx_path, f
     ref = CurveClassifier.load(trained_ckpt, backend="torch", warmup=0).predict_batch(frames[0])
     backends = available_backends()
     assert {"torch", "onnxruntime"} <= set(backends)
-    for name in backends:
-        clf = CurveClassifier.load(path, backend=name, warmup=1)
+    runs = [(n, {}) for n in backends] + [("onnxruntime", {"precision": "fp32"})]
+    for name, options in runs:
+        clf = CurveClassifier.load(path, backend=name, warmup=1, **options)
         got = clf.predict_batch(frames[0])
-        assert [p.label for p in got] == want, name
-        tol = 0.02 if name in ("torch-cuda", "tensorrt") else 1e-4    # fp16 on GPU backends
-        assert max(abs(a.p_curve - b.p_curve) for a, b in zip(got, ref)) <= tol, name
+        assert [p.label for p in got] == want, (name, clf.backend.precision)
+        tol = 1e-4 if clf.backend.precision == "fp32" else 0.02       # fp16 (GPU) / bf16 (OpenVINO CPU)
+        assert max(abs(a.p_curve - b.p_curve) for a, b in zip(got, ref)) <= tol, (name, clf.backend.precision)
 
 
 def test_pt_on_onnxruntime_exports_once_into_the_cache(trained_ckpt, cache):
@@ -120,6 +124,75 @@ def test_onnxruntime_session_is_tuned(onnx_path):
     clf = CurveClassifier.load(onnx_path, backend="onnxruntime", warmup=0)
     assert clf.backend.threads == physical_cores()
     assert clf.backend.providers[0] == best_providers()[0]
+
+
+def test_onnxruntime_fp32_is_exact_on_the_default_provider(onnx_path, trained_ckpt):
+    """precision='fp32' pins FP32 on whichever provider auto picks (OpenVINO EP included)."""
+    frames, _ = frames_and_labels(40, seed=5)
+    ref = CurveClassifier.load(trained_ckpt, backend="torch", warmup=0)
+    clf = CurveClassifier.load(onnx_path, backend="onnxruntime", warmup=0, precision="fp32")
+    assert clf.backend.precision == "fp32" and clf.backend.providers[0] == best_providers()[0]
+    x = np.concatenate([clf.preprocess(f) for f in frames])
+    assert np.abs(clf.logits(x) - ref.logits(x)).max() <= 1e-3
+
+
+@pytest.mark.skipif(not BF16_HERE, reason="needs onnxruntime-openvino and a CPU with avx512_bf16/amx_bf16")
+def test_bf16_default_keeps_the_class_on_simulator_frames(onnx_path, trained_ckpt):
+    """On a native-bf16 CPU the default session computes in bf16; it must decide like FP32 torch."""
+    frames, _ = frames_and_labels(200, seed=21)
+    ref = CurveClassifier.load(trained_ckpt, backend="torch", warmup=0)
+    clf = CurveClassifier.load(onnx_path, warmup=0)
+    assert (clf.backend_name, clf.backend.precision) == ("onnxruntime", "bf16")
+    assert "bf16" in clf.backend.describe()
+    x = np.concatenate([clf.preprocess(f) for f in frames])
+    got, want = clf.logits(x), ref.logits(x)
+    agreement = np.mean(got.argmax(1) == want.argmax(1))
+    assert agreement >= 0.995, f"bf16 agrees with torch FP32 on only {agreement:.1%} of {len(frames)} frames"
+    assert 0 < np.abs(got - want).max() < 0.25, "bf16 should differ a little from FP32, never a lot"
+
+
+@pytest.mark.parametrize("requested, provider, model, flags, want", [
+    ("auto", OPENVINO, "fp32", {"avx512_bf16"}, "bf16"),
+    ("auto", OPENVINO, "fp32", {"amx_bf16", "avx2"}, "bf16"),
+    ("auto", OPENVINO, "fp32", {"avx2", "avx512f"}, "fp32"),
+    ("auto", "CPUExecutionProvider", "fp32", {"avx512_bf16"}, "fp32"),
+    ("auto", "CUDAExecutionProvider", "fp16", set(), "fp16"),
+    ("fp32", OPENVINO, "fp32", {"avx512_bf16"}, "fp32"),
+    ("bf16", OPENVINO, "fp32", {"avx512_bf16"}, "bf16"),
+])
+def test_precision_resolution(requested, provider, model, flags, want):
+    assert resolve_precision(requested, provider, model, frozenset(flags)) == want
+
+
+@pytest.mark.parametrize("requested, provider, model, flags, match", [
+    ("int8", OPENVINO, "fp32", set(), r"unknown onnxruntime precision 'int8'; valid: auto, fp32, bf16"),
+    ("bf16", "CPUExecutionProvider", "fp32", {"avx512_bf16"},
+     r"'bf16' needs ONNX Runtime's OpenVINOExecutionProvider.*runs CPUExecutionProvider.*'auto' or 'fp32'"),
+    ("bf16", OPENVINO, "fp32", {"avx2"}, r"'bf16' needs a CPU with native bf16"),
+    ("fp32", OPENVINO, "fp16", set(), r"'fp32' asked of an FP16 ONNX: export without --fp16"),
+])
+def test_precision_errors_say_why_and_what_works(requested, provider, model, flags, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_precision(requested, provider, model, frozenset(flags))
+
+
+def test_bad_precision_fails_at_load_in_one_line(onnx_path):
+    with pytest.raises(ValueError, match=r"unknown onnxruntime precision 'half'; valid: auto, fp32, bf16"):
+        CurveClassifier.load(onnx_path, backend="onnxruntime", precision="half")
+
+
+def test_preprocess_thread_gives_the_training_pixels(onnx_path, frames):
+    """The classifier's two-band resize must equal the single-call resize training cached."""
+    from datasets.preprocess import preprocess
+    threaded = CurveClassifier.load(onnx_path, backend="onnxruntime", warmup=0, preprocess_threads=2)
+    single = CurveClassifier.load(onnx_path, backend="onnxruntime", warmup=0, preprocess_threads=1)
+    assert threaded._pool is not None and single._pool is None
+    for frame, _ in zip(*frames):
+        want = preprocess(frame, threaded.meta.img_size)
+        np.testing.assert_array_equal(threaded.preprocess(frame), want)
+        np.testing.assert_array_equal(single.preprocess(frame), want)
+    with pytest.raises(ValueError, match="preprocess_threads must be >= 1, got 0"):
+        CurveClassifier.load(onnx_path, backend="onnxruntime", warmup=0, preprocess_threads=0)
 
 
 def test_torch_backend_from_onnx_finds_the_checkpoint(onnx_path, trained_ckpt, frames):

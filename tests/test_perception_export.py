@@ -104,6 +104,11 @@ def test_parity_report_uses_recorded_frames_from_a_dataset_dir(trained_ckpt, tmp
     assert result.parity.frames == 10 and "recorded frames" in result.parity.source
     assert result.parity.max_abs_dlogit <= 1e-3 and result.parity.class_agreement == 1.0
     assert result.parity.logit_std > 0.5
+    assert result.parity.runtime == "CPUExecutionProvider, fp32"
+    from perception.backends.onnxruntime_backend import best_providers
+    if best_providers()[0] != "CPUExecutionProvider":     # the default session is reported too
+        assert result.parity_default is not None and result.parity_default.class_agreement == 1.0
+        assert result.parity_default.runtime.startswith(best_providers()[0])
 
 
 def test_cli_prints_parity_and_metadata(trained_ckpt, tmp_path, capsys):

@@ -11,7 +11,8 @@ import torch
 
 from datasets.dataset import FrameDataset, build_cache, load_frames
 from datasets.presets import ClassificationPresetEval
-from datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_frame, normalize, preprocess, to_rgb_resized
+from datasets.preprocess import (IMAGENET_MEAN, IMAGENET_STD, aligned_split, check_frame, normalize, preprocess,
+                                 resize_area, to_rgb_resized)
 from datasets.schema import MANIFEST_COLUMNS
 from tests.synthetic_data import draw_road
 
@@ -95,3 +96,30 @@ def test_resize_to_rgb_matches_resize_then_convert():
     frame = np.random.default_rng(1).integers(0, 256, (600, 800, 4), dtype=np.uint8)
     ref = cv2.cvtColor(cv2.resize(frame, (224, 224), interpolation=cv2.INTER_AREA), cv2.COLOR_BGRA2RGB)
     assert np.array_equal(to_rgb_resized(frame, 224, "BGRA"), ref)
+
+
+def test_two_band_resize_is_bit_identical_to_one_call():
+    """Training resizes in one call, the classifier in two concurrent bands: same pixels, every size."""
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(11)
+    sizes = [(600, 800, 224), (720, 1280, 224), (600, 800, 96), (480, 640, 160), (1080, 1920, 224),
+             (601, 800, 224), (224, 300, 224), (100, 100, 224), (37, 53, 8)]
+    sizes += [(int(rng.integers(20, 900)), int(rng.integers(20, 900)), int(rng.integers(8, 260))) for _ in range(150)]
+    split = 0
+    with ThreadPoolExecutor(1) as pool:
+        for h, w, s in sizes:
+            img = rng.integers(0, 256, (h, w, 3), np.uint8)
+            if rng.random() < 0.5:
+                img = cv2.GaussianBlur(img, (0, 0), 2)
+            want = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
+            np.testing.assert_array_equal(resize_area(img, s, pool), want, err_msg=f"{h}x{w} -> {s}")
+            split += aligned_split(h, s) is not None and w >= s
+    assert split >= 40, "the test must exercise the split path, not only the fallback"
+
+
+@pytest.mark.parametrize("h, s, want", [(600, 224, (300, 112)), (720, 224, (360, 112)), (601, 224, None),
+                                        (100, 224, None), (448, 224, (224, 112))])
+def test_aligned_split_cuts_on_exact_row_boundaries(h, s, want):
+    assert aligned_split(h, s) == want
+    if want:
+        assert want[0] * s == want[1] * h

@@ -21,9 +21,11 @@ class Backend(Protocol):
     Attributes:
         name: registry name (``torch``, ``torch-cuda``, ``onnxruntime``, ``tensorrt``).
         max_batch: largest batch one :meth:`infer` call accepts (1 for static-batch files).
+        precision: what the network really computes in (``fp32``, ``fp16``, ``bf16``).
     """
     name: str
     max_batch: int
+    precision: str
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """float32 N x 3 x S x S -> float32 N x num_classes logits (N <= max_batch)."""

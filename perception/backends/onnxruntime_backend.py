@@ -1,6 +1,7 @@
 """ONNX Runtime backend: the fastest path on a CPU, and on a GPU through its TensorRT / CUDA providers."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -15,6 +16,51 @@ log = logging.getLogger(__name__)
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "OpenVINOExecutionProvider",
                        "CPUExecutionProvider")
 GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS, Windows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def resolve_precision(requested: str, provider: str, model_precision: str,
+                      flags: frozenset[str] | None = None) -> str:
+    """The precision a session computes in: ``fp32``, ``fp16`` (an FP16 ONNX) or ``bf16``.
+
+    ``auto`` is bf16 when the OpenVINO EP runs on a CPU with native bf16 (AVX512-BF16 or AMX),
+    which is OpenVINO's own default on AMX CPUs. On this project's 2-core Zen 4 it is 1.45x
+    faster than FP32 at 224 px with the same class on every recorded frame tried
+    (docs/benchmarks.md); elsewhere ``auto`` is the ONNX's own precision. ``fp32`` gives the
+    exact FP32 logits (parity with torch <= 1e-3).
+
+    Raises:
+        ValueError: unknown value, or one this session cannot honour (says why and what can).
+    """
+    if requested not in PRECISION_CHOICES:
+        raise ValueError(f"unknown onnxruntime precision {requested!r}; valid: {', '.join(PRECISION_CHOICES)}")
+    native_bf16 = bool(BF16_CPU_FLAGS & (cpu_flags() if flags is None else flags))
+    openvino = provider == "OpenVINOExecutionProvider"
+    if requested == "auto":
+        return "bf16" if openvino and native_bf16 else model_precision
+    if requested == "bf16" and not openvino:
+        raise ValueError(f"precision 'bf16' needs ONNX Runtime's OpenVINOExecutionProvider (the onnxruntime-openvino "
+                         f"package); this session runs {provider}: use precision 'auto' or 'fp32'")
+    if requested == "bf16" and not native_bf16:
+        raise ValueError("precision 'bf16' needs a CPU with native bf16 (avx512_bf16 or amx_bf16 in its flags) and this "
+                         "one has neither: use precision 'auto' or 'fp32'")
+    if requested == "fp32" and model_precision != "fp32":
+        raise ValueError(f"precision 'fp32' asked of an {model_precision.upper()} ONNX: export without --fp16 for FP32, "
+                         f"or use precision 'auto'")
+    return requested
 
 
 def physical_cores() -> int:
@@ -40,10 +86,11 @@ def physical_cores() -> int:
 def best_providers(available: list[str] | None = None) -> list[str]:
     """Available providers in preference order: TensorRT EP > CUDA EP > OpenVINO EP > CPU EP.
 
-    The OpenVINO EP exists only in the ``onnxruntime-openvino`` build (an alternative to the
-    default ``onnxruntime``; they share one import name). Measured on this project's 2-core x86
-    CPU, EfficientNet-B0 at 224 px: OpenVINO EP 3.97 ms, plain onnxruntime 1.32 CPU EP ~4.3 ms,
-    the OpenVINO build's own CPU EP 6.6 ms (docs/benchmarks.md).
+    The OpenVINO EP exists only in the ``onnxruntime-openvino`` build (what setup.py installs on
+    x86-64 Linux; it shares the ``onnxruntime`` import name with the other builds). Measured on
+    this project's 2-core x86 CPU, EfficientNet-B0 at 224 px: OpenVINO EP 3.96 ms in FP32 and
+    2.74 ms in bf16, plain onnxruntime 1.32 CPU EP ~4.2 ms, the OpenVINO build's own CPU EP
+    6.7 ms (docs/benchmarks.md).
     """
     if available is None:
         import onnxruntime as ort
@@ -56,12 +103,13 @@ class OnnxRuntimeBackend:
 
     Session options: full graph optimisation (conv+BN/activation fusion, NCHWc layout on x86),
     sequential execution (the graph is a chain; a parallel executor only adds overhead), and
-    one intra-op thread per physical core.
+    one intra-op thread per physical core. ``precision`` (``auto``/``fp32``/``bf16``) is resolved
+    by :func:`resolve_precision`; :attr:`precision` says what the session really computes in.
     """
     name = "onnxruntime"
 
     def __init__(self, path: Path, meta: ModelMeta, providers: list[str] | None = None,
-                 threads: int | None = None, cache_dir: Path | None = None) -> None:
+                 threads: int | None = None, cache_dir: Path | None = None, precision: str = "auto") -> None:
         import onnxruntime as ort
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -73,17 +121,28 @@ class OnnxRuntimeBackend:
         if unknown:
             raise ValueError(f"onnxruntime provider(s) {', '.join(unknown)} not available; "
                              f"valid here: {', '.join(ort.get_available_providers())}")
+        wanted = resolve_precision(precision, names[0], meta.precision)
         trt_cache = str((cache_dir or default_cache_dir()) / "ort-tensorrt")
         options = {
             "TensorrtExecutionProvider": {"trt_engine_cache_enable": True, "trt_engine_cache_path": trt_cache,
                                           "trt_timing_cache_enable": True,
                                           "trt_fp16_enable": meta.precision == "fp16"},
-            # FP32 explicitly: OpenVINO's CPU plugin otherwise picks bf16 on CPUs that have it,
-            # which would silently change the logits the parity tests pin.
-            "OpenVINOExecutionProvider": {"device_type": "CPU", "precision": "FP32",
-                                          "num_of_threads": str(so.intra_op_num_threads)},
+            # The precision always set explicitly: OpenVINO's CPU plugin picks bf16 by itself on
+            # AMX CPUs, which would change the logits behind the caller's back. The hint goes
+            # through load_config: the EP's own ``precision`` option refuses BF16 on the CPU.
+            "OpenVINOExecutionProvider": {
+                "device_type": "CPU", "num_of_threads": str(so.intra_op_num_threads),
+                "load_config": json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": "bf16" if wanted == "bf16" else "f32"}})},
         }
         self.session = ort.InferenceSession(str(path), so, providers=[(p, options.get(p, {})) for p in names])
+        running = self.session.get_providers()[0]
+        if running != names[0]:      # e.g. onnxruntime-gpu without its CUDA libraries falls back silently
+            if precision == "bf16":
+                raise RuntimeError(f"precision 'bf16' needs {names[0]}, which onnxruntime did not start for {path} "
+                                   f"(session runs {running}): use precision 'auto' or 'fp32'")
+            log.warning("onnxruntime did not start %s for %s; running on %s", names[0], path, running)
+            wanted = resolve_precision(precision, running, meta.precision)
+        self.precision = wanted
         self.threads = so.intra_op_num_threads
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
@@ -117,4 +176,4 @@ class OnnxRuntimeBackend:
 
     def describe(self) -> str:
         import onnxruntime as ort
-        return f"onnxruntime {ort.__version__}, {self.providers[0]}, {self.threads} intra-op threads"
+        return f"onnxruntime {ort.__version__}, {self.providers[0]}, {self.precision}, {self.threads} intra-op threads"

@@ -18,6 +18,7 @@ class TensorRTBackend:
         side = te.read_sidecar(engine_path)
         self.engine_path = engine_path
         self.key = te.EngineKey(**side["key"])
+        self.precision = self.key.precision
         self.runner = te.TensorRTRunner(engine_path.read_bytes(), self.key.max_batch, device=device,
                                         cuda_graph=cuda_graph)
         self.max_batch = self.runner.max_batch

@@ -27,6 +27,7 @@ class TorchBackend:
     def __init__(self, model: nn.Module) -> None:
         self.model = model.eval().float()
         self.max_batch = 1 << 16
+        self.precision = "fp32"
 
     @staticmethod
     def unavailable_reason() -> str | None:
@@ -61,6 +62,7 @@ class TorchCudaBackend:
                  cuda_graph: bool = True, device: str = "cuda") -> None:
         self.device = torch.device(device)
         self.dtype = torch.float16 if fp16 else torch.float32
+        self.precision = "fp16" if fp16 else "fp32"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.eval().to(self.device, self.dtype).to(memory_format=self.memory_format)
         self.use_graph = cuda_graph
