@@ -123,3 +123,28 @@ def test_aligned_split_cuts_on_exact_row_boundaries(h, s, want):
     assert aligned_split(h, s) == want
     if want:
         assert want[0] * s == want[1] * h
+
+
+@pytest.mark.parametrize("order", ["BGRA", "BGR", "RGB", "RGBA"])
+def test_pooled_to_rgb_resized_matches_training_for_every_colour_order(order):
+    """With a pool the frame is resized before the colour conversion; the pixels must not change."""
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(5)
+    with ThreadPoolExecutor(1) as pool:
+        for h, w, s in [(600, 800, 224), (720, 1280, 96), (480, 640, 160), (600, 800, 600)]:
+            frame = cv2.GaussianBlur(rng.integers(0, 256, (h, w, len(order)), np.uint8), (0, 0), 1.5)
+            np.testing.assert_array_equal(to_rgb_resized(frame, s, order, pool), to_rgb_resized(frame, s, order))
+
+
+def test_resize_does_not_wait_for_a_busy_helper():
+    """A helper thread stuck elsewhere must not stall the frame: its half is done inline."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    img = np.random.default_rng(2).integers(0, 256, (600, 800, 3), np.uint8)
+    release = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        blocker = pool.submit(release.wait, 30)
+        out = resize_area(img, 224, pool)
+        assert not blocker.done(), "resize_area returned while the helper was still busy"
+        release.set()
+    np.testing.assert_array_equal(out, cv2.resize(img, (224, 224), interpolation=cv2.INTER_AREA))
