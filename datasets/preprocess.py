@@ -54,6 +54,11 @@ def aligned_split(src_rows: int, dst_rows: int) -> tuple[int, int] | None:
     return k * src_rows // dst_rows, k
 
 
+def _band_cut(img: np.ndarray, img_size: int) -> tuple[int, int] | None:
+    """:func:`aligned_split` for a square resize of ``img``; None when it must run in one call."""
+    return aligned_split(img.shape[0], img_size) if img.shape[1] >= img_size else None
+
+
 def resize_area(img: np.ndarray, img_size: int, pool: Executor | None = None) -> np.ndarray:
     """INTER_AREA resize to ``img_size`` x ``img_size``; with ``pool``, two row bands run concurrently.
 
@@ -64,8 +69,7 @@ def resize_area(img: np.ndarray, img_size: int, pool: Executor | None = None) ->
     A helper that has not started by the time the caller's half is done is cancelled and its
     half done inline, so a busy machine costs at most the single-threaded time.
     """
-    h, w = img.shape[:2]
-    cut = aligned_split(h, img_size) if pool is not None and w >= img_size else None
+    cut = _band_cut(img, img_size) if pool is not None else None
     if cut is None:
         return cv2.resize(img, (img_size, img_size), interpolation=cv2.INTER_AREA)
     src, dst = cut
@@ -97,7 +101,7 @@ def to_rgb_resized(frame: np.ndarray, img_size: int, color_order: str = "BGRA",
     code = _TO_RGB[color_order]
     frame = np.ascontiguousarray(frame)
     resize = frame.shape[0] != img_size or frame.shape[1] != img_size
-    if pool is not None and resize and frame.shape[1] >= img_size and aligned_split(frame.shape[0], img_size):
+    if pool is not None and resize and _band_cut(frame, img_size):
         small = resize_area(frame, img_size, pool)
         return small if code is None else cv2.cvtColor(small, code)
     rgb = frame if code is None else cv2.cvtColor(frame, code)

@@ -199,22 +199,29 @@ def export_onnx(model, meta: ModelMeta, out: Path, fp16: bool = False, dynamic_b
 
 
 def parity_check(model, onnx_path: Path, meta: ModelMeta, frames: list[np.ndarray], color_order: str,
-                 source: str, providers: list[str] | None = ("CPUExecutionProvider",),
-                 precision: str = "auto") -> ParityReport:
-    """Compare ONNX Runtime (by default its CPU provider, the exact FP32 reference) with the FP32
-    torch model on ``frames``; ``providers=None`` is the session the classifier would build."""
+                 source: str, sessions: tuple[tuple[list[str] | None, str], ...] = ((["CPUExecutionProvider"], "auto"),)
+                 ) -> list[ParityReport]:
+    """Compare ONNX Runtime sessions with the FP32 torch model on ``frames``, one report per session.
+
+    ``sessions`` holds (providers, precision) pairs: the CPU provider is the exact FP32 reference,
+    ``providers=None`` the session the classifier would build. Frames are preprocessed and run
+    through torch once for all of them.
+    """
     import torch
     from datasets.preprocess import preprocess
     from perception.backends.onnxruntime_backend import OnnxRuntimeBackend
     x = np.concatenate([preprocess(f, meta.img_size, color_order, meta.mean, meta.std) for f in frames])
     with torch.inference_mode():
         ref = model.eval().float()(torch.from_numpy(x)).numpy()
-    ort = OnnxRuntimeBackend(onnx_path, meta, providers=list(providers) if providers else None, precision=precision)
-    got = np.concatenate([ort.infer(x[i:i + ort.max_batch]) for i in range(0, len(x), ort.max_batch)])
-    return ParityReport(frames=len(frames), source=source, max_abs_dlogit=float(np.abs(got - ref).max()),
-                        class_agreement=float((got.argmax(1) == ref.argmax(1)).mean()),
-                        logit_std=float((ref[:, 0] - ref[:, 1]).std()),
-                        runtime=f"{ort.providers[0]}, {ort.precision}")
+    reports = []
+    for providers, precision in sessions:
+        ort = OnnxRuntimeBackend(onnx_path, meta, providers=providers, precision=precision)
+        got = np.concatenate([ort.infer(x[i:i + ort.max_batch]) for i in range(0, len(x), ort.max_batch)])
+        reports.append(ParityReport(frames=len(frames), source=source, max_abs_dlogit=float(np.abs(got - ref).max()),
+                                    class_agreement=float((got.argmax(1) == ref.argmax(1)).mean()),
+                                    logit_std=float((ref[:, 0] - ref[:, 1]).std()),
+                                    runtime=f"{ort.providers[0]}, {ort.precision}"))
+    return reports
 
 
 def _parity_frames(cfg: ExportConfig) -> tuple[list[np.ndarray], str, str]:
@@ -235,8 +242,8 @@ def export(cfg: ExportConfig) -> ExportResult:
     if cfg.parity_frames:
         t1 = time.perf_counter()
         frames, order, source = _parity_frames(cfg)
-        result.parity = parity_check(model, cfg.out, written, frames, order, source)
-        default = parity_check(model, cfg.out, written, frames, order, source, providers=None)
+        result.parity, default = parity_check(model, cfg.out, written, frames, order, source,
+                                              sessions=((["CPUExecutionProvider"], "auto"), (None, "auto")))
         if default.runtime != result.parity.runtime:     # e.g. OpenVINO EP in bf16: say what users get
             result.parity_default = default
         result.seconds["parity"] = time.perf_counter() - t1
