@@ -41,6 +41,8 @@ setup(
         # tensorrt-rtx: real TensorRT-RTX parser/builder that compiles on the CPU, so the test
         # suite checks our ONNX against real TensorRT code without a GPU (perception/rtx_check.py)
         "dev": ["pytest>=7.4", "pytest-timeout>=2.2",
+                # CARLA's PythonAPI agents import these (its requirements.txt): the conformance suite
+                "shapely>=2.0", "networkx>=3.0",
                 'tensorrt-rtx>=1.7; sys_platform == "linux" and platform_machine == "x86_64"'],
         "tensorrt": ["tensorrt>=10.0"],
     },
