@@ -6,7 +6,7 @@ Example::
     python -m carla_client.collect --town Town01,Town02 --weather all --workers 2 --recovery 0.2
 
 A car follows random routes through the town's junction graph (``carla_client.planner``)
-with our route follower (``control.controller``) at town speeds, in synchronous mode. Each
+with our route follower (``carla_client.follower``) at town speeds, in synchronous mode. Each
 frame is labelled from the planned route ahead (``carla_client.labels``); ambiguous frames and
 frames of a class that is already full are not saved, and two saved frames are at least
 ``--min-spacing`` metres of driving apart.
@@ -41,18 +41,18 @@ import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 import carla
-from control.controller import TOWN, FollowerParams, RouteFollower
-from datasets.schema import CLASSES, INFO_NAME
+from .follower import TOWN, FollowerParams, RouteFollower
+from datasets.schema import CLASSES, INFO_NAME, JUNCTION_POLICIES
 
 from .cli import add_carla_args, parse_weather, weather_presets
 from .connection import SIMS, connect, sim_kind
-from .dataset_writer import DatasetWriter, DiskFullError, check_writable, merge_info, previous_runs, read_manifest, \
+from datasets.manifest import DatasetWriter, DiskFullError, check_writable, merge_info, previous_runs, read_manifest, \
     write_contact_sheet
 from .labels import JunctionChoices, LabelParams, label_at, route_dependent
 from .planner import GlobalRoutePlanner
@@ -75,8 +75,6 @@ WARMUP_TICKS = 10          # let the car settle on the road before saving
 STUCK_SECONDS = 4.0        # slower than 0.5 m/s this long ends the episode
 OFF_ROUTE_M = 4.0          # farther than this from the route = left the road, ends the episode
 PLANNER_RESOLUTION_M = 1.0
-JUNCTION_POLICIES = ("skip", "keep")
-"""What to do with route-dependent frames (label decided by a route choice the camera cannot see)."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +118,6 @@ class CollectConfig:
     min_spacing: float = 2.0
     workers: int = 1
     label: LabelParams = field(default_factory=LabelParams)
-    junction_policy: str = "skip"
     image_format: str = "jpg"
     jpeg_quality: int = 95
     recovery: float = 0.0
@@ -136,8 +133,6 @@ class CollectConfig:
         if self.frames < 2 or self.frames % 2:
             raise ValueError(f"--frames must be an even number >= 2 (split equally between {' and '.join(CLASSES)}), "
                              f"got {self.frames}")
-        if self.junction_policy not in JUNCTION_POLICIES:
-            raise ValueError(f"unknown junction policy {self.junction_policy!r}; valid: {', '.join(JUNCTION_POLICIES)}")
         if self.sim not in SIMS:
             raise ValueError(f"unknown sim {self.sim!r}; valid: {', '.join(SIMS)}")
         if not self.towns:
@@ -160,9 +155,13 @@ class CollectConfig:
         if not 0 < self.delta_seconds <= 0.1:
             raise ValueError(f"--delta must be in (0, 0.1] s (CARLA's physics limit), got {self.delta_seconds}")
 
+    @property
+    def junction_policy(self) -> str:
+        return self.label.junction_policy
+
     def label_json(self) -> dict:
         """``dataset.json``'s ``"label"``: thresholds plus the junction policy (both decide which frames exist)."""
-        return {**self.label.to_json(), "junction_policy": self.junction_policy}
+        return self.label.to_json()
 
     def camera_json(self) -> dict:
         return {"width": self.res[0], "height": self.res[1], "fov": self.fov, "mount": CAMERA_MOUNT,
@@ -302,7 +301,7 @@ def _label_json_for(config: CollectConfig) -> dict:
     path = Path(config.out) / INFO_NAME
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8")).get("label", {})
-        if "junction_policy" not in old and old == config.label.to_json():
+        if "junction_policy" not in old and LabelParams.from_json(old) == replace(config.label, junction_policy="keep"):
             if config.junction_policy != "keep":
                 raise ValueError(f"{config.out} was collected before --junction-policy existed (i.e. keep); "
                                  f"resume it with --junction-policy keep or use another --out")
@@ -790,7 +789,7 @@ def config_from_args(args: argparse.Namespace) -> CollectConfig:
         sim=args.sim, host=args.host, ports=_parse_ports(args.port), tm_port=args.tm_port, timeout=args.timeout,
         res=args.res, fov=args.fov, weather=parse_weather(args.weather), seed=args.seed,
         min_spacing=args.min_spacing, workers=args.workers,
-        label=LabelParams(args.lookahead, args.curve_deg, args.straight_deg), junction_policy=args.junction_policy,
+        label=LabelParams(args.lookahead, args.curve_deg, args.straight_deg, args.junction_policy),
         image_format=args.image_format,
         jpeg_quality=args.jpeg_quality, recovery=args.recovery, episode_length=args.episode_length,
         delta_seconds=args.delta, follower=replace(TOWN, cruise_speed_kmh=args.cruise_speed,

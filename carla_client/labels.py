@@ -43,36 +43,11 @@ import numpy as np
 
 import carla
 
-from datasets.schema import CLASSES
+from datasets.schema import CLASSES, LabelParams  # noqa: F401  (LabelParams: defined with the contract)
 
 from .route import RoutePath
 
 CURVE, STRAIGHT = CLASSES
-
-
-@dataclass(frozen=True)
-class LabelParams:
-    """Label thresholds; stored in ``dataset.json`` under ``"label"``.
-
-    Args:
-        lookahead_m: L, metres of route ahead of the car that decide the label.
-        curve_deg: theta_curve; delta_psi at or above it is ``curve``.
-        straight_deg: theta_straight; delta_psi at or below it is ``straight``.
-    """
-
-    lookahead_m: float = 25.0
-    curve_deg: float = 20.0
-    straight_deg: float = 5.0
-
-    def __post_init__(self):
-        if not self.lookahead_m > 0:
-            raise ValueError(f"lookahead_m must be > 0, got {self.lookahead_m}")
-        if not 0 <= self.straight_deg < self.curve_deg:
-            raise ValueError(f"need 0 <= straight_deg < curve_deg, got straight_deg={self.straight_deg}, "
-                             f"curve_deg={self.curve_deg}")
-
-    def to_json(self) -> dict:
-        return {"lookahead_m": self.lookahead_m, "curve_deg": self.curve_deg, "straight_deg": self.straight_deg}
 
 
 @dataclass(frozen=True)

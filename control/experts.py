@@ -3,7 +3,7 @@
 The gate sees only this interface, so a learned vision expert (reading ``obs.image``) can be
 registered next to the route followers with :func:`register_expert` and nothing else changes.
 
-The two built-in experts are the route follower of :mod:`control.controller` (pure pursuit + PID,
+The two built-in experts are the route follower of :mod:`carla_client.follower` (pure pursuit + PID,
 the collector's controller) with parameter sets
 tuned for their regime (:data:`STRAIGHT_PARAMS`, :data:`CURVE_PARAMS`): on a straight a longer
 lookahead gives calm steering at a higher speed; in a bend a shorter lookahead tracks the lane
@@ -19,7 +19,7 @@ import numpy as np
 
 import carla
 
-from control.controller import FollowerParams, RouteFollower, VehicleKinematics
+from carla_client.follower import FollowerParams, RouteFollower, VehicleKinematics
 from datasets.schema import CLASSES
 
 CURVE, STRAIGHT = CLASSES
@@ -75,7 +75,7 @@ DEFAULT_PARAMS: dict[str, FollowerParams] = {STRAIGHT: STRAIGHT_PARAMS, CURVE: C
 
 
 class RouteFollowingExpert:
-    """An expert that follows a planned route with :class:`control.controller.RouteFollower`.
+    """An expert that follows a planned route with :class:`carla_client.follower.RouteFollower`.
 
     It computes its control from the observation (not by reading the vehicle), so several experts
     can share one vehicle and a replay can be fed through it.

@@ -33,42 +33,13 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.preprocess import to_rgb_resized
-from datasets.schema import CLASSES, INFO_NAME, MANIFEST_COLUMNS, MANIFEST_NAME
+from datasets.manifest import DatasetError, read_manifest  # noqa: F401  (re-exported: the one manifest reader)
+from datasets.schema import CLASSES, INFO_NAME, MANIFEST_NAME, Contract, ContractError, describe_differences
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 _SHOW_FIRST = 5
-
-
-class DatasetError(ValueError):
-    """A dataset on disk cannot be used as given (one-line message naming the file and value)."""
-
-
-def read_manifest(data_dir: str | os.PathLike) -> list[dict[str, str]]:
-    """Read ``<data_dir>/manifest.csv`` as a list of row dicts, validating its header.
-
-    Raises:
-        DatasetError: directory or manifest missing, a required column missing, or no rows.
-    """
-    data_dir = Path(data_dir)
-    path = data_dir / MANIFEST_NAME
-    if not data_dir.is_dir():
-        raise DatasetError(f"--data {str(data_dir)!r}: no such directory")
-    if not path.is_file():
-        raise DatasetError(f"{path}: not found; a dataset directory holds {MANIFEST_NAME} and {INFO_NAME} "
-                           "(written by carla-collect)")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in MANIFEST_COLUMNS if c not in header]
-        if missing:
-            raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; expected columns: "
-                               f"{', '.join(MANIFEST_COLUMNS)}")
-        rows = list(reader)
-    if not rows:
-        raise DatasetError(f"{path}: empty dataset (no frames in the manifest)")
-    return rows
 
 
 def read_info(data_dir: str | os.PathLike) -> dict:
@@ -79,6 +50,29 @@ def read_info(data_dir: str | os.PathLike) -> dict:
         return {}
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def load_contract(data_dirs: Sequence[str | os.PathLike]) -> Contract | None:
+    """The camera/label contract shared by ``data_dirs`` (from each ``dataset.json``).
+
+    Returns None when no directory records one (hand-made datasets); training then stores none.
+
+    Raises:
+        ContractError: two directories were collected with different cameras or label definitions
+            (one line naming the differing fields): a model must see one camera and one label definition.
+    """
+    found: list[tuple[Path, Contract]] = []
+    for d in data_dirs:
+        contract = Contract.from_json(read_info(d))
+        if contract is None:
+            continue
+        for other_dir, other in found:
+            if contract.differences(other):
+                raise ContractError(f"datasets differ in their camera/label contract: "
+                                    f"{describe_differences(contract, other, str(d), str(other_dir))}; "
+                                    "train on datasets collected with the same settings")
+        found.append((Path(d), contract))
+    return found[0][1] if found else None
 
 
 @dataclass
@@ -95,13 +89,18 @@ class FrameTable:
     town: np.ndarray        # str
     weather: np.ndarray     # str
     episode: np.ndarray     # str
+    route_dependent: np.ndarray = None  # bool: label hangs on an unseen route choice (classifiers drop these)
+
+    def __post_init__(self):
+        if self.route_dependent is None:
+            self.route_dependent = np.zeros(len(self.label), dtype=bool)
 
     def __len__(self) -> int:
         return len(self.label)
 
     def subset(self, sel: np.ndarray) -> "FrameTable":
         """Rows selected by a boolean mask or an index array, roots shared."""
-        cols = {k: getattr(self, k)[sel] for k in ("source", "row", "image", "label", "town", "weather", "episode")}
+        cols = {k: getattr(self, k)[sel] for k in _TABLE_COLUMNS}
         return FrameTable(roots=self.roots, **cols)
 
     def paths(self) -> list[Path]:
@@ -124,8 +123,14 @@ class FrameTable:
         return {c: int(n) for c, n in zip(CLASSES, counts)}
 
 
+_TABLE_COLUMNS = ("source", "row", "image", "label", "town", "weather", "episode", "route_dependent")
+
+
 def load_frames(data_dirs: Sequence[str | os.PathLike], check_files: bool = True) -> FrameTable:
     """Read and validate the manifests of ``data_dirs`` into one :class:`FrameTable`.
+
+    Every row is kept, so ``row`` indexes the manifest and its cache; a classifier selects
+    ``table.subset(~table.route_dependent)`` (rows saved with ``--junction-policy flag``).
 
     Raises:
         DatasetError: bad manifest (see :func:`read_manifest`), an unknown label, or images missing
@@ -133,7 +138,7 @@ def load_frames(data_dirs: Sequence[str | os.PathLike], check_files: bool = True
     """
     if not data_dirs:
         raise DatasetError("no dataset given; pass --data DIR [DIR ...]")
-    roots, cols = [], {k: [] for k in ("source", "row", "image", "label", "town", "weather", "episode")}
+    roots, cols = [], {k: [] for k in _TABLE_COLUMNS}
     class_index = {c: i for i, c in enumerate(CLASSES)}
     for si, d in enumerate(data_dirs):
         root = Path(d).resolve()
@@ -150,12 +155,14 @@ def load_frames(data_dirs: Sequence[str | os.PathLike], check_files: bool = True
             cols["town"].append(r["town"])
             cols["weather"].append(r["weather"])
             cols["episode"].append(str(r["episode"]))
+            cols["route_dependent"].append(r["route_dependent"] == "1")
     table = FrameTable(
         roots=roots,
         source=np.asarray(cols["source"], dtype=np.int64), row=np.asarray(cols["row"], dtype=np.int64),
         image=np.asarray(cols["image"], dtype=object), label=np.asarray(cols["label"], dtype=np.int64),
         town=np.asarray(cols["town"], dtype=object), weather=np.asarray(cols["weather"], dtype=object),
-        episode=np.asarray(cols["episode"], dtype=object))
+        episode=np.asarray(cols["episode"], dtype=object),
+        route_dependent=np.asarray(cols["route_dependent"], dtype=bool))
     if check_files:
         missing = [str(p) for p in table.paths() if not p.is_file()]
         if missing:

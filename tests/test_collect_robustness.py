@@ -12,9 +12,9 @@ import pytest
 
 import carla_client
 from carla_client import collect as collect_mod
-from carla_client import dataset_writer
+from datasets import manifest as dataset_writer
 from carla_client.collect import CollectConfig, collect, main
-from carla_client.dataset_writer import DatasetWriter
+from datasets.manifest import DatasetWriter
 
 from test_collect import assert_consistent, audit_labels, rows_of
 

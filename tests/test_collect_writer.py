@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from carla_client.dataset_writer import DatasetWriter, merge_info, read_manifest
+from datasets.manifest import DatasetWriter, merge_info, read_manifest
 from datasets.schema import MANIFEST_COLUMNS
 
 

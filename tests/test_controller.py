@@ -8,7 +8,7 @@ import pytest
 import carla
 from carla_client.planner import GlobalRoutePlanner
 from carla_client.route import RoutePath
-from control.controller import (TOWN, FollowerParams, PIDState, RouteFollower, VehicleKinematics, control_from,
+from carla_client.follower import (TOWN, FollowerParams, PIDState, RouteFollower, VehicleKinematics, control_from,
                                 pid_step, pure_pursuit_steer)
 
 

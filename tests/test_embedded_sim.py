@@ -178,7 +178,7 @@ def test_route_follower_reads_the_physics_and_tracks_a_town02_route():
     """The seam end to end: control's follower reads wheelbase and 70 deg from the embedded car
     exactly as from a CARLA server, and then tracks an 800 m route with junction turns tightly."""
     from carla_client.planner import GlobalRoutePlanner
-    from control.controller import TOWN, RouteFollower
+    from carla_client.follower import TOWN, RouteFollower
 
     if not carla_embedded.towns.find_local("Town02"):
         pytest.skip("Town02.xodr not available offline")

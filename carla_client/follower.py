@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 
 import carla
 
-from carla_client.route import RoutePath
+from .route import RoutePath
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Crash-safe writer of the dataset format in ``datasets/schema.py``.
+"""The one reader and the crash-safe writer of ``manifest.csv`` (format: ``datasets/schema.py``).
 
 Invariant, kept across crashes, SIGINT/SIGTERM, disk full and several worker processes:
 every manifest row has its image and every image has its row.
@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datasets.schema import CLASSES, INFO_NAME, MANIFEST_COLUMNS, MANIFEST_NAME
+from datasets.schema import CLASSES, INFO_NAME, MANIFEST_COLUMNS, MANIFEST_COLUMNS_V1, MANIFEST_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +51,48 @@ class ReconcileReport:
     routes_dropped: int
 
 
-def read_manifest(out_dir: Path) -> list[dict]:
-    """Complete rows of ``manifest.csv`` (a truncated last line is skipped)."""
-    path = Path(out_dir) / MANIFEST_NAME
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):  # the append in flight when a crash hit
+class DatasetError(ValueError):
+    """A dataset on disk cannot be used as given (one-line message naming the file and value)."""
+
+
+V2_DEFAULTS = {"command": "", "recovery": "0", "route_dependent": "0"}
+"""Values of the columns added in format version 2, for rows of version-1 manifests."""
+
+
+def read_manifest(data_dir, strict: bool = True) -> list[dict]:
+    """Rows of ``<data_dir>/manifest.csv``, every column of :data:`MANIFEST_COLUMNS` filled.
+
+    A truncated last line (the append in flight when a crash hit) is skipped. Version-1
+    manifests get :data:`V2_DEFAULTS`.
+
+    Args:
+        strict: raise :class:`DatasetError` on a missing directory/manifest, a missing column or an
+            empty manifest (readers of a finished dataset); False returns what is there, ``[]`` when
+            nothing is (the collector resuming its own dataset).
+    """
+    data_dir = Path(data_dir)
+    path = data_dir / MANIFEST_NAME
+    if not path.is_file():
+        if not strict:
+            return []
+        if not data_dir.is_dir():
+            raise DatasetError(f"--data {str(data_dir)!r}: no such directory")
+        raise DatasetError(f"{path}: not found; a dataset directory holds {MANIFEST_NAME} and {INFO_NAME} "
+                           "(written by carla-collect)")
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
         lines = lines[:-1]
-    rows = list(csv.DictReader(io.StringIO("".join(lines))))
-    return [r for r in rows if None not in r and all(r.get(c) not in (None, "") for c in ("image", "label"))]
+    reader = csv.DictReader(io.StringIO("".join(lines)))
+    header = reader.fieldnames or []
+    missing = [c for c in MANIFEST_COLUMNS_V1 if c not in header]
+    if missing and strict:
+        raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; expected columns: "
+                           f"{', '.join(MANIFEST_COLUMNS)}")
+    rows = [{**V2_DEFAULTS, **r} for r in reader
+            if None not in r and all(r.get(c) not in (None, "") for c in ("image", "label"))]
+    if strict and not rows:
+        raise DatasetError(f"{path}: empty dataset (no frames in the manifest)")
+    return rows
 
 
 def check_writable(out_dir: Path) -> None:
@@ -107,14 +138,17 @@ class DatasetWriter:
             self.manifest_path.write_text(",".join(MANIFEST_COLUMNS) + "\n", encoding="utf-8")
         else:
             header = self.manifest_path.open(encoding="utf-8").readline().strip().split(",")
-            if tuple(header) != MANIFEST_COLUMNS:
+            if tuple(header) == MANIFEST_COLUMNS_V1:  # format 1: add the policy columns, rows keep their values
+                logger.info("%s: adding the format-2 columns %s", self.manifest_path, ", ".join(V2_DEFAULTS))
+                self._rewrite(read_manifest(self.out_dir, strict=False))
+            elif tuple(header) != MANIFEST_COLUMNS:
                 raise ValueError(f"{self.manifest_path} has columns {header}, expected {list(MANIFEST_COLUMNS)}")
         return self.reconcile()
 
     def reconcile(self) -> ReconcileReport:
         """Drop rows without an image, images without a row, temp files and unused route files."""
         raw = self.manifest_path.read_text(encoding="utf-8") if self.manifest_path.exists() else ""
-        rows = read_manifest(self.out_dir)
+        rows = read_manifest(self.out_dir, strict=False)
         kept = [r for r in rows if (self.out_dir / r["image"]).is_file()]
         referenced = {r["image"] for r in kept}
         images_dropped = 0
@@ -153,7 +187,7 @@ class DatasetWriter:
 
     def counts(self) -> Counter:
         """Rows per label currently in the manifest."""
-        return Counter(r["label"] for r in read_manifest(self.out_dir))
+        return Counter(r["label"] for r in read_manifest(self.out_dir, strict=False))
 
     # ------------------------------------------------------------------ writing
     def image_path(self, label: str, episode: str, frame: int) -> str:
@@ -267,7 +301,7 @@ def write_contact_sheet(out_dir: Path, per_class: int = 6, seed: int = 0, thumb_
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
-    rows = read_manifest(out_dir)
+    rows = read_manifest(out_dir, strict=False)
     if not rows:
         return None
     rng = np.random.default_rng(seed)
