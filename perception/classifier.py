@@ -12,6 +12,9 @@ has a GPU provider, torch-cuda (GPU without TensorRT), ONNX Runtime on the CPU, 
 another format than the backend reads is converted once and cached: ``.pt`` -> ``.onnx`` (export
 into the cache dir) -> ``.engine`` (sibling of the ONNX); an ``.onnx`` finds its checkpoint through
 its metadata; an ``.engine`` finds its ONNX through its sidecar.
+
+``clf.contract`` / ``clf.camera`` / ``clf.label_params`` give the camera and label definition the
+model was trained under (None for models that predate the contract).
 """
 from __future__ import annotations
 
@@ -25,9 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from datasets.preprocess import normalize, to_rgb_resized
+from datasets.schema import CameraSpec, Contract, LabelParams
 from perception.backends import Backend, available_backends, load_backend, unavailable_reason
 from perception.formats import backend_info, default_cache_dir, format_for_path
-from perception.meta import ModelMeta, load_checkpoint, read_onnx_meta, sha256_file
+from perception.meta import ModelMeta, load_checkpoint, read_model_meta, read_onnx_meta, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +55,9 @@ class Prediction:
 
 
 def read_meta(path: Path) -> ModelMeta:
-    """ModelMeta of any artifact (checkpoint config, ONNX metadata_props, engine sidecar)."""
-    fmt = format_for_path(path).arg
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"model file {str(path)!r} not found")
-    if fmt == "onnx":
-        return read_onnx_meta(path)
-    if fmt == "engine":
-        from perception.tensorrt_engine import engine_meta
-        return engine_meta(path)
-    return load_checkpoint(path)[1]
+    """ModelMeta of any artifact (checkpoint config, ONNX metadata_props, engine sidecar); see
+    :func:`perception.meta.read_model_meta` (no network or session is built)."""
+    return read_model_meta(path)
 
 
 def resolve_backend(name: str, path: Path) -> str:
@@ -235,6 +232,21 @@ class CurveClassifier:
     @property
     def classes(self) -> tuple[str, ...]:
         return self.meta.classes
+
+    @property
+    def contract(self) -> Contract | None:
+        """Camera + label definition the model was trained under (None for models that record none)."""
+        return self.meta.contract
+
+    @property
+    def camera(self) -> CameraSpec | None:
+        """The camera to drive this model with: resolution, fov, mount (None when not recorded)."""
+        return self.meta.camera
+
+    @property
+    def label_params(self) -> LabelParams | None:
+        """The label definition (lookahead, thresholds, junction policy) ground truth must use, or None."""
+        return self.meta.label_params
 
     def preprocess(self, frame: np.ndarray, color_order: str = "BGRA") -> np.ndarray:
         """Raw frame -> float32 1x3xSxS, exactly as training saw it (datasets.preprocess)."""

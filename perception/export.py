@@ -6,8 +6,9 @@ Usage::
     python -m perception.export --checkpoint best.pt --out model_fp16.onnx --fp16 --dynamic-batch \\
         --engine model_fp16.engine --workspace 2G --frames data/town02
 
-The ONNX carries class names, input size, mean/std, colour order and the checkpoint's sha256 in
-its ``metadata_props``, so the classifier needs no other file. Export runs ``onnx.checker`` and
+The ONNX carries class names, input size, mean/std, colour order, the checkpoint's sha256 and the
+camera/label contract the model was trained under (keys ``camera`` and ``label``, JSON; absent for
+checkpoints that record none) in its ``metadata_props``, so the classifier needs no other file. Export runs ``onnx.checker`` and
 prints ONNX Runtime vs torch parity on recorded frames (``--frames``; drawn frames otherwise).
 
 FP16 (``--fp16``): weights and compute are float16, the model's input and output stay float32
@@ -256,6 +257,16 @@ def export(cfg: ExportConfig) -> ExportResult:
     return result
 
 
+def describe_contract(contract) -> str:
+    """One line for the CLI: the camera and labels the model expects (or that it records none)."""
+    if contract is None:
+        return "camera/label contract: none recorded (checkpoint trained before it existed)"
+    c, lab = contract.camera, contract.label
+    return (f"camera {c.width}x{c.height} fov {c.fov:g}, mount x={c.mount.x:g} z={c.mount.z:g} "
+            f"pitch={c.mount.pitch:g}; labels lookahead {lab.lookahead_m:g} m, curve >= {lab.curve_deg:g} deg, "
+            f"straight <= {lab.straight_deg:g} deg, junction policy {lab.junction_policy}")
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Export a curve/straight checkpoint to ONNX (and a TensorRT engine).",
                                 add_help=add_help)
@@ -299,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {result.onnx} ({result.onnx.stat().st_size / 1e6:.1f} MB): {m.arch}, {m.precision}, "
           f"{'dynamic' if m.dynamic_batch else 'static'} batch, input {m.img_size}x{m.img_size} {m.color_order}, "
           f"classes {list(m.classes)}, checkpoint sha256 {m.checkpoint_sha256[:12]}...; onnx.checker OK")
+    print(describe_contract(m.contract))
     if result.parity is not None:
         print(result.parity)
     if result.parity_default is not None:

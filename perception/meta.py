@@ -1,7 +1,15 @@
-"""What every artifact carries so inference needs no other file: classes, input size, normalisation.
+"""What every artifact carries so inference needs no other file: classes, input size, normalisation,
+and the camera/label contract the model was trained under.
 
 The same :class:`ModelMeta` is written into the ONNX ``metadata_props`` (as strings), into the
 TensorRT engine's JSON sidecar, and read back from a training checkpoint's ``config``.
+
+The contract (:class:`datasets.schema.Contract`: the camera a model must be driven with and the
+definition of its labels) travels as two ONNX metadata keys, ``camera`` and ``label`` (JSON of
+:meth:`CameraSpec.to_json` / :meth:`LabelParams.to_json`), as ``meta["contract"]`` in the engine
+sidecar, and as ``config["contract"]`` in a checkpoint. Models trained before it existed have
+none: ``ModelMeta.contract`` is then None and they still load. :func:`read_contract` reads it
+from any model file without building an inference session (what the drive loop calls first).
 """
 from __future__ import annotations
 
@@ -13,13 +21,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from datasets.preprocess import COLOR_ORDERS
-from datasets.schema import CLASSES
+from datasets.schema import CLASSES, CameraSpec, Contract, LabelParams
 
 log = logging.getLogger(__name__)
 
 META_VERSION = "1"
 MARKER_KEY = "carla_perception"            # present (= META_VERSION) in every ONNX we export
 PRECISIONS = ("fp32", "fp16")
+CONTRACT_KEYS = ("camera", "label")         # ONNX metadata keys of the contract (JSON each)
 FRAME_NOTE = ("model input is RGB float32 NCHW normalised with mean/std; raw CARLA frames are BGRA uint8 "
               "and go through datasets.preprocess.preprocess(frame, img_size, 'BGRA', mean, std)")
 
@@ -40,6 +49,7 @@ class ModelMeta:
         checkpoint_sha256: hash of the source checkpoint ('' if unknown).
         checkpoint_path: where the source checkpoint was at export ('' if unknown).
         exporter: tool + versions that wrote the artifact.
+        contract: camera + label definition the model was trained under (None: not recorded).
     """
     arch: str
     classes: tuple[str, ...] = CLASSES
@@ -53,8 +63,11 @@ class ModelMeta:
     checkpoint_sha256: str = ""
     checkpoint_path: str = ""
     exporter: str = field(default="", compare=False)
+    contract: Contract | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.contract, dict):          # from asdict()/JSON: the sidecar, replace()
+            object.__setattr__(self, "contract", Contract.from_json(self.contract))
         object.__setattr__(self, "classes", tuple(self.classes))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
@@ -78,6 +91,16 @@ class ModelMeta:
     def curve_index(self) -> int:
         return self.classes.index("curve")
 
+    @property
+    def camera(self) -> CameraSpec | None:
+        """The camera the model was trained on (None when not recorded)."""
+        return self.contract.camera if self.contract else None
+
+    @property
+    def label_params(self) -> LabelParams | None:
+        """The label definition the model was trained on (None when not recorded)."""
+        return self.contract.label if self.contract else None
+
     def replace(self, **changes) -> "ModelMeta":
         return ModelMeta(**{**asdict(self), **changes})
 
@@ -92,7 +115,7 @@ class ModelMeta:
         return cls(arch=config["arch"], classes=tuple(config.get("classes", CLASSES)),
                    img_size=config["img_size"], mean=config["mean"], std=config["std"],
                    color_order=config.get("color_order", "RGB"), dropout=float(config.get("dropout", 0.0)),
-                   checkpoint_sha256=sha256, checkpoint_path=path)
+                   checkpoint_sha256=sha256, checkpoint_path=path, contract=Contract.from_json(config.get("contract")))
 
     # --- flat string dict (ONNX metadata_props, JSON sidecar) -------------------------
     def to_props(self) -> dict[str, str]:
@@ -100,7 +123,10 @@ class ModelMeta:
         props = {MARKER_KEY: META_VERSION, "frame_note": FRAME_NOTE}
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, (tuple, bool)):
+            if f.name == "contract":
+                if value is not None:
+                    props.update({k: json.dumps(v) for k, v in value.to_json().items()})
+            elif isinstance(value, (tuple, bool)):
                 props[f.name] = json.dumps(list(value) if isinstance(value, tuple) else value)
             else:
                 props[f.name] = str(value)
@@ -113,7 +139,7 @@ class ModelMeta:
             raise ValueError(f"{source} has no carla-perception metadata (key {MARKER_KEY!r} missing or not "
                              f"{META_VERSION!r}); re-export it with: python -m perception.export --checkpoint CKPT "
                              f"--out {Path(source).name}")
-        kwargs = {}
+        kwargs = {"contract": _contract_from_props(props, source)}
         for f in fields(cls):
             if f.name not in props:
                 continue
@@ -133,11 +159,24 @@ class ModelMeta:
         return cls(**kwargs)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["contract"] = self.contract.to_json() if self.contract else None
+        return d
 
     @classmethod
     def from_json(cls, data: dict) -> "ModelMeta":
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+def _contract_from_props(props: dict[str, str], source: str) -> Contract | None:
+    """The contract stored under :data:`CONTRACT_KEYS` (None when the file predates it)."""
+    if "camera" not in props:
+        return None
+    try:
+        return Contract.from_json({k: json.loads(props[k]) for k in CONTRACT_KEYS if k in props})
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{source}: unreadable camera/label metadata ({e}); re-export it with "
+                         f"python -m perception.export") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -168,3 +207,48 @@ def read_onnx_meta(path: str | os.PathLike) -> ModelMeta:
     except Exception as e:  # protobuf DecodeError and friends
         raise ValueError(f"{path} is not a readable ONNX file ({e.__class__.__name__}: {e})") from None
     return ModelMeta.from_props({p.key: p.value for p in model.metadata_props}, str(path))
+
+
+def read_model_meta(path: str | os.PathLike) -> ModelMeta:
+    """ModelMeta of any model file (.pt config, .onnx metadata_props, .engine sidecar), cheaply.
+
+    Builds no network and no inference session: a checkpoint is memory-mapped and only its
+    config is read. An engine whose sidecar predates the contract falls back to its source ONNX.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unknown file type, or a file without our metadata.
+    """
+    from perception.formats import format_for_path
+    path = Path(path)
+    fmt = format_for_path(path).arg          # unknown suffix -> ValueError listing the valid ones
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {str(path)!r} not found")
+    if fmt == "onnx":
+        return read_onnx_meta(path)
+    if fmt == "engine":
+        from perception.tensorrt_engine import engine_meta
+        return engine_meta(path)
+    config = _checkpoint_config(path)
+    return ModelMeta.from_checkpoint_config(config, sha256_file(path), str(path.resolve()))
+
+
+def read_contract(path: str | os.PathLike) -> Contract | None:
+    """The camera/label contract a model file was trained under; None for models that record none.
+
+    Cheap (see :func:`read_model_meta`): call it before building the classifier, e.g. to open the
+    simulator's camera with ``read_contract(model).camera``.
+    """
+    return read_model_meta(path).contract
+
+
+def _checkpoint_config(path: Path) -> dict:
+    """A training checkpoint's ``config`` without materialising its weights (mmap when possible)."""
+    import torch
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:     # legacy (non-zip) serialisation cannot be memory-mapped
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict):
+        raise ValueError(f"{path}: not a training checkpoint (no config)")
+    return ckpt["config"]

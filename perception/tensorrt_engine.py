@@ -10,8 +10,9 @@ Which API is used is decided by feature test, not by version string alone:
 
 An engine is only valid for one ONNX, TensorRT version, GPU model and precision, so every
 ``model.engine`` gets a ``model.engine.json`` sidecar holding that key (:class:`EngineKey`) and
-the :class:`~perception.meta.ModelMeta`. :func:`ensure_engine` rebuilds on any mismatch with one
-log line; the builder's timing cache is persisted per TensorRT version + GPU so rebuilds are fast.
+the :class:`~perception.meta.ModelMeta` (camera/label contract under ``meta.contract``).
+:func:`ensure_engine` rebuilds on any mismatch with one log line; the builder's timing cache is
+persisted per TensorRT version + GPU so rebuilds are fast.
 Inference (:class:`TensorRTRunner`) binds CUDA device buffers (torch tensors) with
 ``set_tensor_address`` and runs ``execute_async_v3`` on a CUDA stream, optionally replaying a
 captured CUDA graph.
@@ -275,11 +276,19 @@ def validate_engine(engine_path: Path) -> Path:
 
 
 def engine_meta(engine_path: Path) -> ModelMeta:
+    """The ModelMeta in an engine's sidecar (``meta``, camera/label contract included under ``meta.contract``).
+
+    A sidecar written before the contract existed takes it from its source ONNX when that is still there.
+    """
     side = read_sidecar(Path(engine_path))
     if side is None or "meta" not in side:
         raise ValueError(f"engine {engine_path} has no sidecar {sidecar_path(Path(engine_path)).name} with model "
                          f"metadata; build engines with python -m perception.export --engine")
-    return ModelMeta.from_json(side["meta"])
+    meta = ModelMeta.from_json(side["meta"])
+    onnx_path = Path(side["onnx"]) if side.get("onnx") else None
+    if "contract" not in side["meta"] and onnx_path is not None and onnx_path.is_file():
+        meta = meta.replace(contract=read_onnx_meta(onnx_path).contract)
+    return meta
 
 
 class TensorRTRunner:

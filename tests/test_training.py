@@ -19,7 +19,8 @@ from training.models import create_model, get_spec
 
 FAST = ["--arch", "simple_cnn", "--weights", "none", "--img-size", "32", "--batch-size", "16", "--workers", "0",
         "--no-progress"]
-CONFIG_KEYS = {"arch", "num_classes", "classes", "img_size", "mean", "std", "color_order", "dropout", "recipe"}
+CONFIG_KEYS = {"arch", "num_classes", "classes", "img_size", "mean", "std", "color_order", "dropout", "recipe",
+               "contract"}
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +176,7 @@ def test_nan_loss_stops_with_message():
     loader = [(torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long), torch.arange(4))] * 3
     with pytest.raises(T.NonFiniteLossError, match="loss became nan in epoch 1 .* lower --lr"):
         T.train_one_epoch(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), 0.1), loader,
-                          torch.device("cpu"), 1, progress=False)
+                          1, T.Runtime(progress=False))
 
 
 def _one_line_error(capsys, argv, code=2):

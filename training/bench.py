@@ -98,8 +98,8 @@ def bench_loader(cfg: BenchConfig) -> dict:
     from training.train import make_loader, prepare_data
 
     device = resolve_device(cfg.device)
-    table, cache, _ = prepare_data(cfg.data, cfg.img_size, None, ddp.DistInfo(), progress=True)
-    ds = FrameDataset(cache, table, ClassificationPresetTrain(img_size=cfg.img_size, seed=0))
+    prepared = prepare_data(cfg.data, cfg.img_size, None, ddp.DistInfo(), progress=True)
+    ds = FrameDataset(prepared.cache, prepared.table, ClassificationPresetTrain(img_size=cfg.img_size, seed=0))
     loader = make_loader(ds, cfg.batch_size, cfg.workers, device, train=True, info=ddp.DistInfo(), seed=0)
     n, t0 = 0, None
     for _ in range(2):

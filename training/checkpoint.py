@@ -6,10 +6,13 @@ A checkpoint is ``torch.save`` of a dict of plain types and tensors, loadable wi
     {"state_dict": model.state_dict(),
      "config": {"arch": str, "num_classes": 2, "classes": ["curve", "straight"], "img_size": int,
                 "mean": [3 floats], "std": [3 floats], "color_order": "RGB", "dropout": float,
-                "recipe": {every training flag, plain types}},
+                "recipe": {every training flag, plain types},
+                "contract": {"camera": {...}, "label": {...}} or None},
      "epoch": int, "metrics": {plain types}}
 
 ``last.pt`` adds the resume state (``optimizer``, ``history``, ``early_stop``, ``stage``).
+``contract`` is the datasets' camera/label contract (:class:`datasets.schema.Contract` as JSON;
+None or absent in checkpoints of datasets that record none or written before it existed).
 ``color_order`` is the channel order of the model input; :func:`datasets.preprocess.preprocess`
 produces it from any raw frame.
 """

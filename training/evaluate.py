@@ -7,6 +7,10 @@ Example::
 
 Frames go through the checkpoint's own image size and normalisation (the uint8 cache made by
 ``datasets.preprocess.to_rgb_resized``, then ``normalize``), i.e. exactly the training eval path.
+
+The checkpoint's camera/label contract is reported (``metrics.json`` ``contract``) and compared with
+each dataset's ``dataset.json``: a difference (another camera, another label lookahead) is one
+warning line, never a refusal: evaluating on other cameras, e.g. real CARLA frames, is legitimate.
 """
 from __future__ import annotations
 
@@ -20,11 +24,12 @@ from pathlib import Path
 
 from torch import nn
 
-from datasets.dataset import DatasetError, FrameDataset
+from datasets.dataset import DatasetError, FrameDataset, read_info
 from datasets.presets import ClassificationPresetEval
 from training import ddp
 from training.checkpoint import load_checkpoint
-from training.train import (DEVICES, evaluate, fork_safe_cv2, make_loader, prepare_data, resolve_device,
+from datasets.schema import Contract
+from training.train import (DEVICES, Runtime, evaluate, fork_safe_cv2, make_loader, prepare_data, resolve_device,
                             split_metrics, write_eval_artifacts)
 
 log = logging.getLogger(__name__)
@@ -63,20 +68,72 @@ def _evaluate_checkpoint(cfg: EvalConfig) -> tuple[Path, dict]:
     model, mcfg = load_checkpoint(cfg.checkpoint, device)
     if list(mcfg["classes"]) != ["curve", "straight"]:
         log.warning("checkpoint classes %s differ from the dataset schema", mcfg["classes"])
-    info = ddp.DistInfo()
-    table, cache, n_corrupt = prepare_data(cfg.data, int(mcfg["img_size"]), cfg.cache_dir, info, cfg.progress)
-    ds = FrameDataset(cache, table, ClassificationPresetEval(mean=mcfg["mean"], std=mcfg["std"]))
-    loader = make_loader(ds, cfg.batch_size, cfg.workers, device, train=False, info=info, seed=0)
-    result = evaluate(model, nn.CrossEntropyLoss(), loader, device, info=info, progress=cfg.progress, desc="eval")
+    contract = contract_report(Contract.from_json(mcfg.get("contract")), cfg.data)
+    rt = Runtime(device=device, info=ddp.DistInfo(), progress=cfg.progress)
+    prepared = prepare_data(cfg.data, int(mcfg["img_size"]), cfg.cache_dir, rt.info, cfg.progress)
+    table = prepared.table
+    ds = FrameDataset(prepared.cache, table, ClassificationPresetEval(mean=mcfg["mean"], std=mcfg["std"]))
+    loader = make_loader(ds, cfg.batch_size, cfg.workers, device, train=False, info=rt.info, seed=0)
+    result = evaluate(model, nn.CrossEntropyLoss(), loader, rt, desc="eval")
     out = Path(cfg.out or Path("runs") / "evaluate" / f"{Path(cfg.checkpoint).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"checkpoint": str(cfg.checkpoint), "arch": mcfg["arch"], "img_size": mcfg["img_size"],
-               "data": {"dirs": list(cfg.data), "frames": len(table), "corrupt_skipped": n_corrupt,
-                        "towns": table.towns()},
+               "contract": contract,
+               "data": {"dirs": list(cfg.data), "frames": len(table), "corrupt_skipped": prepared.corrupt_skipped,
+                        "route_dependent_skipped": prepared.route_dependent_skipped, "towns": table.towns()},
                "eval": split_metrics(result, table)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_eval_artifacts(out, {"eval": result}, {"eval": ds}, seed=0)
     return out, metrics
+
+
+def contract_differences(model: Contract, info: dict) -> list[str]:
+    """``"camera.fov 110.0 (model) vs 90.0 (data)"`` for each contract field a ``dataset.json`` records
+    differently. Fields the dataset leaves out or null (hand-labelled sets often do not know their fov
+    or mount) are not differences; extra dataset fields (image_format, notes) are ignored.
+    """
+    diffs = []
+    for section, fields_ in model.to_json().items():
+        recorded = info.get(section) or {}
+        for name, value in _flatten(fields_, f"{section}."):
+            have = _lookup(recorded, name.split(".")[1:])
+            if have is not None and have != value:
+                diffs.append(f"{name} {value!r} (model) vs {have!r} (data)")
+    return diffs
+
+
+def _flatten(d: dict, prefix: str):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _lookup(d, path: list[str]):
+    for part in path:
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def contract_report(model: Contract | None, data_dirs) -> dict:
+    """``metrics["contract"]``: the model's contract and, per dataset, how its recorded one differs.
+
+    Logs the model's camera and one warning line per dataset that differs (reported, not refused).
+    """
+    if model is None:
+        log.info("checkpoint records no camera/label contract (trained before it existed)")
+        return {"model": None, "differences": {}}
+    c = model.camera
+    log.info("model contract: camera %dx%d fov %g, label lookahead %g m", c.width, c.height, c.fov,
+             model.label.lookahead_m)
+    differences = {}
+    for d in data_dirs:
+        diffs = contract_differences(model, read_info(d))
+        if diffs:
+            differences[str(d)] = diffs
+            log.warning("%s was recorded under another camera/label contract than the model: %s", d, ", ".join(diffs))
+    return {"model": model.to_json(), "differences": differences}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -25,6 +25,15 @@ in the last stage only so stage 1 cannot end the run before unfreezing); the bes
 restored before the final metrics. The run directory gets ``weights/best.pt`` + ``last.pt``,
 ``metrics.json``, ``history.csv``, ``curves.png``, ``confusion_matrix.png``, ``predictions.png``,
 ``split.json``, ``args.yaml`` and TensorBoard logs in ``tb/``.
+
+The camera/label contract: every ``--data`` directory's ``dataset.json`` must record the same
+camera and label definition (else one error line names the differing fields, e.g. ``camera.fov``);
+it is stored in the checkpoint as ``config["contract"]`` (None for datasets that record none) and
+travels on to the ONNX and the drive loop. Frames flagged ``route_dependent`` by the collector's
+``--junction-policy flag`` are skipped (their label hangs on a route choice the camera cannot see).
+
+The work is four steps, each a function: :func:`build_data`, :func:`build_model`, :func:`fit`,
+:func:`report`; the loops take a :class:`Runtime` (device, AMP, DDP rank) instead of many flags.
 """
 from __future__ import annotations
 
@@ -47,9 +56,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from datasets.dataset import DatasetError, FrameCache, FrameDataset, FrameTable, build_cache, check_classes, load_frames
+from datasets.dataset import (DatasetError, FrameCache, FrameDataset, FrameTable, build_cache, check_classes,
+                              load_contract, load_frames)
 from datasets.presets import ClassificationPresetEval, ClassificationPresetTrain
-from datasets.schema import CLASSES
+from datasets.schema import CLASSES, Contract, ContractError, describe_differences
 from datasets.splits import SplitConfig, load_split, make_split
 from training import ddp
 from training.checkpoint import read_checkpoint, save_checkpoint
@@ -277,10 +287,6 @@ def lr_at(epoch: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (epoch - start) / max(1, end - start)))
 
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-
-
 def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int, info: ddp.DistInfo) -> None:
     value = loss_sum.detach().double().clone()  # all_reduce is in place: never touch the running sum
     if info.enabled:
@@ -312,14 +318,61 @@ class EarlyStopping:
     def should_stop(self) -> bool:
         return self.patience > 0 and self.bad_epochs >= self.patience
 
+    def state(self) -> dict:
+        """What last.pt stores to resume the count."""
+        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+
+@dataclass
+class Runtime:
+    """Where and how the loops run: device, mixed precision, DDP rank, progress bars.
+
+    One object handed to :func:`train_one_epoch` and :func:`evaluate` instead of six keyword
+    arguments each; the default is a single CPU process in FP32.
+    """
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp_dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None      # fp16 autocast only (bf16 needs none)
+    channels_last: bool = False
+    info: ddp.DistInfo = field(default_factory=ddp.DistInfo)
+    progress: bool = True
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, info: ddp.DistInfo) -> "Runtime":
+        """The runtime ``cfg`` asks for on this rank (bf16 autocast where the GPU has it, else fp16 + scaler)."""
+        device = resolve_device(cfg.device, info.local_rank)
+        if cfg.amp and device.type != "cuda":
+            log.warning("--amp ignored: no CUDA device (running on CPU)")
+        amp_dtype = None
+        if cfg.amp and device.type == "cuda":
+            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels once
+        return cls(device, amp_dtype, torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+                   channels_last=device.type == "cuda", info=info, progress=cfg.progress)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.to(self.device, non_blocking=True, memory_format=fmt), y.to(self.device, non_blocking=True)
+
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+
 
 # ------------------------------------------------------------------------------------------ loops
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
-                    device: torch.device, epoch: int, *, amp_dtype: torch.dtype | None = None,
-                    scaler: torch.amp.GradScaler | None = None, channels_last: bool = False,
-                    info: ddp.DistInfo = ddp.DistInfo(), progress: bool = True, desc: str = "",
-                    check_every: int = 10) -> dict:
+                    epoch: int, rt: Runtime | None = None, *, desc: str = "", check_every: int = 10) -> dict:
     """One pass over ``loader``; returns loss, accuracy, images/s and the share of time spent waiting on data.
 
     Raises:
@@ -328,62 +381,54 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     """
     from tqdm import tqdm
 
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
+    rt = rt or Runtime()
+    loss_sum = torch.zeros((), device=rt.device, dtype=torch.float64)
+    correct = torch.zeros((), device=rt.device, dtype=torch.int64)
     seen, wait = 0, 0.0
     t0 = tick = time.perf_counter()
-    bar = tqdm(loader, desc=desc or f"epoch {epoch}", unit="batch", disable=not (progress and info.is_main),
+    bar = tqdm(loader, desc=desc or f"epoch {epoch}", unit="batch", disable=not (rt.progress and rt.info.is_main),
                leave=True, dynamic_ncols=True)
     step = 0
     for step, (x, y, _) in enumerate(bar, 1):
         wait += time.perf_counter() - tick
-        x = x.to(device, non_blocking=True, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        y = y.to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
+        x, y = rt.to_device(x, y)
+        with rt.autocast():
             logits = model(x)
             loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        rt.backward_step(loss, optimizer)
         loss_sum += loss.detach().double() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
         if step % check_every == 0:
-            _check_finite(loss_sum, epoch, step, info)
+            _check_finite(loss_sum, epoch, step, rt.info)
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
         tick = time.perf_counter()
-    _check_finite(loss_sum, epoch, step, info)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _check_finite(loss_sum, epoch, step, rt.info)
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize(rt.device)
     elapsed = time.perf_counter() - t0
     total_loss, total_correct, total_seen, total_wait = ddp.all_reduce_sum(
-        [loss_sum.item(), float(correct.item()), float(seen), wait], info, device)
+        [loss_sum.item(), float(correct.item()), float(seen), wait], rt.info, rt.device)
     return {"loss": total_loss / max(total_seen, 1), "acc": total_correct / max(total_seen, 1),
             "images": int(total_seen), "seconds": elapsed, "images_per_s": total_seen / max(elapsed, 1e-9),
-            "data_wait_frac": total_wait / info.world_size / max(elapsed, 1e-9)}
+            "data_wait_frac": total_wait / rt.info.world_size / max(elapsed, 1e-9)}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device, *,
-             amp_dtype: torch.dtype | None = None, channels_last: bool = False, info: ddp.DistInfo = ddp.DistInfo(),
-             progress: bool = False, desc: str = "eval") -> dict:
+def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, rt: Runtime | None = None, *,
+             desc: str = "eval") -> dict:
     """Predictions of ``model`` over ``loader`` gathered from every rank, sorted by dataset index.
 
     Returns ``{"loss", "acc", "index", "labels", "probs"}`` (arrays over the whole split).
     """
     from tqdm import tqdm
 
+    rt = rt or Runtime(progress=False)
     model.eval()
     idx, labels, probs, losses = [], [], [], []
-    for x, y, i in tqdm(loader, desc=desc, unit="batch", disable=not (progress and info.is_main), leave=False):
-        x = x.to(device, non_blocking=True, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        y = y.to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
+    for x, y, i in tqdm(loader, desc=desc, unit="batch", disable=not (rt.progress and rt.info.is_main), leave=False):
+        x, y = rt.to_device(x, y)
+        with rt.autocast():
             logits = model(x)
         logits = logits.float()
         losses.append(nn.functional.cross_entropy(logits, y, reduction="none").cpu().numpy())
@@ -395,7 +440,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device:
              "labels": np.concatenate(labels) if labels else np.zeros(0, np.int64),
              "probs": np.concatenate(probs) if probs else np.zeros((0, n_cls), np.float32),
              "losses": np.concatenate(losses) if losses else np.zeros(0, np.float32)}
-    out = ddp.gather_arrays(local, info)
+    out = ddp.gather_arrays(local, rt.info)
     order = np.argsort(out["index"], kind="stable")
     out = {k: v[order] for k, v in out.items()}
     out["loss"] = float(out["losses"].mean()) if len(out["losses"]) else float("nan")
@@ -418,11 +463,20 @@ def make_loader(dataset: FrameDataset, batch_size: int, workers: int, device: to
                       persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
 
 
-def prepare_data(data: tuple[str, ...], img_size: int, cache_dir: str | None, info: ddp.DistInfo,
-                 progress: bool) -> tuple[FrameTable, FrameCache, int]:
-    """Load + validate the manifests, build the cache on rank 0 (others wait), drop corrupt frames.
+@dataclass
+class PreparedData:
+    """The usable frames of some dataset directories and their uint8 cache (see :func:`prepare_data`)."""
+    table: FrameTable
+    cache: FrameCache
+    corrupt_skipped: int = 0
+    route_dependent_skipped: int = 0
 
-    Returns (usable frames, cache, number of corrupt frames skipped).
+
+def prepare_data(data: tuple[str, ...], img_size: int, cache_dir: str | None, info: ddp.DistInfo,
+                 progress: bool) -> PreparedData:
+    """Load + validate the manifests, build the cache on rank 0 (others wait), drop corrupt frames and
+    route-dependent ones (a label decided by a route choice at a junction the camera cannot see is noise
+    to a classifier; the collector's ``--junction-policy flag`` keeps them for driving policies).
     """
     table = load_frames(data)
     if info.is_main:
@@ -431,9 +485,13 @@ def prepare_data(data: tuple[str, ...], img_size: int, cache_dir: str | None, in
     if not info.is_main:
         cache = build_cache(table, img_size, cache_dir, progress=False)
     corrupt = cache.corrupt_mask(table)
-    table = table.subset(~corrupt)
+    route_dependent = table.route_dependent & ~corrupt
+    if route_dependent.any() and info.is_main:
+        log.info("skipped %d of %d frames flagged route_dependent (label depends on a route choice the camera "
+                 "cannot see)", int(route_dependent.sum()), len(table))
+    table = table.subset(~(corrupt | route_dependent))
     check_classes(table, "dataset " + ", ".join(data))
-    return table, cache, int(corrupt.sum())
+    return PreparedData(table, cache, int(corrupt.sum()), int(route_dependent.sum()))
 
 
 def split_metrics(result: dict, table: FrameTable) -> dict:
@@ -483,7 +541,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Run a whole training as configured; returns the run directory and final metrics.
 
     Raises:
-        DatasetError / ValueError: bad data or flags (one-line messages).
+        DatasetError / ValueError: bad data or flags (one-line messages); ContractError (a
+            ValueError) when the datasets were collected with different cameras or label definitions.
         NonFiniteLossError: the loss diverged.
     """
     resume_ckpt = None
@@ -506,166 +565,288 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, info: ddp.DistInfo, resume_ckpt: dict | None) -> TrainResult:
-    device = resolve_device(cfg.device, info.local_rank)
-    if cfg.amp and device.type != "cuda":
-        log.warning("--amp ignored: no CUDA device (running on CPU)")
-    amp_dtype = None
-    if cfg.amp and device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    channels_last = device.type == "cuda"
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels once
+    """The four steps: data, model, fit, report."""
+    rt = Runtime.create(cfg, info)
     seed_everything(cfg.seed + info.rank)
-
     out = Path(ddp.broadcast_object(str(cfg.out or _default_out(cfg.arch)), info))
     if info.is_main:
         (out / "weights").mkdir(parents=True, exist_ok=True)
+    data = build_data(cfg, rt, out, resume_ckpt)
+    model, model_config = build_model(cfg, rt, data.contract)
+    state = FitState.start(cfg, model, resume_ckpt, out)
+    writer = None
+    if info.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out / "tb"))
+    run = TrainRun(cfg, rt, out, model, model_config, nn.CrossEntropyLoss(), data, writer)
+    fit(run, state)
+    return report(run, state)
 
-    # data
-    table, cache, n_corrupt = prepare_data(cfg.data, cfg.img_size, cfg.cache_dir, info, cfg.progress)
-    split_cfg = SplitConfig(cfg.val_split, cfg.val_towns, cfg.test_towns, cfg.seed)
+
+# --- data
+
+@dataclass
+class TrainData:
+    """The data step's result: frames, splits, datasets, loaders and the datasets' contract."""
+    prepared: PreparedData
+    tables: dict[str, FrameTable]           # train / val / test
+    datasets: dict[str, FrameDataset]
+    train_loader: DataLoader
+    eval_loaders: dict[str, DataLoader]     # val / test, those that have frames
+    contract: Contract | None               # camera + labels of every dataset (None: none recorded)
+
+    @property
+    def table(self) -> FrameTable:
+        return self.prepared.table
+
+    def summary(self, dirs: tuple[str, ...]) -> dict:
+        """``metrics["data"]``."""
+        return {"dirs": list(dirs), "frames": len(self.table), "corrupt_skipped": self.prepared.corrupt_skipped,
+                "route_dependent_skipped": self.prepared.route_dependent_skipped, "towns": self.table.towns(),
+                **{f"{k}_frames": len(v) for k, v in self.tables.items()}}
+
+
+def build_data(cfg: TrainConfig, rt: Runtime, out: Path, resume_ckpt: dict | None) -> TrainData:
+    """Frames, the shared camera/label contract, the split (reloaded on resume), datasets and loaders.
+
+    Raises:
+        ContractError: the datasets (or the resumed run and the datasets) differ in camera/labels.
+    """
+    info = rt.info
+    prepared = prepare_data(cfg.data, cfg.img_size, cfg.cache_dir, info, cfg.progress)
+    contract = _training_contract(cfg.data, resume_ckpt, info)
+    table = prepared.table
     split = load_split(out / "split.json", table) if resume_ckpt and (out / "split.json").is_file() \
-        else make_split(table, split_cfg)
+        else make_split(table, SplitConfig(cfg.val_split, cfg.val_towns, cfg.test_towns, cfg.seed))
     tables = {name: table.subset(idx) for name, idx in split.indices.items()}
     check_classes(tables["train"], "training split")
     if info.is_main:
         split.save(out / "split.json", table)
         import yaml
         (out / "args.yaml").write_text(yaml.safe_dump(cfg.recipe(), sort_keys=False))
-        log.info("frames: train %d, val %d, test %d (%d corrupt skipped); towns %s",
-                 *(len(tables[k]) for k in ("train", "val", "test")), n_corrupt, ", ".join(table.towns()))
-
-    dcfg = data_config(cfg.arch)
-    train_tf = (ClassificationPresetTrain(img_size=cfg.img_size, mean=dcfg["mean"], std=dcfg["std"],
-                                          hflip_prob=cfg.hflip_prob, seed=cfg.seed + info.rank)
-                if cfg.augment else ClassificationPresetEval(mean=dcfg["mean"], std=dcfg["std"]))
-    eval_tf = ClassificationPresetEval(mean=dcfg["mean"], std=dcfg["std"])
-    dsets = {"train": FrameDataset(cache, tables["train"], train_tf),
-             "val": FrameDataset(cache, tables["val"], eval_tf),
-             "test": FrameDataset(cache, tables["test"], eval_tf)}
-    train_loader = make_loader(dsets["train"], cfg.batch_size, cfg.workers, device, train=True, info=info, seed=cfg.seed)
-    eval_loaders = {k: make_loader(dsets[k], cfg.batch_size * 2, cfg.workers, device, train=False, info=info,
+        log.info("frames: train %d, val %d, test %d (%d corrupt, %d route-dependent skipped); towns %s",
+                 *(len(tables[k]) for k in ("train", "val", "test")), prepared.corrupt_skipped,
+                 prepared.route_dependent_skipped, ", ".join(table.towns()))
+    dsets = _datasets(cfg, prepared.cache, tables, info.rank)
+    train_loader = make_loader(dsets["train"], cfg.batch_size, cfg.workers, rt.device, train=True, info=info,
+                               seed=cfg.seed)
+    eval_loaders = {k: make_loader(dsets[k], cfg.batch_size * 2, cfg.workers, rt.device, train=False, info=info,
                                    seed=cfg.seed) for k in ("val", "test") if len(dsets[k])}
+    return TrainData(prepared, tables, dsets, train_loader, eval_loaders, contract)
 
-    # model
+
+def _training_contract(data: tuple[str, ...], resume_ckpt: dict | None, info: ddp.DistInfo) -> Contract | None:
+    """The datasets' shared contract; on --resume it must also match the one the run started with."""
+    contract = load_contract(data)
+    if contract is not None and info.is_main:
+        c = contract.camera
+        log.info("contract: camera %dx%d fov %g, label lookahead %g m, junction policy %s", c.width, c.height,
+                 c.fov, contract.label.lookahead_m, contract.label.junction_policy)
+    before = Contract.from_json((resume_ckpt or {}).get("config", {}).get("contract"))
+    if before is not None and contract is not None and before.differences(contract):
+        raise ContractError(f"--resume: the datasets differ from the run's camera/label contract: "
+                            f"{describe_differences(contract, before, 'datasets', 'checkpoint')}")
+    return contract
+
+
+def _datasets(cfg: TrainConfig, cache: FrameCache, tables: dict[str, FrameTable], rank: int) -> dict[str, FrameDataset]:
+    """Augmented training set (seeded per rank), plain val/test sets, normalised as the architecture wants."""
+    dcfg = data_config(cfg.arch)
+    eval_tf = ClassificationPresetEval(mean=dcfg["mean"], std=dcfg["std"])
+    train_tf = (ClassificationPresetTrain(img_size=cfg.img_size, mean=dcfg["mean"], std=dcfg["std"],
+                                          hflip_prob=cfg.hflip_prob, seed=cfg.seed + rank)
+                if cfg.augment else eval_tf)
+    return {"train": FrameDataset(cache, tables["train"], train_tf),
+            "val": FrameDataset(cache, tables["val"], eval_tf),
+            "test": FrameDataset(cache, tables["test"], eval_tf)}
+
+
+# --- model
+
+def model_config(cfg: TrainConfig, contract: Contract | None) -> dict:
+    """The checkpoint ``config`` (see :mod:`training.checkpoint`), the contract included."""
+    dcfg = data_config(cfg.arch)
+    return {"arch": cfg.arch, "num_classes": len(CLASSES), "classes": list(CLASSES),
+            "img_size": cfg.img_size, "mean": [float(v) for v in dcfg["mean"]],
+            "std": [float(v) for v in dcfg["std"]], "color_order": dcfg["color_order"],
+            "dropout": cfg.dropout, "recipe": cfg.recipe(),
+            "contract": contract.to_json() if contract is not None else None}
+
+
+def build_model(cfg: TrainConfig, rt: Runtime, contract: Contract | None) -> tuple[nn.Module, dict]:
+    """The network on its device, and the checkpoint config that describes it."""
     try:
         model = create_model(cfg.arch, num_classes=len(CLASSES), dropout=cfg.dropout, weights=cfg.weights)
     except RuntimeError as e:  # offline ImageNet weights: one line suggesting --weights none / PATH
         raise ValueError(str(e)) from None
-    model.to(device)
-    if channels_last:
+    model.to(rt.device)
+    if rt.channels_last:
         model.to(memory_format=torch.channels_last)
-    criterion = nn.CrossEntropyLoss()
-    model_config = {"arch": cfg.arch, "num_classes": len(CLASSES), "classes": list(CLASSES),
-                    "img_size": cfg.img_size, "mean": [float(v) for v in dcfg["mean"]],
-                    "std": [float(v) for v in dcfg["std"]], "color_order": dcfg["color_order"],
-                    "dropout": cfg.dropout, "recipe": cfg.recipe()}
+    return model, model_config(cfg, contract)
 
-    history: list[dict] = []
-    stopper = EarlyStopping(cfg.patience)
-    start_epoch = 0
-    best_state = None
-    if resume_ckpt is not None:
+
+# --- fit
+
+@dataclass
+class FitState:
+    """What the epoch loop carries from one epoch to the next (and last.pt keeps for --resume)."""
+    stopper: EarlyStopping
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+    best_state: dict | None = None          # CPU copy of the best weights so far
+    stopped_early: bool = False
+    resume_optimizer: dict | None = None    # optimizer state restored if the resumed epoch's stage matches
+    resume_stage: int | None = None
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, model: nn.Module, resume_ckpt: dict | None, out: Path) -> "FitState":
+        """A fresh state, or the one of ``resume_ckpt`` (weights loaded into ``model``)."""
+        state = cls(EarlyStopping(cfg.patience))
+        if resume_ckpt is None:
+            return state
         model.load_state_dict(resume_ckpt["state_dict"])
-        history = list(resume_ckpt.get("history", []))
+        state.history = list(resume_ckpt.get("history", []))
         for k, v in resume_ckpt.get("early_stop", {}).items():
-            setattr(stopper, k, v)
-        start_epoch = int(resume_ckpt["epoch"])
+            setattr(state.stopper, k, v)
+        state.start_epoch = int(resume_ckpt["epoch"])
+        state.resume_optimizer, state.resume_stage = resume_ckpt["optimizer"], resume_ckpt.get("stage")
         if (out / "weights" / "best.pt").is_file():
-            best_state = read_checkpoint(out / "weights" / "best.pt")["state_dict"]
-        log.info("resumed %s at epoch %d (best val loss %.4f at epoch %d)", cfg.resume, start_epoch,
-                 stopper.best_loss, stopper.best_epoch)
+            state.best_state = read_checkpoint(out / "weights" / "best.pt")["state_dict"]
+        log.info("resumed %s at epoch %d (best val loss %.4f at epoch %d)", cfg.resume, state.start_epoch,
+                 state.stopper.best_loss, state.stopper.best_epoch)
+        return state
 
-    writer = None
-    if info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out / "tb"))
 
-    stage, net, optimizer = None, model, None
-    last_stage = stage_of(cfg.epochs - 1, cfg)
-    stage2_epoch = cfg.freeze_epochs + 1 if cfg.pretrained and 0 < cfg.freeze_epochs < cfg.epochs else None
-    stopped_early = False
-    for epoch in range(start_epoch, cfg.epochs):
+@dataclass
+class TrainRun:
+    """Everything the fit and report steps work on (built once by :func:`_train`)."""
+    cfg: TrainConfig
+    rt: Runtime
+    out: Path
+    model: nn.Module
+    model_config: dict
+    criterion: nn.Module
+    data: TrainData
+    writer: object | None = None            # TensorBoard SummaryWriter, rank 0 only
+
+
+def fit(run: TrainRun, state: FitState) -> None:
+    """Epochs from ``state.start_epoch``: switch stage when due, train, validate, checkpoint, stop early."""
+    cfg = run.cfg
+    stage, net, optimizer = None, run.model, None
+    for epoch in range(state.start_epoch, cfg.epochs):
         if stage_of(epoch, cfg) != stage:
             stage = stage_of(epoch, cfg)
-            params = set_trainable(model, cfg.arch, stage, cfg)
-            optimizer = make_optimizer(params, cfg)
-            if resume_ckpt is not None and epoch == start_epoch and resume_ckpt.get("stage") == stage:
-                optimizer.load_state_dict(resume_ckpt["optimizer"])
-            net = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-                   if info.enabled else model)
-            if info.is_main:
-                log.info("stage %d: %d of %d parameter tensors trainable (%d weights)", stage, len(params),
-                         len(list(model.parameters())), sum(p.numel() for p in params))
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(epoch, cfg)
-        if isinstance(train_loader.sampler, DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
-        set_train_mode(net)
-        tr = train_one_epoch(net, criterion, optimizer, train_loader, device, epoch + 1, amp_dtype=amp_dtype,
-                             scaler=scaler, channels_last=channels_last, info=info, progress=cfg.progress,
-                             desc=f"epoch {epoch + 1}/{cfg.epochs} stage {stage}")
-        va = evaluate(model, criterion, eval_loaders["val"], device, amp_dtype=amp_dtype,
-                      channels_last=channels_last, info=info, progress=cfg.progress, desc="val")
-        row = {"epoch": epoch + 1, "stage": stage, "lr": optimizer.param_groups[0]["lr"],
-               "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"], "val_acc": va["acc"],
-               "images_per_s": tr["images_per_s"], "epoch_s": tr["seconds"], "data_wait_frac": tr["data_wait_frac"]}
-        history.append(row)
-        improved = stopper.step(epoch + 1, va["loss"], counts=stage == last_stage)
-        if improved:
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        if info.is_main:
-            log.info("epoch %d/%d stage %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f | %.0f img/s "
-                     "(data wait %.0f%%)%s", epoch + 1, cfg.epochs, stage, tr["loss"], tr["acc"], va["loss"],
-                     va["acc"], tr["images_per_s"], 100 * tr["data_wait_frac"], " *best*" if improved else "")
-            for k in ("train_loss", "val_loss", "train_acc", "val_acc", "lr", "images_per_s"):
-                writer.add_scalar(k.replace("_", "/", 1), row[k], epoch + 1)
-            _write_history(out / "history.csv", history)
-            if improved:
-                save_checkpoint(out / "weights" / "best.pt", model, model_config, epoch + 1,
-                                {"val_loss": va["loss"], "val_acc": va["acc"]})
-            save_checkpoint(out / "weights" / "last.pt", model, model_config, epoch + 1,
-                            {"val_loss": va["loss"], "val_acc": va["acc"]}, optimizer=optimizer.state_dict(),
-                            stage=stage, history=history,
-                            early_stop={"best_loss": stopper.best_loss, "best_epoch": stopper.best_epoch,
-                                        "bad_epochs": stopper.bad_epochs})
-        if stopper.should_stop:
-            stopped_early = True
-            if info.is_main:
+            net, optimizer = _enter_stage(run, state, stage, epoch)
+        row = _run_epoch(run, net, optimizer, epoch, stage)
+        _end_epoch(run, state, row, optimizer)
+        if state.stopper.should_stop:
+            state.stopped_early = True
+            if run.rt.info.is_main:
                 log.info("early stopping: val loss has not improved for %d epochs (best %.4f at epoch %d)",
-                         cfg.patience, stopper.best_loss, stopper.best_epoch)
+                         cfg.patience, state.stopper.best_loss, state.stopper.best_epoch)
             break
 
-    # final metrics with the best weights restored
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    results = {k: evaluate(model, criterion, loader, device, amp_dtype=amp_dtype, channels_last=channels_last,
-                           info=info, progress=cfg.progress, desc=k) for k, loader in eval_loaders.items()}
-    metrics = {
-        "best_epoch": stopper.best_epoch, "epochs_run": len(history), "stopped_early": stopped_early,
-        "data": {"dirs": list(cfg.data), "frames": len(table), "corrupt_skipped": n_corrupt,
-                 "towns": table.towns(), **{f"{k}_frames": len(v) for k, v in tables.items()}},
+
+def _enter_stage(run: TrainRun, state: FitState, stage: int, epoch: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """Freeze/unfreeze for ``stage``, a fresh optimizer (the resumed one on the resumed epoch), DDP wrapper."""
+    cfg, rt, model = run.cfg, run.rt, run.model
+    params = set_trainable(model, cfg.arch, stage, cfg)
+    optimizer = make_optimizer(params, cfg)
+    if state.resume_optimizer is not None and epoch == state.start_epoch and state.resume_stage == stage:
+        optimizer.load_state_dict(state.resume_optimizer)
+    net = (nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+           if rt.info.enabled else model)
+    if rt.info.is_main:
+        log.info("stage %d: %d of %d parameter tensors trainable (%d weights)", stage, len(params),
+                 len(list(model.parameters())), sum(p.numel() for p in params))
+    return net, optimizer
+
+
+def _run_epoch(run: TrainRun, net: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, stage: int) -> dict:
+    """Train one epoch and validate; returns its history row."""
+    cfg, loader = run.cfg, run.data.train_loader
+    for g in optimizer.param_groups:
+        g["lr"] = lr_at(epoch, cfg)
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    set_train_mode(net)
+    tr = train_one_epoch(net, run.criterion, optimizer, loader, epoch + 1, run.rt,
+                         desc=f"epoch {epoch + 1}/{cfg.epochs} stage {stage}")
+    va = evaluate(run.model, run.criterion, run.data.eval_loaders["val"], run.rt, desc="val")
+    return {"epoch": epoch + 1, "stage": stage, "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"], "val_acc": va["acc"],
+            "images_per_s": tr["images_per_s"], "epoch_s": tr["seconds"], "data_wait_frac": tr["data_wait_frac"]}
+
+
+def _end_epoch(run: TrainRun, state: FitState, row: dict, optimizer: torch.optim.Optimizer) -> None:
+    """Record the row, keep the best weights; on rank 0 log it and write history, TensorBoard, best/last.pt."""
+    cfg, model, epoch, stage = run.cfg, run.model, row["epoch"], row["stage"]
+    state.history.append(row)
+    improved = state.stopper.step(epoch, row["val_loss"], counts=stage == stage_of(cfg.epochs - 1, cfg))
+    if improved:
+        state.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    if not run.rt.info.is_main:
+        return
+    log.info("epoch %d/%d stage %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f | %.0f img/s "
+             "(data wait %.0f%%)%s", epoch, cfg.epochs, stage, row["train_loss"], row["train_acc"], row["val_loss"],
+             row["val_acc"], row["images_per_s"], 100 * row["data_wait_frac"], " *best*" if improved else "")
+    for k in ("train_loss", "val_loss", "train_acc", "val_acc", "lr", "images_per_s"):
+        run.writer.add_scalar(k.replace("_", "/", 1), row[k], epoch)
+    _write_history(run.out / "history.csv", state.history)
+    val = {"val_loss": row["val_loss"], "val_acc": row["val_acc"]}
+    if improved:
+        save_checkpoint(run.out / "weights" / "best.pt", model, run.model_config, epoch, val)
+    save_checkpoint(run.out / "weights" / "last.pt", model, run.model_config, epoch, val,
+                    optimizer=optimizer.state_dict(), stage=stage, history=state.history,
+                    early_stop=state.stopper.state())
+
+
+# --- report
+
+def report(run: TrainRun, state: FitState) -> TrainResult:
+    """Final metrics with the best weights restored; rank 0 writes metrics.json, best.pt and the plots."""
+    if state.best_state is not None:
+        run.model.load_state_dict(state.best_state)
+    results = {k: evaluate(run.model, run.criterion, loader, run.rt, desc=k)
+               for k, loader in run.data.eval_loaders.items()}
+    metrics = final_metrics(run, state, results)
+    if run.rt.info.is_main:
+        _write_report(run, state, metrics, results)
+    return TrainResult(run.out, metrics, state.history)
+
+
+def final_metrics(run: TrainRun, state: FitState, results: dict[str, dict]) -> dict:
+    """``metrics.json``: best epoch, data summary, contract, val/test metrics, throughput."""
+    tables, history = run.data.tables, state.history
+    return {
+        "best_epoch": state.stopper.best_epoch, "epochs_run": len(history), "stopped_early": state.stopped_early,
+        "data": run.data.summary(run.cfg.data),
+        "contract": run.model_config["contract"],
         "val": split_metrics(results["val"], tables["val"]),
         "test": split_metrics(results["test"], tables["test"]) if "test" in results else None,
         "train_images_per_s": float(np.mean([h["images_per_s"] for h in history])) if history else None,
     }
-    if info.is_main:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        save_checkpoint(out / "weights" / "best.pt", model, model_config, stopper.best_epoch,
-                        {"val": {k: metrics["val"][k] for k in ("accuracy", "macro_f1", "roc_auc", "loss")},
-                         "test": None if metrics["test"] is None else
-                         {k: metrics["test"][k] for k in ("accuracy", "macro_f1", "roc_auc", "loss")}})
-        from training.plots import plot_curves
-        plot_curves(history, out / "curves.png", stage2_epoch=stage2_epoch, best_epoch=stopper.best_epoch)
-        write_eval_artifacts(out, results, dsets, cfg.seed)
-        writer.add_scalar("val/accuracy_final", metrics["val"]["accuracy"], stopper.best_epoch)
-        writer.close()
-        held = metrics["test"] or metrics["val"]
-        log.info("best epoch %d; %s accuracy %.4f (macro F1 %.4f) on %s; run directory %s", stopper.best_epoch,
-                 "test" if metrics["test"] else "val", held["accuracy"], held["macro_f1"],
-                 ", ".join(held["accuracy_per_town"]), out)
-    return TrainResult(out, metrics, history)
+
+
+def _write_report(run: TrainRun, state: FitState, metrics: dict, results: dict[str, dict]) -> None:
+    from training.plots import plot_curves
+
+    cfg, out, best_epoch = run.cfg, run.out, state.stopper.best_epoch
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    keys = ("accuracy", "macro_f1", "roc_auc", "loss")
+    save_checkpoint(out / "weights" / "best.pt", run.model, run.model_config, best_epoch,
+                    {"val": {k: metrics["val"][k] for k in keys},
+                     "test": None if metrics["test"] is None else {k: metrics["test"][k] for k in keys}})
+    stage2_epoch = cfg.freeze_epochs + 1 if cfg.pretrained and 0 < cfg.freeze_epochs < cfg.epochs else None
+    plot_curves(state.history, out / "curves.png", stage2_epoch=stage2_epoch, best_epoch=best_epoch)
+    write_eval_artifacts(out, results, run.data.datasets, cfg.seed)
+    run.writer.add_scalar("val/accuracy_final", metrics["val"]["accuracy"], best_epoch)
+    run.writer.close()
+    held = metrics["test"] or metrics["val"]
+    log.info("best epoch %d; %s accuracy %.4f (macro F1 %.4f) on %s; run directory %s", best_epoch,
+             "test" if metrics["test"] else "val", held["accuracy"], held["macro_f1"],
+             ", ".join(held["accuracy_per_town"]), out)
 
 
 def main(argv: list[str] | None = None) -> None:
