@@ -613,8 +613,8 @@ def build_data(cfg: TrainConfig, rt: Runtime, out: Path, resume_ckpt: dict | Non
         ContractError: the datasets (or the resumed run and the datasets) differ in camera/labels.
     """
     info = rt.info
+    contract = _training_contract(cfg.data, resume_ckpt, info)    # before the cache: refuse mixed data at once
     prepared = prepare_data(cfg.data, cfg.img_size, cfg.cache_dir, info, cfg.progress)
-    contract = _training_contract(cfg.data, resume_ckpt, info)
     table = prepared.table
     split = load_split(out / "split.json", table) if resume_ckpt and (out / "split.json").is_file() \
         else make_split(table, SplitConfig(cfg.val_split, cfg.val_towns, cfg.test_towns, cfg.seed))
@@ -637,7 +637,7 @@ def build_data(cfg: TrainConfig, rt: Runtime, out: Path, resume_ckpt: dict | Non
 
 def _training_contract(data: tuple[str, ...], resume_ckpt: dict | None, info: ddp.DistInfo) -> Contract | None:
     """The datasets' shared contract; on --resume it must also match the one the run started with."""
-    contract = load_contract(data)
+    contract = load_contract([d for d in data if Path(d).is_dir()])   # a missing one: prepare_data says so
     if contract is not None and info.is_main:
         c = contract.camera
         log.info("contract: camera %dx%d fov %g, label lookahead %g m, junction policy %s", c.width, c.height,
