@@ -163,6 +163,13 @@ def test_training_refuses_datasets_with_different_cameras(fov90, fov110, tmp_pat
 
 
 @pytest.mark.unit
+def test_training_on_a_dataset_without_a_usable_camera_record_is_one_line(tmp_path, capsys):
+    data = _set_camera(make_dataset(tmp_path / "nofov", episodes=2, frames_per_episode=4), fov=None)
+    line = _last_error_line(capsys, ["--data", str(data), "--epochs", "1", "--out", str(tmp_path / "r"), *FAST])
+    assert line.startswith("error: unreadable camera/label record in a dataset.json of ") and "numbers" in line
+
+
+@pytest.mark.unit
 def test_route_dependent_frames_are_skipped_and_counted(fov90, tmp_path):
     import csv
     data = make_dataset(tmp_path / "flagged", episodes=3, frames_per_episode=6)
@@ -215,9 +222,11 @@ def test_evaluate_ignores_what_a_hand_labelled_dataset_leaves_unknown():
     """Real CARLA frames (/work/shared/real_carla) record no fov or mount: only their 640x380 differs."""
     from training.evaluate import contract_differences
     info = {"camera": {"width": 640, "height": 380, "fov": None, "mount": None, "image_format": "jpg"},
-            "label": {"lookahead_m": 40.0, "curve_deg": 25.0, "straight_deg": 4.0, "junction_policy": "flag",
+            "label": {"lookahead_m": 40.0, "curve_deg": 25.0, "straight_deg": 4.0, "junction_policy": "skip",
                       "source": "by eye"}}
     assert contract_differences(WIDE, info) == ["camera.height 480 (model) vs 380 (data)"]
+    info["label"]["junction_policy"] = "keep"    # flag vs skip: both keep route-dependent frames out; keep does not
+    assert contract_differences(WIDE, info)[-1] == "label.junction_policy 'flag' (model) vs 'keep' (data)"
     assert contract_differences(WIDE, {}) == []
 
 

@@ -87,6 +87,10 @@ def _evaluate_checkpoint(cfg: EvalConfig) -> tuple[Path, dict]:
     return out, metrics
 
 
+_CLASSIFIER_SAME_POLICIES = {"flag", "skip"}
+"""Junction policies a classifier cannot tell apart: flagged frames are dropped, skipped ones never saved."""
+
+
 def contract_differences(model: Contract, info: dict) -> list[str]:
     """``"camera.fov 110.0 (model) vs 90.0 (data)"`` for each contract field a ``dataset.json`` records
     differently. Fields the dataset leaves out or null (hand-labelled sets often do not know their fov
@@ -97,6 +101,8 @@ def contract_differences(model: Contract, info: dict) -> list[str]:
         recorded = info.get(section) or {}
         for name, value in _flatten(fields_, f"{section}."):
             have = _lookup(recorded, name.split(".")[1:])
+            if name == "label.junction_policy" and {have, value} <= _CLASSIFIER_SAME_POLICIES:
+                continue
             if have is not None and have != value:
                 diffs.append(f"{name} {value!r} (model) vs {have!r} (data)")
     return diffs

@@ -637,7 +637,11 @@ def build_data(cfg: TrainConfig, rt: Runtime, out: Path, resume_ckpt: dict | Non
 
 def _training_contract(data: tuple[str, ...], resume_ckpt: dict | None, info: ddp.DistInfo) -> Contract | None:
     """The datasets' shared contract; on --resume it must also match the one the run started with."""
-    contract = load_contract([d for d in data if Path(d).is_dir()])   # a missing one: prepare_data says so
+    try:
+        contract = load_contract([d for d in data if Path(d).is_dir()])   # a missing one: prepare_data says so
+    except TypeError as e:   # e.g. "fov": null in a hand-written dataset.json
+        raise DatasetError(f"unreadable camera/label record in a dataset.json of {', '.join(data)} ({e}); "
+                           "record width, height and fov as numbers") from None
     if contract is not None and info.is_main:
         c = contract.camera
         log.info("contract: camera %dx%d fov %g, label lookahead %g m, junction policy %s", c.width, c.height,
