@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from .cli import parse_res
-from .collect import CollectConfig, collect
+from .collector import CollectConfig, collect
 
 
 def main(argv=None) -> int:

@@ -5,25 +5,7 @@ import argparse
 
 import carla
 
-from .connection import SIMS
-
-
-def parse_res(text: str) -> tuple[int, int]:
-    """``"800x600"`` -> (800, 600); raises ValueError naming the bad value."""
-    try:
-        w, h = (int(v) for v in str(text).lower().split("x"))
-    except ValueError:
-        raise ValueError(f"resolution {text!r} is not WIDTHxHEIGHT (e.g. 800x600)") from None
-    if not (16 <= w <= 8192 and 16 <= h <= 8192):
-        raise ValueError(f"resolution {text!r} out of range: width and height must be in [16, 8192]")
-    return w, h
-
-
-def _res_type(text: str) -> tuple[int, int]:
-    try:
-        return parse_res(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+from .config import SimConfig, argparse_type, add_dataclass_args, parse_port, parse_res  # noqa: F401  (parse_res re-exported)
 
 
 class _RefuseAsync(argparse.Action):
@@ -37,31 +19,39 @@ class _RefuseAsync(argparse.Action):
                      "(fixed time step, sensor data matched by frame id); drop --async")
 
 
-def add_carla_args(parser: argparse.ArgumentParser, res: str = "800x600", sync_default: bool = True,
-                   port_list: bool = False) -> argparse.ArgumentParser:
-    """Add --sim --host --port --timeout --res --seed --sync/--async to ``parser``; returns it.
+_DEFAULT = object()
 
-    ``port_list=True`` makes --port a string holding one port or a comma list (one server per
-    worker); the CLI parses it.
+
+def add_carla_args(parser: argparse.ArgumentParser, res=_DEFAULT, port_list: bool = False) -> argparse.ArgumentParser:
+    """Add :class:`carla_client.config.SimConfig`'s flags (--sim --host --port --timeout --res --seed) and
+    --sync/--async to ``parser``; returns it. Defaults come from SimConfig.
+
+    Args:
+        res: this command's default for --res when it differs from SimConfig's (None: decided later,
+            e.g. from the model's camera).
+        port_list: --port takes one port or a comma list (one server per worker); see :func:`parse_ports`.
     """
     g = parser.add_argument_group("simulator")
-    g.add_argument("--sim", choices=SIMS, default="auto",
-                   help="auto: a CARLA server if one answers at --host:--port, else the embedded simulator")
-    g.add_argument("--host", default="127.0.0.1", help="CARLA server host (default: %(default)s)")
+    defaults = {} if res is _DEFAULT else {"res": parse_res(res) if isinstance(res, str) else res}
+    add_dataclass_args(g, SimConfig, exclude=("port",) if port_list else (), defaults=defaults)
     if port_list:
-        g.add_argument("--port", default="2000",
-                       help="CARLA server RPC port, or a comma list with one port per worker (default: %(default)s)")
-    else:
-        g.add_argument("--port", type=int, default=2000, help="CARLA server RPC port (default: %(default)s)")
-    g.add_argument("--timeout", type=float, default=10.0, help="client timeout, s (default: %(default)s)")
-    g.add_argument("--res", type=_res_type, default=res, metavar="WxH",  # argparse converts a str default
-                   help="camera resolution (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    g.add_argument("--sync", dest="sync", action="store_true", default=sync_default,
-                   help="synchronous mode with a fixed time step (default: %(default)s)")
+        g.add_argument("--port", default=(SimConfig.port,), type=argparse_type(parse_ports),
+                       help=f"CARLA server RPC port, or a comma list with one port per worker (default: {SimConfig.port})")
+    g.add_argument("--sync", dest="sync", action="store_true", default=True,
+                   help="synchronous mode with a fixed time step (default: on; the loops here need it)")
     g.add_argument("--async", dest="sync", action=_RefuseAsync, default=argparse.SUPPRESS,
                    help="not supported: refused with a message (the loops here are synchronous)")
     return parser
+
+
+def parse_ports(text) -> tuple[int, ...]:
+    """``"2000"`` or ``"2000,3000"`` -> ports; ValueError naming the bad value."""
+    if isinstance(text, (tuple, list)):
+        return tuple(parse_port(p) for p in text)
+    ports = tuple(parse_port(p) for p in str(text).split(",") if p.strip())
+    if not ports:
+        raise ValueError(f"--port {text!r} is not a port or a comma list of ports")
+    return ports
 
 
 def weather_presets() -> dict[str, carla.WeatherParameters]:

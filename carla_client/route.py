@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+LANEFOLLOW = 4
+"""RoadOption.LANEFOLLOW (carla_client.planner.RoadOption; the value is CARLA's agents')."""
+COMMAND_HORIZON_M = 20.0
+"""How far ahead a junction's manoeuvre becomes the command (a car at town speed has ~2 s to act)."""
 _MIN_STEP_M = 0.05  # consecutive route points closer than this are duplicates (segment joints)
 
 
@@ -26,6 +30,8 @@ class RoutePath:
         s: (N,) cumulative arc length from the first point, m.
         ids: (N, 4) float array (road_id, section_id, lane_id, s_road) so a route can be stored and
             re-derived from the map by an auditor; -1 rows where unknown.
+        options: (N,) int RoadOption value of each point (what the planner said there; LANEFOLLOW=4
+            where unknown), read by :meth:`command_at`.
     """
 
     x: np.ndarray
@@ -33,9 +39,12 @@ class RoutePath:
     yaw: np.ndarray
     s: np.ndarray
     ids: np.ndarray = field(repr=False)
+    options: np.ndarray = field(default=None, repr=False)
 
     def __post_init__(self):
         n = len(self.x)
+        if self.options is None:
+            object.__setattr__(self, "options", np.full(n, LANEFOLLOW, dtype=np.int64))
         if n < 2:
             raise ValueError(f"a route needs at least 2 distinct points, got {n}")
         for name in ("y", "yaw", "s"):
@@ -44,26 +53,28 @@ class RoutePath:
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def from_points(cls, x, y, yaw_deg, ids=None) -> "RoutePath":
+    def from_points(cls, x, y, yaw_deg, ids=None, options=None) -> "RoutePath":
         """Build from raw arrays (yaw in degrees); drops duplicate consecutive points."""
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         yaw = np.radians(np.asarray(yaw_deg, dtype=np.float64))
         ids = np.full((len(x), 4), -1.0) if ids is None else np.asarray(ids, dtype=np.float64)
+        options = np.full(len(x), LANEFOLLOW, dtype=np.int64) if options is None else np.asarray(options, np.int64)
         step = np.hypot(np.diff(x), np.diff(y))
         keep = np.concatenate(([True], step > _MIN_STEP_M))
-        x, y, yaw, ids = x[keep], y[keep], yaw[keep], ids[keep]
+        x, y, yaw, ids, options = x[keep], y[keep], yaw[keep], ids[keep], options[keep]
         s = np.concatenate(([0.0], np.cumsum(np.hypot(np.diff(x), np.diff(y)))))
-        return cls(x=x, y=y, yaw=np.unwrap(yaw), s=s, ids=ids)
+        return cls(x=x, y=y, yaw=np.unwrap(yaw), s=s, ids=ids, options=options)
 
     @classmethod
     def from_route(cls, route) -> "RoutePath":
         """Build from ``[(carla.Waypoint, RoadOption)]`` or a plain list of waypoints."""
         wps = [item[0] if isinstance(item, tuple) else item for item in route]
+        opts = [int(item[1]) if isinstance(item, tuple) else LANEFOLLOW for item in route]
         tf = [wp.transform for wp in wps]
         return cls.from_points(
             [t.location.x for t in tf], [t.location.y for t in tf], [t.rotation.yaw for t in tf],
-            ids=[(wp.road_id, wp.section_id, wp.lane_id, wp.s) for wp in wps])
+            ids=[(wp.road_id, wp.section_id, wp.lane_id, wp.s) for wp in wps], options=opts)
 
     # ----------------------------------------------------------------- queries
     @property
@@ -95,6 +106,17 @@ class RoutePath:
         k = int(np.argmin(d2))
         i = lo + k
         return float(self.s[i] + t[k] * math.sqrt(seg2[k])), i, float(math.sqrt(d2[k]))
+
+    def command_at(self, s: float, horizon_m: float = COMMAND_HORIZON_M) -> int:
+        """The high-level command at arc length ``s`` (a RoadOption value), as conditional imitation
+        learning gives it: the manoeuvre of the first junction within ``horizon_m`` ahead (LEFT, RIGHT,
+        STRAIGHT, or a lane change), else LANEFOLLOW. The planner marks only the points inside a
+        junction, which the camera reaches too late to act on."""
+        i0 = int(np.searchsorted(self.s, s, side="right")) - 1
+        i1 = int(np.searchsorted(self.s, s + horizon_m, side="right"))
+        ahead = self.options[max(0, i0):max(i0 + 1, i1)]
+        turns = ahead[(ahead != LANEFOLLOW) & (ahead > 0)]
+        return int(turns[0]) if len(turns) else LANEFOLLOW
 
     def point_at(self, s: float) -> tuple[float, float]:
         """(x, y) at arc length ``s`` (clamped to the route)."""

@@ -35,12 +35,15 @@ class Observation:
         timestamp: simulation time, s.
         frame: simulator frame id.
         image: the camera frame, HxWx4 BGRA uint8, for vision experts (None if not provided).
+        command: the route's high-level command here (a RoadOption value, ``RoutePath.command_at``),
+            for command-conditioned vision experts; None when the loop has no route.
     """
     transform: carla.Transform
     velocity: carla.Vector3D
     timestamp: float = 0.0
     frame: int = 0
     image: np.ndarray | None = field(default=None, repr=False)
+    command: int | None = None
 
     @property
     def speed_kmh(self) -> float:

@@ -51,6 +51,7 @@ class Gate(Protocol):
     """What the MoE controller needs from a gate."""
     name: str
     needs_model: bool
+    kind: str  # one of GATE_KINDS: how reports group it
 
     def update(self, p_curve: float | None, truth: str | None = None) -> GateDecision:
         """Decide for this tick from p(curve) (classifier) and the ground-truth label (oracle only)."""
@@ -88,6 +89,7 @@ class HardGate:
     params: HardGateParams = field(default_factory=HardGateParams)
     name: str = "hard"
     needs_model: bool = True
+    kind: str = "learned"
     _smoothed: float | None = None
     _state: str = STRAIGHT
     _dwell: int = 0
@@ -129,6 +131,7 @@ class SoftGate:
     params: SoftGateParams = field(default_factory=SoftGateParams)
     name: str = "soft"
     needs_model: bool = True
+    kind: str = "learned"
     _smoothed: float | None = None
 
     def reset(self) -> None:
@@ -152,6 +155,7 @@ class OracleGate:
     decision on ``ambiguous`` stretches, where neither expert is wrong."""
     name: str = "oracle"
     needs_model: bool = False
+    kind: str = "oracle"
     _state: str = STRAIGHT
 
     def reset(self) -> None:
@@ -168,6 +172,7 @@ class FixedGate:
     """Always the same expert: the single-expert baselines."""
     expert: str = STRAIGHT
     needs_model: bool = False
+    kind: str = "fixed"
 
     def __post_init__(self) -> None:
         if self.expert not in CLASSES:
@@ -212,3 +217,15 @@ def create_gate(name: str, **params) -> Gate:
 
 def gate_needs_model(name: str) -> bool:
     return create_gate(name).needs_model
+
+
+GATE_KINDS = ("learned", "oracle", "fixed")
+"""``learned``: decides from the classifier; ``oracle``: from the map's label (the upper bound of a gate);
+``fixed``: one expert always in charge (the baselines)."""
+
+
+def gates_of_kind(kind: str, names=None) -> list[str]:
+    """The gates of ``names`` (default: all registered) whose ``kind`` is ``kind``, in registry order."""
+    if kind not in GATE_KINDS:
+        raise ValueError(f"unknown gate kind {kind!r}; valid: {', '.join(GATE_KINDS)}")
+    return [n for n in (gate_names() if names is None else names) if create_gate(n).kind == kind]

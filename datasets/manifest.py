@@ -186,8 +186,9 @@ class DatasetWriter:
         os.replace(tmp, self.manifest_path)
 
     def counts(self) -> Counter:
-        """Rows per label currently in the manifest."""
-        return Counter(r["label"] for r in read_manifest(self.out_dir, strict=False))
+        """Rows per label currently in the manifest, flagged ``route_dependent`` rows left out (they are
+        outside the class quotas)."""
+        return Counter(r["label"] for r in read_manifest(self.out_dir, strict=False) if r["route_dependent"] != "1")
 
     # ------------------------------------------------------------------ writing
     def image_path(self, label: str, episode: str, frame: int) -> str:

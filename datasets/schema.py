@@ -132,10 +132,16 @@ class LabelParams:
         junction_policy: what happens to route-dependent frames (:data:`JUNCTION_POLICIES`).
     """
 
-    lookahead_m: float = 25.0
-    curve_deg: float = 20.0
-    straight_deg: float = 5.0
-    junction_policy: str = "flag"
+    lookahead_m: float = field(default=25.0, metadata={"help": "label lookahead L along the route, m",
+                                                        "flag": "--lookahead"})
+    curve_deg: float = field(default=20.0, metadata={
+        "help": "heading change over L at or above which a frame is 'curve', deg"})
+    straight_deg: float = field(default=5.0, metadata={
+        "help": "heading change over L at or below which a frame is 'straight', deg"})
+    junction_policy: str = field(default="flag", metadata={
+        "help": "flag: save frames whose label depends on an unseen route choice at a junction ahead with "
+                "route_dependent=1, outside the class quotas (policies use them, classifiers skip them); "
+                "skip: do not save them; keep: save them as ordinary frames", "choices": JUNCTION_POLICIES})
 
     def __post_init__(self):
         if not self.lookahead_m > 0:

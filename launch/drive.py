@@ -16,43 +16,26 @@ import logging
 import signal
 import sys
 
+from dataclasses import fields
+
 from carla_client.cli import add_carla_args
-from control.gates import gate_names
+from carla_client.config import SimConfig, add_dataclass_args, from_args
 from launch.loop import DriveConfig, run_drive
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Closed-loop drive: classifier -> gate -> driving experts.",
-                                add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--town", default="Town02", help="map to load")
-    p.add_argument("--model", default=None, help="classifier: .onnx, .pt or .engine (needed by gates hard/soft)")
-    p.add_argument("--backend", default="auto", help="auto|tensorrt|onnxruntime|torch-cuda|torch")
-    p.add_argument("--gate", default="hard", choices=gate_names(), help="which gate decides the expert")
-    p.add_argument("--weather", default="ClearNoon", help="CARLA weather preset, e.g. ClearNoon, WetNoon")
-    stop = p.add_mutually_exclusive_group()
-    stop.add_argument("--frames", type=int, default=None, help="stop after N ticks (default: end of route)")
-    stop.add_argument("--duration", type=float, default=None, help="stop after S simulated seconds")
-    p.add_argument("--fps", type=float, default=20.0, help="simulation rate (fixed_delta_seconds = 1/fps)")
-    p.add_argument("--route-length", type=float, default=600.0, help="planned route length, m")
-    p.add_argument("--record", default=None, metavar="OUT.mp4|DIR",
-                   help="record the overlaid view; a directory gets <town>_<gate>_<date>.mp4")
-    p.add_argument("--no-display", dest="display", action="store_false", help="headless (no window)")
-    p.add_argument("--no-hud", dest="hud", action="store_false", help="start with the HUD hidden")
-    p.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=None,
-                   help="hold the loop to --fps wall-clock (default: on with a window, off headless)")
-    p.add_argument("--metrics", default=None, metavar="OUT.json", help="write the drive's metrics here")
-    p.add_argument("--warmup", type=int, default=10, help="classifier warm-up inferences before the first tick")
+                                add_help=add_help)
+    add_dataclass_args(p, DriveConfig, exclude=tuple(f.name for f in fields(SimConfig)))
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_carla_args(p)
+    add_carla_args(p, res=None)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> DriveConfig:
-    return DriveConfig(
-        town=args.town, model=args.model, sim=args.sim, host=args.host, port=args.port, timeout=args.timeout,
-        backend=args.backend, gate=args.gate, weather=args.weather, frames=args.frames, duration=args.duration,
-        record=args.record, display=args.display, metrics=args.metrics, seed=args.seed, res=args.res,
-        fps=args.fps, route_length_m=args.route_length, realtime=args.realtime, hud=args.hud, warmup=args.warmup)
+    if args.frames is not None and args.duration is not None:
+        raise ValueError("give --frames or --duration, not both")
+    return from_args(DriveConfig, args)
 
 
 def _sigterm_as_interrupt(signum, frame):

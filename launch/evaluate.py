@@ -18,14 +18,15 @@ import json
 import logging
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from carla_client.cli import add_carla_args
-from control.gates import create_gate, gate_names
-from launch.loop import DriveConfig, load_classifier, open_world, run_episode
+from carla_client.config import SimConfig, add_dataclass_args, arg, from_args, parse_res
+from control.gates import create_gate, gate_names, gates_of_kind
+from launch.loop import DriveConfig, _backend_choices, load_classifier, open_world, run_episode
 from launch.metrics import LEADERBOARD_1_0, DriveTrace
 
 log = logging.getLogger(__name__)
@@ -90,25 +91,35 @@ class TownSettings:
         return cls(**data)
 
 
+def _names(text) -> list[str]:
+    return [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+
+
 @dataclass
-class EvalConfig:
-    """The evaluation: towns x gates x episodes."""
-    towns: list[str]
-    model: str | None = None
-    gates: list[str] = field(default_factory=gate_names)
-    episodes: int | None = None
-    out: str = "runs/eval"
-    sim: str = "auto"
-    host: str = "127.0.0.1"
-    port: int = 2000
-    timeout: float = 10.0
-    backend: str = "auto"
-    res: tuple[int, int] = (800, 600)
-    video: bool = True
-    video_gate: str | None = None
-    config_dir: str = str(CONFIG_DIR)
+class EvalConfig(SimConfig):
+    """The evaluation: towns x gates x episodes. Simulator fields from :class:`SimConfig`; the camera
+    (``res``/``fov``, None = the model's) is resolved per drive like ``launch.drive`` does."""
+    res: tuple[int, int] | None = field(default=None, metadata=arg(
+        "camera resolution (default: the model's camera, else 800x600)", parse=parse_res, metavar="WxH"))
+    towns: list[str] = field(default_factory=lambda: ["Town02"], metadata=arg("comma-separated towns", parse=_names))
+    model: str | None = field(default=None, metadata=arg("classifier (.onnx/.pt/.engine); needed by gates hard/soft"))
+    gates: list[str] = field(default_factory=gate_names, metadata=arg("comma-separated gates", parse=_names))
+    episodes: int | None = field(default=None, metadata=arg(
+        "episodes per town and gate (default: the town's config)", parse=int))
+    out: str = field(default="runs/eval", metadata=arg("output directory"))
+    backend: str = field(default="auto", metadata=arg("inference backend", choices=_backend_choices))
+    fov: float | None = field(default=None, metadata=arg(
+        "camera fov, deg (default: the model's camera, else 90)", parse=float))
+    camera_override: bool = field(default=False, metadata=arg(
+        "evaluate with --res/--fov although the model was trained on another camera"))
+    video: bool = field(default=True, metadata=arg("do not record one video per town", negative="--no-video"))
+    video_gate: str | None = field(default=None, metadata=arg(
+        "gate whose first episode is recorded (default: the first gate)"))
+    config_dir: str = field(default=str(CONFIG_DIR), metadata=arg("directory of <Town>.yaml settings"))
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        self.towns, self.gates = _names(self.towns), _names(self.gates)
         if not self.towns:
             raise ValueError("--towns is empty; give at least one town, e.g. Town02")
         valid = gate_names()
@@ -124,6 +135,8 @@ class EvalConfig:
             self.video_gate = self.gates[0]
         if self.video_gate not in self.gates:
             raise ValueError(f"video gate {self.video_gate!r} is not among the evaluated gates {self.gates}")
+        if not Path(self.config_dir).is_dir():
+            raise ValueError(f"--config-dir {self.config_dir!r}: no such directory")
 
 
 @dataclass
@@ -175,7 +188,8 @@ def run_evaluation(cfg: EvalConfig) -> EvalResult:
                     dcfg = DriveConfig(
                         town=town, model=cfg.model, sim=cfg.sim, host=cfg.host, port=cfg.port, timeout=cfg.timeout,
                         backend=cfg.backend, gate=gate, weather=ts.weather[ep % len(ts.weather)],
-                        duration=ts.max_duration_s, display=False, seed=int(ts.seeds[ep]), res=cfg.res, fps=ts.fps,
+                        duration=ts.max_duration_s, display=False, seed=int(ts.seeds[ep]), res=cfg.res, fov=cfg.fov,
+                        camera_override=cfg.camera_override, fps=ts.fps,
                         route_length_m=ts.route_length_m, expert_params=dict(ts.experts), realtime=False,
                         hud=record, minimap=record, extend_route=False,
                         record=str(out / "videos" / f"{town}_{gate}.mp4") if record else None)
@@ -290,23 +304,22 @@ def findings(summary: dict, gates: list[str]) -> list[str]:
         order = sorted(finite, key=finite.get, reverse=True)
         lines.append(f"**{town}**: best driving score **{best}** ({finite[best]:.3f}); ranking "
                      + " > ".join(f"{g} ({finite[g]:.3f})" for g in order) + ".")
-        if "oracle" in finite:
-            for g in ("hard", "soft"):
-                if g in finite and finite["oracle"] > 0:
-                    lines.append(f"- {g} reaches {finite[g] / finite['oracle']:.0%} of the oracle gate's score "
-                                 f"(gate accuracy {_fmt(by_gate[g]['gate_accuracy'], '.1%')} vs oracle "
-                                 f"{_fmt(by_gate['oracle']['gate_accuracy'], '.1%')}).")
-        fixed = [g for g in ("curve", "straight") if g in by_gate]
+        learned, oracles, fixed = (gates_of_kind(k, list(by_gate)) for k in ("learned", "oracle", "fixed"))
+        for o in [o for o in oracles if o in finite and finite[o] > 0]:
+            for g in [g for g in learned if g in finite]:
+                lines.append(f"- {g} reaches {finite[g] / finite[o]:.0%} of the {o} gate's score "
+                             f"(gate accuracy {_fmt(by_gate[g]['gate_accuracy'], '.1%')} vs {o} "
+                             f"{_fmt(by_gate[o]['gate_accuracy'], '.1%')}).")
+        gated = learned + oracles
         if fixed:
-            moe = [g for g in ("hard", "soft", "oracle") if g in by_gate]
             best_fixed = max(fixed, key=lambda g: by_gate[g]["driving_score"])
-            if moe:
-                best_moe = max(moe, key=lambda g: by_gate[g]["driving_score"])
+            if gated:
+                best_moe = max(gated, key=lambda g: by_gate[g]["driving_score"])
                 diff = by_gate[best_moe]["driving_score"] - by_gate[best_fixed]["driving_score"]
                 verdict = "beats" if diff > 0.005 else ("matches" if abs(diff) <= 0.005 else "loses to")
                 lines.append(f"- the best gated controller ({best_moe}) {verdict} the best single expert "
                              f"({best_fixed}) by {diff:+.3f} driving score.")
-            for g in [g for g in ("hard", "soft", "oracle") if g in by_gate]:
+            for g in gated:
                 row = by_gate[g]
                 parts = []
                 for f in fixed:
@@ -317,11 +330,10 @@ def findings(summary: dict, gates: list[str]) -> list[str]:
                                  f"{ref['lateral_deviation_max_m']:.2f} m, lane invasions/km "
                                  f"{_fmt(row['lane_invasions_per_km'], '.1f')} vs {_fmt(ref['lane_invasions_per_km'], '.1f')}")
                 lines.append(f"- {g}: " + "; ".join(parts) + ".")
-        if "hard" in by_gate and "soft" in by_gate:
-            h, s = by_gate["hard"], by_gate["soft"]
-            lines.append(f"- steering suddenness (mean abs steer change per s): hard {h['steer_rate_mean_per_s']:.2f}/s, soft "
-                         f"{s['steer_rate_mean_per_s']:.2f}/s; hard switches experts "
-                         f"{_fmt(h['gate_switches_per_km'], '.1f')} times per km.")
+        if len(learned) > 1:
+            lines.append("- steering suddenness (mean abs steer change per s): " + ", ".join(
+                f"{g} {by_gate[g]['steer_rate_mean_per_s']:.2f}/s" for g in learned) + "; expert switches per km: "
+                + ", ".join(f"{g} {_fmt(by_gate[g]['gate_switches_per_km'], '.1f')}" for g in learned) + ".")
     return lines
 
 
@@ -363,18 +375,10 @@ def render_report(cfg: EvalConfig, summary: dict, plots: dict, videos: dict, out
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Evaluate gates x towns x episodes; writes metrics.json and report.md.",
-                                add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--towns", default="Town02", help="comma-separated towns")
-    p.add_argument("--model", default=None, help="classifier (.onnx/.pt/.engine); needed by gates hard/soft")
-    p.add_argument("--backend", default="auto", help="auto|tensorrt|onnxruntime|torch-cuda|torch")
-    p.add_argument("--episodes", type=int, default=None, help="episodes per town and gate (default: town config)")
-    p.add_argument("--gates", default=",".join(gate_names()), help="comma-separated gates")
-    p.add_argument("--out", default="runs/eval", help="output directory")
-    p.add_argument("--no-video", dest="video", action="store_false", help="do not record one video per town")
-    p.add_argument("--video-gate", default=None, help="gate whose first episode is recorded (default: first gate)")
-    p.add_argument("--config-dir", default=str(CONFIG_DIR), help="directory of <Town>.yaml settings")
+                                add_help=add_help)
+    add_dataclass_args(p, EvalConfig, exclude=tuple(f.name for f in fields(SimConfig)))
     p.add_argument("-v", "--verbose", action="store_true")
-    add_carla_args(p)
+    add_carla_args(p, res=None)
     return p
 
 
@@ -384,10 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = EvalConfig(towns=[t for t in args.towns.split(",") if t], model=args.model,
-                         gates=[g for g in args.gates.split(",") if g], episodes=args.episodes, out=args.out,
-                         sim=args.sim, host=args.host, port=args.port, timeout=args.timeout, backend=args.backend,
-                         res=args.res, video=args.video, video_gate=args.video_gate, config_dir=args.config_dir)
+        cfg = from_args(EvalConfig, args)
     except ValueError as e:
         parser.error(str(e))
     try:

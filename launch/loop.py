@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,9 +25,14 @@ import numpy as np
 
 import carla
 
-from carla_client.cli import parse_res, weather_presets
-from carla_client.collect import camera_mount_transform
-from carla_client.connection import SIMS
+from carla_client.cli import weather_presets
+from carla_client.config import SimConfig, arg, parse_res
+from carla_client.episode import EgoSpec, ensure_town, spawn_ego
+from carla_client.episode import StopRule
+from carla_client.labels import label_at
+from carla_client.route import RoutePath
+from carla_client.sync import CarlaSyncMode
+from datasets.schema import Contract
 from control.experts import Observation, create_expert
 from control.gates import CURVE, STRAIGHT, create_gate, gate_names
 from control.moe import MoEController, MoEStep
@@ -40,9 +45,27 @@ from launch.video import VideoWriter, video_path
 log = logging.getLogger(__name__)
 
 
+def _backend_choices() -> list[str]:
+    from perception.formats import BACKEND_NAMES
+    return ["auto", *BACKEND_NAMES]
+
+
+def _weather(name: str) -> str:
+    presets = weather_presets()
+    if name not in presets:
+        raise ValueError(f"unknown weather preset {name!r}; valid: {', '.join(sorted(presets))}")
+    return name
+
+
 @dataclass
-class DriveConfig:
+class DriveConfig(SimConfig):
     """Everything one drive needs. Defaults give a 20 Hz drive on the embedded Town02.
+
+    The simulator fields (sim, host, port, timeout, seed) come from :class:`SimConfig`. The camera and
+    the ground-truth label settings come from the model's contract (``datasets.schema.Contract``,
+    stored at training and export); ``res``/``fov`` left at None take them from there (CARLA's hood
+    camera without a model). A ``res``/``fov`` that differs from the model's is refused unless
+    ``camera_override`` is set, and then recorded in the metrics.
 
     Args:
         town: map name. model: classifier file (.onnx/.pt/.engine); required by gates ``hard``/``soft``.
@@ -55,42 +78,47 @@ class DriveConfig:
         max_route_deviation_m: end the episode when farther than this from the route (Leaderboard: 30 m).
         blocked_s: end the episode after this long below 0.5 km/h (simulated seconds).
     """
-    town: str = "Town02"
-    model: str | None = None
-    sim: str = "auto"
-    host: str = "127.0.0.1"
-    port: int = 2000
-    timeout: float = 10.0
-    backend: str = "auto"
-    gate: str = "hard"
-    weather: str = "ClearNoon"
-    frames: int | None = None
-    duration: float | None = None
-    record: str | None = None
-    display: bool = True
-    metrics: str | None = None
-    seed: int = 0
-    res: tuple[int, int] = (800, 600)
-    fov: float = 90.0
-    fps: float = 20.0
-    route_length_m: float = 600.0
-    expert_params: dict = field(default_factory=dict)
-    realtime: bool | None = None
-    hud: bool = True
+    res: tuple[int, int] | None = field(default=None, metadata=arg(
+        "camera resolution (default: the model's camera, else 800x600)", parse=parse_res, metavar="WxH"))
+    town: str = field(default="Town02", metadata=arg("map to load"))
+    model: str | None = field(default=None, metadata=arg(
+        "classifier: .onnx, .pt or .engine (needed by gates hard/soft)"))
+    backend: str = field(default="auto", metadata=arg("inference backend", choices=_backend_choices))
+    gate: str = field(default="hard", metadata=arg("which gate decides the expert", choices=gate_names))
+    weather: str = field(default="ClearNoon", metadata=arg("CARLA weather preset (ClearNoon, WetNoon, HardRainNight, ...)",
+                                                           parse=_weather, metavar="PRESET"))
+    frames: int | None = field(default=None, metadata=arg("stop after N ticks (default: end of route)", parse=int))
+    duration: float | None = field(default=None, metadata=arg("stop after S simulated seconds", parse=float))
+    record: str | None = field(default=None, metadata=arg(
+        "record the overlaid view; a directory gets <town>_<gate>_<date>.mp4", metavar="OUT.mp4|DIR"))
+    display: bool = field(default=True, metadata=arg("headless: no window (still records)", negative="--no-display"))
+    metrics: str | None = field(default=None, metadata=arg("write the drive's metrics here", metavar="OUT.json"))
+    fov: float | None = field(default=None, metadata=arg(
+        "camera horizontal field of view, deg (default: the model's camera, else 90)", parse=float))
+    camera_override: bool = field(default=False, metadata=arg(
+        "drive with --res/--fov although the model was trained on another camera (recorded in the metrics)"))
+    fps: float = field(default=20.0, metadata=arg("simulation rate, Hz (fixed_delta_seconds = 1/fps)"))
+    route_length_m: float = field(default=600.0, metadata=arg("planned route length, m", flag="--route-length"))
+    expert_params: dict = field(default_factory=dict, metadata=arg("", cli=False))
+    realtime: bool | None = field(default=None, metadata=arg(
+        "hold the loop to --fps wall-clock (default: on with a window, off headless)", boolean=True))
+    hud: bool = field(default=True, metadata=arg("start with the HUD hidden", negative="--no-hud"))
     minimap: bool = True
-    warmup: int = 10
+    warmup: int = field(default=10, metadata=arg("classifier warm-up inferences before the first tick"))
     max_route_deviation_m: float = 30.0
     blocked_s: float = 30.0
     extend_route: bool = True
+    vehicle: str = "vehicle.*"
 
     def __post_init__(self) -> None:
-        if self.sim not in SIMS:
-            raise ValueError(f"unknown sim {self.sim!r}; valid: {', '.join(SIMS)}")
+        super().__post_init__()
         if self.gate not in gate_names():
             raise ValueError(f"unknown gate {self.gate!r}; valid: {', '.join(gate_names())}")
         if create_gate(self.gate).needs_model and not self.model:
             raise ValueError(f"gate {self.gate!r} needs --model; gates without a model: "
                              f"{', '.join(g for g in gate_names() if not create_gate(g).needs_model)}")
+        if self.backend not in _backend_choices():
+            raise ValueError(f"unknown backend {self.backend!r}; valid: {', '.join(_backend_choices())}")
         if self.frames is not None and self.duration is not None:
             raise ValueError("give --frames or --duration, not both")
         if self.frames is not None and self.frames < 1:
@@ -99,13 +127,11 @@ class DriveConfig:
             raise ValueError(f"--duration must be > 0 s, got {self.duration}")
         if not 1.0 <= self.fps <= 1000.0:
             raise ValueError(f"fps must be in [1, 1000], got {self.fps}")
-        if isinstance(self.res, str):
-            self.res = parse_res(self.res)
-        presets = weather_presets()
-        if self.weather not in presets:
-            raise ValueError(f"unknown weather preset {self.weather!r}; valid: {', '.join(sorted(presets))}")
+        _weather(self.weather)
         if self.model and not Path(self.model).exists():
             raise ValueError(f"--model {self.model!r}: no such file")
+        if self.fov is not None and not 0 < self.fov < 180:
+            raise ValueError(f"--fov must be in (0, 180) deg, got {self.fov:g}")
         bad = set(self.expert_params) - {CURVE, STRAIGHT}
         if bad:
             raise ValueError(f"expert_params for unknown expert(s) {sorted(bad)}; valid: {CURVE}, {STRAIGHT}")
@@ -121,6 +147,25 @@ class DriveConfig:
         if self.duration is not None:
             return int(math.ceil(self.duration * self.fps - 1e-9))
         return None
+
+
+def resolve_contract(cfg: DriveConfig, model_contract: Contract | None) -> tuple[Contract, list[str]]:
+    """The camera and label settings of a drive, and the fields the user overrode against the model.
+
+    Without a model contract: CARLA's hood camera with ``cfg.res``/``cfg.fov`` applied. With one: the
+    model's, unless ``cfg.res``/``cfg.fov`` differ, which is refused (one line naming both values and
+    ``--camera-override``) or, with the override, used and listed.
+    """
+    base = model_contract or Contract()
+    cam = base.camera
+    wanted = replace(cam, **({"width": cfg.res[0], "height": cfg.res[1]} if cfg.res else {}),
+                     **({"fov": float(cfg.fov)} if cfg.fov is not None else {}))
+    changed = Contract(wanted, base.label).differences(base)
+    if changed and model_contract is not None and not cfg.camera_override:
+        raise ValueError(f"the model was trained with camera {cam.width}x{cam.height} fov {cam.fov:g}, this drive "
+                         f"asks for {wanted.width}x{wanted.height} fov {wanted.fov:g} ({', '.join(changed)}); "
+                         "drop --res/--fov to use the model's camera, or pass --camera-override")
+    return Contract(wanted, base.label), (changed if model_contract is not None else [])
 
 
 @dataclass
@@ -166,9 +211,7 @@ def open_world(cfg: DriveConfig) -> WorldContext:
     from carla_client import connect
     from carla_client.planner import GlobalRoutePlanner
     client = connect(cfg.sim, host=cfg.host, port=cfg.port, timeout=cfg.timeout)
-    world = client.get_world()
-    if world.get_map().name.split("/")[-1] != cfg.town:
-        world = client.load_world(cfg.town)
+    world, _ = ensure_town(client, cfg.town)
     wmap = world.get_map()
     return WorldContext(client, world, wmap, GlobalRoutePlanner(wmap, 2.0), cfg.town)
 
@@ -194,38 +237,6 @@ def plan_route(ctx: WorldContext, seed: int, length_m: float):
         wps = ctx.planner.spawn_waypoints()
         start = wps[int(rng.integers(len(wps)))].transform.location
     return ctx.planner.random_route(start, length_m, rng)
-
-
-def _spawn(ctx: WorldContext, cfg: DriveConfig, route):
-    """Vehicle at the route start (lifted 0.3 m), the camera, and a lane-invasion sensor."""
-    bl = ctx.world.get_blueprint_library()
-    start = route[0][0].transform
-    spawn = carla.Transform(carla.Location(start.location.x, start.location.y, start.location.z + 0.3),
-                            carla.Rotation(yaw=start.rotation.yaw))
-    vehicle_bp = bl.filter("vehicle.*")[0]
-    vehicle = ctx.world.spawn_actor(vehicle_bp, spawn)
-    actors = [vehicle]
-    try:
-        cam_bp = bl.find("sensor.camera.rgb")
-        cam_bp.set_attribute("image_size_x", str(cfg.res[0]))
-        cam_bp.set_attribute("image_size_y", str(cfg.res[1]))
-        cam_bp.set_attribute("fov", str(cfg.fov))
-        camera = ctx.world.spawn_actor(cam_bp, camera_mount_transform(), attach_to=vehicle)
-        actors.append(camera)
-        lane = ctx.world.spawn_actor(bl.find("sensor.other.lane_invasion"), carla.Transform(), attach_to=vehicle)
-        actors.append(lane)
-    except Exception:
-        _destroy(actors)
-        raise
-    return vehicle, camera, lane, actors
-
-
-def _destroy(actors) -> None:
-    for actor in reversed(actors):
-        try:
-            actor.destroy()
-        except Exception as e:  # already gone (server reset): nothing left to clean
-            log.debug("destroy %s failed: %s", actor, e)
 
 
 class _Recorder:
@@ -280,6 +291,193 @@ def _predict(classifier, frame_bgra: np.ndarray):
 TickHook = Callable[[int, TickRecord], None]
 
 
+def model_contract(cfg: DriveConfig, classifier=None) -> Contract | None:
+    """The camera/label contract the model was trained with (None for a model without one, or no model)."""
+    contract = getattr(classifier, "contract", None)
+    if contract is None and cfg.model:
+        from perception.meta import read_contract
+        contract = read_contract(cfg.model)
+    return contract
+
+
+class _Drive:
+    """One episode's explicit state: what was built at spawn and what changes from tick to tick.
+
+    :meth:`step` is one tick (simulate, infer, ground truth, gate, control) and returns its record;
+    :meth:`end_reason` decides whether the episode is over.
+    """
+
+    def __init__(self, ctx: WorldContext, cfg: DriveConfig, ego, route, path, contract: Contract, predict,
+                 timer: CycleTimer) -> None:
+        self.ctx, self.cfg, self.ego, self.path, self.contract = ctx, cfg, ego, path, contract
+        self.predict, self.timer = predict, timer
+        self.invasions: list[int] = []
+        self.records: list[TickRecord] = []
+        ego.sensors["sensor.other.lane_invasion"].listen(lambda event: self.invasions.append(event.frame))
+        experts = {name: create_expert(name, route, vehicle=ego.vehicle, dt=cfg.dt, **cfg.expert_params.get(name, {}))
+                   for name in (STRAIGHT, CURVE)}
+        self.moe = MoEController(experts, create_gate(cfg.gate))
+        self.hint = 0
+        self.stop = StopRule(end_margin_m=2.0, max_route_deviation_m=cfg.max_route_deviation_m,
+                             stuck_speed_ms=0.5 / 3.6, stuck_s=cfg.blocked_s, max_ticks=cfg.max_ticks)
+
+    def step(self, sync) -> tuple[TickRecord, MoEStep, np.ndarray]:
+        """One tick: (record, the MoE's decision, the raw BGRA frame)."""
+        cfg, timer, vehicle = self.cfg, self.timer, self.ego.vehicle
+        timer.tick()
+        with timer.section("tick"):
+            frame_id, (image,) = sync.tick(timeout=max(2.0, cfg.timeout))
+            raw = image_to_array(image)
+            tf = vehicle.get_transform()
+            vel = vehicle.get_velocity()
+        t = image.timestamp
+        label, p_curve, infer_ms = None, None, None
+        if self.predict is not None:
+            t0 = time.perf_counter()
+            with timer.section("infer"):
+                label, p_curve = self.predict(raw)
+            infer_ms = (time.perf_counter() - t0) * 1000.0
+        with timer.section("control"):
+            x, y = tf.location.x, tf.location.y
+            s0, self.hint, dist = self.path.project(x, y, self.hint)
+            evidence = label_at(self.path, s0, self.contract.label)
+            truth = evidence.label if evidence is not None else None
+            obs = Observation(tf, vel, timestamp=t, frame=frame_id, image=raw, command=self.path.command_at(s0))
+            step: MoEStep = self.moe.run_step(obs, p_curve, truth)
+            vehicle.apply_control(step.control)
+            on_road = self.ctx.map.get_waypoint(tf.location, project_to_road=False,
+                                                lane_type=carla.LaneType.Driving) is not None
+        n_inv = sum(1 for f in self.invasions if f <= frame_id)
+        del self.invasions[:n_inv]
+        rec = TickRecord(
+            frame=frame_id, t=t, x=x, y=y, yaw=tf.rotation.yaw, speed_kmh=obs.speed_kmh,
+            steer=step.control.steer, throttle=step.control.throttle, brake=step.control.brake,
+            progress_m=s0, route_dist_m=dist, on_road=on_road, lane_invasions=n_inv, truth=truth,
+            pred=label, p_curve=p_curve, expert=step.in_charge, w_curve=step.decision.weights.get(CURVE, 0.0),
+            fallback=step.fallback, gate=self.moe.gate.name, infer_ms=infer_ms)
+        return rec, step, raw
+
+    def end_reason(self, rec: TickRecord) -> str | None:
+        """Leaderboard-like end conditions after this tick (None: drive on)."""
+        reason = self.stop.check(self.cfg.dt, rec.speed_kmh / 3.6, self.path.length - rec.progress_m, rec.route_dist_m)
+        if self.moe.done():
+            return "route_completed"
+        if reason == "max_ticks":
+            return "frames" if self.cfg.frames is not None else "duration"
+        return reason
+
+
+class _View:
+    """The window, the HUD and the video: what a person sees of the drive, and the keys they press."""
+
+    def __init__(self, ctx: WorldContext, cfg: DriveConfig, route, camera, gate_order: list[str]) -> None:
+        self.cfg, self.gate_order = cfg, gate_order
+        self.minimap = None
+        if cfg.minimap and cfg.hud:
+            raster = ctx.raster()
+            if raster is not None:
+                self.minimap = Minimap(raster.image, raster.world_to_pixel, route_to_xy(route))
+        self.overlay = Overlay(camera.res, self.minimap)
+        self.recorder = _Recorder(cfg, cfg.gate)
+        self.display = open_display(camera.res, cfg.display, title=f"carla-drive {cfg.town}")
+        self.realtime = cfg.realtime if cfg.realtime is not None else self.display is not None
+        self.show_hud, self.paused, self.last_frame = cfg.hud, False, None
+
+    def poll(self, moe: MoEController, timer: CycleTimer) -> str | None:
+        """Handle the keys: ``"quit"``, ``"paused"`` (do not tick; the window stays alive) or None."""
+        if self.display is None:
+            return None
+        with timer.section("display"):
+            actions = self.display.poll()
+        if Action.QUIT in actions:
+            return "quit"
+        for a in actions:
+            if a is Action.PAUSE:
+                self.paused = not self.paused
+            elif a is Action.TOGGLE_HUD:
+                self.show_hud = not self.show_hud
+            elif a is Action.TOGGLE_RECORD:
+                self.recorder.toggle(moe.gate.name)
+            elif a is Action.CYCLE_GATE:
+                order = self.gate_order
+                nxt = order[(order.index(moe.gate.name) + 1) % len(order)] if moe.gate.name in order else order[0]
+                moe.set_gate(create_gate(nxt))
+                log.info("gate -> %s", nxt)
+        if self.paused:
+            if self.last_frame is not None:
+                self.display.show(self.last_frame)
+            time.sleep(0.05)
+            return "paused"
+        return None
+
+    def draw(self, rec: TickRecord, step: MoEStep, raw: np.ndarray, timer: CycleTimer) -> None:
+        """Overlay the HUD on the frame, write it to the video and show it (only when someone looks)."""
+        if not (self.recorder.wanted or self.display is not None):
+            return
+        cfg = self.cfg
+        with timer.section("overlay"):
+            bgr = bgra_to_bgr(raw)
+            if self.minimap is not None:
+                self.minimap.mark(rec.x, rec.y, _expert_color(step.in_charge))
+            tick_rate = timer.rolling("tick")["p50_ms"]
+            infer_stats = timer.rolling("infer")
+            self.overlay.draw(bgr, HudState(
+                pred_label=rec.pred, p_curve=rec.p_curve, truth=rec.truth, gate=rec.gate,
+                weights=step.decision.weights, in_charge=step.in_charge, fallback=step.fallback,
+                speed_kmh=rec.speed_kmh, steer=rec.steer, throttle=rec.throttle, brake=rec.brake,
+                sim_fps=1000.0 / tick_rate if tick_rate > 0 else float("nan"),
+                client_fps=timer.rolling_fps(), infer_p50_ms=infer_stats["p50_ms"],
+                infer_p99_ms=infer_stats["p99_ms"], town=cfg.town, weather=cfg.weather,
+                sim_time=rec.t, x=rec.x, y=rec.y, yaw=rec.yaw,
+                recording=self.recorder.wanted, paused=self.paused), show_hud=self.show_hud)
+        if self.recorder.wanted:
+            with timer.section("encode"):
+                self.recorder.write(bgr)
+        if self.display is not None:
+            with timer.section("display"):
+                self.display.show(bgr)
+            self.last_frame = bgr
+
+    def close(self) -> None:
+        self.recorder.close()
+        if self.display is not None:
+            self.display.close()
+
+
+def _ticks(drive: _Drive, view: _View, on_tick: TickHook | None) -> str:
+    """Tick until an end condition; returns the end reason."""
+    cfg = drive.cfg
+    with CarlaSyncMode(drive.ctx.world, drive.ego.camera, fixed_delta_seconds=cfg.dt) as sync:
+        tick_i = 0
+        while True:
+            key = view.poll(drive.moe, drive.timer)
+            if key == "quit":
+                return "quit"
+            if key == "paused":
+                continue
+            rec, step, raw = drive.step(sync)
+            drive.records.append(rec)
+            view.draw(rec, step, raw, drive.timer)
+            tick_i += 1
+            if on_tick is not None:
+                on_tick(tick_i, rec)
+            reason = drive.end_reason(rec)
+            if reason is not None:
+                return reason
+            if view.realtime:
+                drive.timer.wait()
+
+
+def _route_for(ctx: WorldContext, cfg: DriveConfig):
+    """The seeded route, long enough for the requested frames/duration when ``extend_route``."""
+    length = cfg.route_length_m
+    if cfg.max_ticks is not None and cfg.extend_route:  # the route must not end before the requested frames
+        speed_max = max([30.0] + [p.get("cruise_speed_kmh", 40.0) for p in cfg.expert_params.values()] + [40.0])
+        length = max(length, cfg.max_ticks * cfg.dt * speed_max / 3.6 * 1.2 + 50.0)
+    route = plan_route(ctx, cfg.seed, length)
+    return route, RoutePath.from_route(route)
+
+
 def run_episode(ctx: WorldContext, cfg: DriveConfig, classifier=None, on_tick: TickHook | None = None,
                 predict: Callable | None = None) -> DriveResult:
     """Drive one episode in an open world. See the module docstring for the per-tick stages.
@@ -291,159 +489,29 @@ def run_episode(ctx: WorldContext, cfg: DriveConfig, classifier=None, on_tick: T
         on_tick: called after every tick with (tick index, record); may raise (e.g. KeyboardInterrupt)
             to test the clean shutdown.
         predict: replaces the classifier call, ``frame_bgra -> (label, p_curve)`` (benchmarks, fault injection).
-    """
-    from carla_client.labels import LabelParams, label_at
-    from carla_client.route import RoutePath
-    from carla_client.sync import CarlaSyncMode
 
+    Raises:
+        ValueError: a gate that needs a model without one; a camera that differs from the model's
+            without ``camera_override``.
+    """
     if create_gate(cfg.gate).needs_model and classifier is None and predict is None:
         raise ValueError(f"gate {cfg.gate!r} needs a classifier (--model)")
-    dt = cfg.dt
-    max_ticks = cfg.max_ticks
-    speed_max = max([30.0] + [p.get("cruise_speed_kmh", 40.0) for p in cfg.expert_params.values()] + [40.0])
-    length = cfg.route_length_m
-    if max_ticks is not None and cfg.extend_route:  # make sure the route does not end before the requested frames
-        length = max(length, max_ticks * dt * speed_max / 3.6 * 1.2 + 50.0)
-    route = plan_route(ctx, cfg.seed, length)
-    path = RoutePath.from_route(route)
-    label_params = LabelParams()
+    contract, overridden = resolve_contract(cfg, model_contract(cfg, classifier))
+    route, path = _route_for(ctx, cfg)
     ctx.world.set_weather(getattr(carla.WeatherParameters, cfg.weather))
-
-    gate_order = [g for g in gate_names() if classifier is not None or predict is not None
-                  or not create_gate(g).needs_model]
-    records: list[TickRecord] = []
-    timer = CycleTimer(dt)
-    recorder = _Recorder(cfg, cfg.gate)
-    display = None
-    actors = []
+    if predict is None and classifier is not None:
+        predict = lambda f: _predict(classifier, f)  # noqa: E731
+    gate_order = [g for g in gate_names() if predict is not None or not create_gate(g).needs_model]
+    timer = CycleTimer(cfg.dt)
+    drive, view = None, None
     interrupted, end_reason = False, "running"
-    invasions: list[int] = []
-    show_hud = cfg.hud
-    realtime = cfg.realtime
-    metrics: dict = {}
-    metrics_path = Path(cfg.metrics) if cfg.metrics else None
+    start = route[0][0].transform
+    spec = EgoSpec(cfg.vehicle, contract.camera, ("sensor.other.lane_invasion",))
     try:
-        vehicle, camera, lane_sensor, actors = _spawn(ctx, cfg, route)
-        lane_sensor.listen(lambda event: invasions.append(event.frame))
-        experts = {name: create_expert(name, route, vehicle=vehicle, dt=dt, **cfg.expert_params.get(name, {}))
-                   for name in (STRAIGHT, CURVE)}
-        moe = MoEController(experts, create_gate(cfg.gate))
-        minimap = None
-        if cfg.minimap and cfg.hud:
-            raster = ctx.raster()
-            if raster is not None:
-                minimap = Minimap(raster.image, raster.world_to_pixel, route_to_xy(route))
-        overlay = Overlay(cfg.res, minimap)
-        display = open_display(cfg.res, cfg.display, title=f"carla-drive {cfg.town}")
-        if realtime is None:
-            realtime = display is not None
-        predict = predict or (None if classifier is None else (lambda f: _predict(classifier, f)))
-        hint = 0
-        slow_since: float | None = None
-        paused = False
-        last_frame = None
-        with CarlaSyncMode(ctx.world, camera, fixed_delta_seconds=dt) as sync:
-            tick_i = 0
-            while max_ticks is None or tick_i < max_ticks:
-                # ---- pause: keep the window alive, do not tick (one video frame per tick holds)
-                if display is not None:
-                    with timer.section("display"):
-                        actions = display.poll()
-                    if Action.QUIT in actions:
-                        end_reason = "quit"
-                        break
-                    for a in actions:
-                        if a is Action.PAUSE:
-                            paused = not paused
-                        elif a is Action.TOGGLE_HUD:
-                            show_hud = not show_hud
-                        elif a is Action.TOGGLE_RECORD:
-                            recorder.toggle(moe.gate.name)
-                        elif a is Action.CYCLE_GATE:
-                            nxt = gate_order[(gate_order.index(moe.gate.name) + 1) % len(gate_order)] \
-                                if moe.gate.name in gate_order else gate_order[0]
-                            moe.set_gate(create_gate(nxt))
-                            log.info("gate -> %s", nxt)
-                    if paused:
-                        if last_frame is not None:
-                            display.show(last_frame)
-                        time.sleep(0.05)
-                        continue
-                timer.tick()
-                with timer.section("tick"):
-                    frame_id, (image,) = sync.tick(timeout=max(2.0, cfg.timeout))
-                    raw = image_to_array(image)
-                    tf = vehicle.get_transform()
-                    vel = vehicle.get_velocity()
-                snapshot_t = image.timestamp
-                label, p_curve, infer_ms = None, None, None
-                if predict is not None:
-                    t0 = time.perf_counter()
-                    with timer.section("infer"):
-                        label, p_curve = predict(raw)
-                    infer_ms = (time.perf_counter() - t0) * 1000.0
-                with timer.section("control"):
-                    x, y = tf.location.x, tf.location.y
-                    s0, hint, dist = path.project(x, y, hint)
-                    evidence = label_at(path, s0, label_params)
-                    truth = evidence.label if evidence is not None else None
-                    obs = Observation(tf, vel, timestamp=snapshot_t, frame=frame_id, image=raw)
-                    step: MoEStep = moe.run_step(obs, p_curve, truth)
-                    vehicle.apply_control(step.control)
-                    on_road = ctx.map.get_waypoint(tf.location, project_to_road=False,
-                                                   lane_type=carla.LaneType.Driving) is not None
-                speed = obs.speed_kmh
-                n_inv = sum(1 for f in invasions if f <= frame_id)
-                del invasions[:n_inv]
-                rec = TickRecord(
-                    frame=frame_id, t=snapshot_t, x=x, y=y, yaw=tf.rotation.yaw, speed_kmh=speed,
-                    steer=step.control.steer, throttle=step.control.throttle, brake=step.control.brake,
-                    progress_m=s0, route_dist_m=dist, on_road=on_road, lane_invasions=n_inv, truth=truth,
-                    pred=label, p_curve=p_curve, expert=step.in_charge, w_curve=step.decision.weights.get(CURVE, 0.0),
-                    fallback=step.fallback, gate=moe.gate.name, infer_ms=infer_ms)
-                records.append(rec)
-                need_frame = recorder.wanted or display is not None
-                if need_frame:
-                    with timer.section("overlay"):
-                        bgr = bgra_to_bgr(raw)
-                        if minimap is not None:
-                            minimap.mark(x, y, _expert_color(step.in_charge))
-                        tick_rate = timer.rolling("tick")["p50_ms"]
-                        infer_stats = timer.rolling("infer")
-                        overlay.draw(bgr, HudState(
-                            pred_label=label, p_curve=p_curve, truth=truth, gate=moe.gate.name,
-                            weights=step.decision.weights, in_charge=step.in_charge, fallback=step.fallback,
-                            speed_kmh=speed, steer=step.control.steer, throttle=step.control.throttle,
-                            brake=step.control.brake, sim_fps=1000.0 / tick_rate if tick_rate > 0 else float("nan"),
-                            client_fps=timer.rolling_fps(), infer_p50_ms=infer_stats["p50_ms"],
-                            infer_p99_ms=infer_stats["p99_ms"], town=cfg.town, weather=cfg.weather,
-                            sim_time=snapshot_t, x=x, y=y, yaw=tf.rotation.yaw,
-                            recording=recorder.wanted, paused=paused), show_hud=show_hud)
-                    if recorder.wanted:
-                        with timer.section("encode"):
-                            recorder.write(bgr)
-                    if display is not None:
-                        with timer.section("display"):
-                            display.show(bgr)
-                        last_frame = bgr
-                tick_i += 1
-                if on_tick is not None:
-                    on_tick(tick_i, rec)
-                # ---- episode end conditions (Leaderboard-like)
-                if moe.done() or s0 >= path.length - 2.0:
-                    end_reason = "route_completed"
-                    break
-                if dist > cfg.max_route_deviation_m:
-                    end_reason = "route_deviation"
-                    break
-                slow_since = (slow_since if slow_since is not None else snapshot_t) if speed < 0.5 else None
-                if slow_since is not None and snapshot_t - slow_since > cfg.blocked_s:
-                    end_reason = "blocked"
-                    break
-                if realtime:
-                    timer.wait()
-            else:
-                end_reason = "frames" if cfg.frames is not None else "duration"
+        with spawn_ego(ctx.world, spec, [carla.Transform(start.location, carla.Rotation(yaw=start.rotation.yaw))]) as ego:
+            drive = _Drive(ctx, cfg, ego, route, path, contract, predict, timer)
+            view = _View(ctx, cfg, route, contract.camera, gate_order)
+            end_reason = _ticks(drive, view, on_tick)
     except KeyboardInterrupt:
         interrupted, end_reason = True, "interrupted"
         log.info("interrupted: finalising video and metrics")
@@ -451,15 +519,18 @@ def run_episode(ctx: WorldContext, cfg: DriveConfig, classifier=None, on_tick: T
         end_reason = f"error: {e.__class__.__name__}: {e}"
         raise
     finally:
-        recorder.close()
-        _destroy(actors)
-        if display is not None:
-            display.close()
-        metrics = _drive_metrics(cfg, records, path.length, timer, recorder.videos, end_reason)
+        if view is not None:
+            view.close()
+        records = drive.records if drive is not None else []
+        videos = view.recorder.videos if view is not None else []
+        metrics = _drive_metrics(cfg, records, path.length, timer, videos, end_reason)
+        metrics.update({"camera": contract.camera.to_json(), "label": contract.label.to_json(),
+                        "camera_override": overridden})
+        metrics_path = Path(cfg.metrics) if cfg.metrics else None
         if metrics_path is not None:
             metrics_path.parent.mkdir(parents=True, exist_ok=True)
             metrics_path.write_text(json.dumps(metrics, indent=2, default=_json_default))
-    return DriveResult(metrics=metrics, records=records, videos=recorder.videos, metrics_path=metrics_path,
+    return DriveResult(metrics=metrics, records=records, videos=videos, metrics_path=metrics_path,
                        interrupted=interrupted, end_reason=end_reason)
 
 

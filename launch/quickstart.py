@@ -89,7 +89,7 @@ def _stage(name: str) -> None:
 
 
 def run_quickstart(cfg: QuickstartConfig) -> QuickstartResult:
-    from carla_client.collect import CollectConfig, collect
+    from carla_client.collector import CollectConfig, collect
     from launch.evaluate import EvalConfig, run_evaluation
     from perception.export import ExportConfig, export
     from training.train import TrainConfig, train

@@ -8,3 +8,28 @@ if "CARLA_MAPS_DIR" not in os.environ and _shared_maps.is_dir():
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+# ---------------------------------------------------------------------------------------- test layers
+# `pytest -m unit` (no simulator, seconds), `-m sim` (the embedded simulator), `-m slow` (training, export
+# and whole pipelines). A module may set its own `pytestmark`; otherwise this table decides, and a module
+# not listed counts as `sim` (the safe guess: it is left out of the quick unit run).
+LAYER_OF_MODULE = {
+    "unit": ("test_collect_writer", "test_control_gates", "test_controller", "test_datasets", "test_labels",
+             "test_launch_units", "test_layers", "test_perception_tensorrt",
+             "test_planner", "test_preprocess", "test_control_experts"),
+    "slow": ("test_training", "test_training_ddp", "test_quickstart", "test_perception_support", "test_perception_classifier",
+             "test_tensorrt_rtx", "test_perception_export"),
+}
+_LAYERS = ("unit", "sim", "slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    by_module = {m: layer for layer, mods in LAYER_OF_MODULE.items() for m in mods}
+    for item in items:
+        if any(item.get_closest_marker(layer) for layer in _LAYERS):
+            continue
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        item.add_marker(getattr(pytest.mark, by_module.get(module, "sim")))

@@ -15,23 +15,24 @@ from carla_client.collect import main
 from datasets.schema import INFO_NAME, MANIFEST_COLUMNS, MANIFEST_NAME
 
 
-def rows_of(out):
+def rows_of(out, flagged=False):
+    """The classifier's rows (``flagged=True``: also the route-dependent rows saved with ``--junction-policy flag``)."""
     with open(Path(out) / MANIFEST_NAME, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == MANIFEST_COLUMNS
-        return list(reader)
+        return [r for r in reader if flagged or r["route_dependent"] != "1"]
 
 
 def assert_consistent(out):
-    """Every row has its image, every image has its row, no temp files."""
-    rows = rows_of(out)
+    """Every row has its image, every image has its row, no temp files; returns the classifier's rows."""
+    rows = rows_of(out, flagged=True)
     listed = {r["image"] for r in rows}
     on_disk = {p.relative_to(out).as_posix() for p in (Path(out) / "images").rglob("*") if p.is_file()}
     assert listed == on_disk
     assert len(listed) == len(rows)  # unique file per row
     for r in rows:
         assert r["image"].startswith(f"images/{r['label']}/")
-    return rows
+    return [r for r in rows if r["route_dependent"] != "1"]
 
 
 def audit_labels(out, tolerance_deg=1.0):
@@ -132,7 +133,7 @@ def test_acceptance_balanced_decodable_800x600(acceptance_dir):
         assert 0.0 <= float(r["speed"]) < 35.0
     assert 15.0 < np.median([float(r["speed"]) for r in rows]) < 33.0  # town speeds
     info = json.loads((acceptance_dir / INFO_NAME).read_text())
-    assert info["label"] == {"lookahead_m": 25.0, "curve_deg": 20.0, "straight_deg": 5.0, "junction_policy": "skip"}
+    assert info["label"] == {"lookahead_m": 25.0, "curve_deg": 20.0, "straight_deg": 5.0, "junction_policy": "flag"}
     assert info["camera"]["width"] == 800 and info["camera"]["fov"] == 90.0 and info["camera"]["mount"]["z"] == 2.0
     assert info["runs"][0]["sim"] == "embedded" and info["runs"][0]["server_version"]
     assert (acceptance_dir / "contact_sheet.png").is_file()
@@ -178,10 +179,13 @@ def test_resume_adds_exactly_the_difference(acceptance_dir, tmp_path):
     assert len(rows_of(out)) == 300
 
 
-def test_skip_saves_no_route_dependent_frame_and_keep_does(acceptance_dir, tmp_path):
-    """With the default --junction-policy skip no saved label hinges on a junction choice; the same run
-    with keep saves such frames (so the check above is not vacuous) and otherwise labels alike."""
+def test_flag_keeps_route_dependent_frames_out_of_the_classes_and_keep_mixes_them_in(acceptance_dir, tmp_path):
+    """With the default --junction-policy flag no classifier row's label hinges on a junction choice, and
+    the route-dependent frames are saved flagged for the driving policies; the same run with keep saves
+    such frames as ordinary rows (so the check above is not vacuous) and otherwise labels alike."""
     assert route_dependent_rows(acceptance_dir) == []
+    flagged = [r for r in rows_of(acceptance_dir, flagged=True) if r["route_dependent"] == "1"]
+    assert len(flagged) >= 5 and {r["label"] for r in flagged} <= {"curve", "straight"}
     keep = tmp_path / "keep"
     assert main(["--sim", "embedded", "--town", "Town02", "--frames", "200", "--out", str(keep), "--seed", "1",
                  "--res", "160x120", "--no-progress", "--junction-policy", "keep"]) == 0

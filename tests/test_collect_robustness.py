@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 
 import carla_client
-from carla_client import collect as collect_mod
+from carla_client import collector as collect_mod
 from datasets import manifest as dataset_writer
-from carla_client.collect import CollectConfig, collect, main
+from carla_client.collect import main
+from carla_client.collector import CollectConfig, collect
 from datasets.manifest import DatasetWriter
+from datasets.schema import LabelParams
 
 from test_collect import assert_consistent, audit_labels, rows_of
 
@@ -155,7 +157,7 @@ def test_recovery_perturbations_are_never_saved(tmp_path, monkeypatch):
 
     monkeypatch.setattr(collect_mod, "Perturbation", RecordingPerturbation)
     monkeypatch.setattr(collect_mod, "_save", spy_save)
-    result = collect(small_config(tmp_path / "ds", recovery=2.0, frames=40))
+    result = collect(small_config(tmp_path / "ds", recovery=2.0, frames=40, label=LabelParams(junction_policy="skip")))
     assert sum(result.added.values()) == 40
     ticks = [active for kind, active in log if kind == "tick"]
     assert sum(ticks) > 0.2 * len(ticks)          # perturbations really happened (about half the time)
@@ -164,6 +166,10 @@ def test_recovery_perturbations_are_never_saved(tmp_path, monkeypatch):
     assert all(prev == ("tick", False) for prev in saves_after)  # never while perturbed
     # recovery frames: saved frames with the car visibly off the lane centre exist
     assert max(abs(float(r["steer"])) for r in rows_of(tmp_path / "ds")) > 0.05
+    # and they are flagged, for the driving policies that learn from them
+    rows = rows_of(tmp_path / "ds")
+    recovering = [r for r in rows if r["recovery"] == "1"]
+    assert 0 < len(recovering) < len(rows)
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -191,11 +197,25 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys, argv, needle):
 
 
 def test_summary_counts_skipped_frames(tmp_path, capsys):
-    assert main([*SMALL, "--town", "Town02", "--frames", "40", "--out", str(tmp_path / "ds"), "--seed", "2"]) == 0
+    assert main([*SMALL, "--town", "Town02", "--frames", "40", "--out", str(tmp_path / "ds"), "--seed", "2",
+                 "--junction-policy", "skip"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("skipped: "))
     n_amb, n_dep = (int(w) for w in line.split() if w.isdigit())
     assert line == f"skipped: {n_amb} ambiguous, {n_dep} route-dependent at junctions"
     assert n_dep > 0  # Town02's T-junctions: straight on or turn along every bar
+
+
+def test_summary_counts_flagged_frames_and_they_stay_outside_the_quotas(tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert main([*SMALL, "--town", "Town02", "--frames", "40", "--out", str(out), "--seed", "2"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("skipped: "))
+    n_flag = int(line.split("saved flagged: ")[1].split()[0])
+    everything = rows_of(out, flagged=True)
+    assert n_flag > 0 and sum(r["route_dependent"] == "1" for r in everything) == n_flag
+    assert Counter(r["label"] for r in rows_of(out)) == {"curve": 20, "straight": 20}
+    assert {r["command"] for r in everything} <= {"LANEFOLLOW", "LEFT", "RIGHT", "STRAIGHT", "CHANGELANELEFT",
+                                                   "CHANGELANERIGHT"}
+    assert {r["command"] for r in everything} - {"LANEFOLLOW"}  # junction commands recorded before junctions
 
 
 def test_dataset_from_before_the_junction_policy_resumes_only_as_keep(tmp_path, capsys):

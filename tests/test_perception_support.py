@@ -30,7 +30,7 @@ _POOL_ROOT = Path(tempfile.mkdtemp(prefix="perception_frames_"))
 def _pool(town: str, frames: int = 240) -> tuple[list[np.ndarray], list[str]]:
     """Raw BGRA frames (320x240) and map labels recorded by the collector in ``town``, once per session."""
     if town not in _POOLS:
-        from carla_client.collect import CollectConfig, collect
+        from carla_client.collector import CollectConfig, collect
         out = _POOL_ROOT / town
         collect(CollectConfig(out=out, towns=(town,), frames=frames, sim="embedded", res=(320, 240), seed=3,
                               image_format="png", min_spacing=3.0, progress=False,
