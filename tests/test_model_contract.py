@@ -125,6 +125,7 @@ def test_read_contract_of_every_format_without_a_session(tmp_path):
         read_contract(tmp_path / "model.h5")
 
 
+@pytest.mark.unit
 def test_engine_sidecar_carries_the_contract(tmp_path, monkeypatch):
     """build_engine (on a stand-in TensorRT) writes the contract into the sidecar it creates."""
     from perception import tensorrt_engine as te
