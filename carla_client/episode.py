@@ -72,12 +72,12 @@ def pick_vehicle(blueprint_library, pattern: str = "vehicle.*"):
     return (cars or matches)[0]
 
 
-def camera_blueprint(blueprint_library, camera: CameraSpec):
+def camera_blueprint(blueprint_library, spec: CameraSpec):
     """``sensor.camera.rgb`` set to the spec's resolution and field of view."""
     bp = blueprint_library.find("sensor.camera.rgb")
-    bp.set_attribute("image_size_x", str(camera.width))
-    bp.set_attribute("image_size_y", str(camera.height))
-    bp.set_attribute("fov", str(camera.fov))
+    bp.set_attribute("image_size_x", str(spec.width))
+    bp.set_attribute("image_size_y", str(spec.height))
+    bp.set_attribute("fov", str(spec.fov))
     return bp
 
 

@@ -157,12 +157,12 @@ def resolve_contract(cfg: DriveConfig, model_contract: Contract | None) -> tuple
     ``--camera-override``) or, with the override, used and listed.
     """
     base = model_contract or Contract()
-    cam = base.camera
-    wanted = replace(cam, **({"width": cfg.res[0], "height": cfg.res[1]} if cfg.res else {}),
+    trained = base.camera
+    wanted = replace(trained, **({"width": cfg.res[0], "height": cfg.res[1]} if cfg.res else {}),
                      **({"fov": float(cfg.fov)} if cfg.fov is not None else {}))
     changed = Contract(wanted, base.label).differences(base)
     if changed and model_contract is not None and not cfg.camera_override:
-        raise ValueError(f"the model was trained with camera {cam.width}x{cam.height} fov {cam.fov:g}, this drive "
+        raise ValueError(f"the model was trained with camera {trained.width}x{trained.height} fov {trained.fov:g}, this drive "
                          f"asks for {wanted.width}x{wanted.height} fov {wanted.fov:g} ({', '.join(changed)}); "
                          "drop --res/--fov to use the model's camera, or pass --camera-override")
     return Contract(wanted, base.label), (changed if model_contract is not None else [])
