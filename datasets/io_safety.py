@@ -38,7 +38,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-IMG_SIZE_RANGE: tuple[int, int] = (16, 1024)
+IMG_SIZE_RANGE: tuple[int, int] = (8, 1024)
 """Model input sizes accepted from any input (CLI, checkpoint, ONNX metadata), px, inclusive.
 
 EfficientNet-B0..B7 use 224..600; 1024 leaves room while keeping one float32 NCHW frame at
