@@ -11,16 +11,15 @@ Frames go through the checkpoint's own image size and normalisation (the uint8 c
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-from datasets.dataset import DatasetError, FrameDataset
+from datasets.dataset import FrameDataset
+from datasets.io_safety import check_output_path, cli_errors, write_json_atomic
 from datasets.presets import ClassificationPresetEval
 from training import ddp
 from training.checkpoint import load_checkpoint
@@ -47,6 +46,8 @@ class EvalConfig:
             raise ValueError(f"--device {self.device!r}: unknown; valid: {', '.join(DEVICES)}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size {self.batch_size}: must be >= 1")
+        check_output_path(self.out, "--out", is_dir=True)
+        check_output_path(self.cache_dir, "--cache-dir", is_dir=True)
 
 
 def evaluate_checkpoint(cfg: EvalConfig) -> tuple[Path, dict]:
@@ -74,7 +75,7 @@ def _evaluate_checkpoint(cfg: EvalConfig) -> tuple[Path, dict]:
                "data": {"dirs": list(cfg.data), "frames": len(table), "corrupt_skipped": n_corrupt,
                         "towns": table.towns()},
                "eval": split_metrics(result, table)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json_atomic(out / "metrics.json", metrics)
     write_eval_artifacts(out, {"eval": result}, {"eval": ds}, seed=0)
     return out, metrics
 
@@ -91,6 +92,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device, choices=DEVICES, help="compute device")
     p.add_argument("--cache-dir", default=None, help="where to keep the uint8 frame cache (default <data>/cache)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+    p.add_argument("-v", "--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
@@ -99,12 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    try:
+    debug = args.__dict__.pop("debug")
+    with cli_errors(debug=debug, prog="evaluate"):
         cfg = EvalConfig(**vars(args))
         out, metrics = evaluate_checkpoint(cfg)
-    except (DatasetError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     m = metrics["eval"]
     towns = ", ".join(f"{t} {v['accuracy']:.3f}" for t, v in m["accuracy_per_town"].items())
     print(f"accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, ROC-AUC {m['roc_auc']} ({towns})")
