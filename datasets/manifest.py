@@ -250,6 +250,8 @@ class DatasetWriter:
             ManifestMissingError: more than :data:`ORPHAN_LIMIT` ledger images have no row (the manifest
                 was replaced or truncated); nothing is deleted.
         """
+        if not self.manifest_path.is_file():
+            self._check_ownership(adopt=True)  # raises ManifestMissingError when any ledger image exists
         raw = self.manifest_path.read_text(encoding="utf-8") if self.manifest_path.exists() else ""
         rows = read_manifest(self.out_dir, strict=False)
         kept = [r for r in rows if _inside_file(self.out_dir, r["image"])]
