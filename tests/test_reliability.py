@@ -560,3 +560,18 @@ def test_sigkilled_recording_plays_up_to_the_kill(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     info = probe(path)                                     # raised "moov atom not found" before
     assert info["frames"] >= 60 and (info["width"], info["height"]) == (64, 48)
+
+
+def test_evaluate_strict_refuses_a_dataset_with_duplicates(tmp_path, small_ds):
+    path, _, _ = _ckpt(tmp_path)
+    rows = list(csv.DictReader((small_ds / "manifest.csv").open()))
+    with (small_ds / "manifest.csv").open("a", newline="") as f:
+        csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n").writerows(rows[:2])
+    base = [PY, "-m", "training.evaluate", "--checkpoint", str(path), "--data", str(small_ds), "--workers", "0",
+            "--no-progress", "--out", str(tmp_path / "ev")]
+    strict = subprocess.run(base + ["--strict"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert strict.returncode == 2 and "2 duplicated manifest row(s)" in strict.stderr, strict.stderr
+    lenient = subprocess.run(base, capture_output=True, text=True, env=_env(), timeout=300)
+    assert lenient.returncode == 0, lenient.stderr
+    data = json.loads((tmp_path / "ev" / "metrics.json").read_text())["data"]
+    assert data["duplicates_dropped"] == 2 and data["frames"] == len(rows)

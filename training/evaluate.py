@@ -18,7 +18,7 @@ from pathlib import Path
 
 from torch import nn
 
-from datasets.dataset import FrameDataset
+from datasets.dataset import FrameDataset, check_hygiene
 from datasets.io_safety import check_output_path, cli_errors, write_json_atomic
 from datasets.presets import ClassificationPresetEval
 from training import ddp
@@ -39,6 +39,7 @@ class EvalConfig:
     device: str = "auto"
     cache_dir: str | None = None
     progress: bool = True
+    strict: bool = False
 
     def __post_init__(self):
         self.data = tuple(str(d) for d in self.data)
@@ -66,6 +67,7 @@ def _evaluate_checkpoint(cfg: EvalConfig) -> tuple[Path, dict]:
         log.warning("checkpoint classes %s differ from the dataset schema", mcfg["classes"])
     info = ddp.DistInfo()
     table, cache, n_corrupt = prepare_data(cfg.data, int(mcfg["img_size"]), cfg.cache_dir, info, cfg.progress)
+    table, hygiene = check_hygiene(table, cache, strict=cfg.strict)
     ds = FrameDataset(cache, table, ClassificationPresetEval(mean=mcfg["mean"], std=mcfg["std"]))
     loader = make_loader(ds, cfg.batch_size, cfg.workers, device, train=False, info=info, seed=0)
     result = evaluate(model, nn.CrossEntropyLoss(), loader, device, info=info, progress=cfg.progress, desc="eval")
@@ -73,7 +75,8 @@ def _evaluate_checkpoint(cfg: EvalConfig) -> tuple[Path, dict]:
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"checkpoint": str(cfg.checkpoint), "arch": mcfg["arch"], "img_size": mcfg["img_size"],
                "data": {"dirs": list(cfg.data), "frames": len(table), "corrupt_skipped": n_corrupt,
-                        "towns": table.towns()},
+                        "towns": table.towns(), "duplicates_dropped": hygiene.duplicates,
+                        "constant_images": hygiene.constant, "missing_dataset_json": hygiene.missing_info},
                "eval": split_metrics(result, table)}
     write_json_atomic(out / "metrics.json", metrics)
     write_eval_artifacts(out, {"eval": result}, {"eval": ds}, seed=0)
@@ -92,6 +95,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device, choices=DEVICES, help="compute device")
     p.add_argument("--cache-dir", default=None, help="where to keep the uint8 frame cache (default <data>/cache)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+    p.add_argument("--strict", action="store_true",
+                   help="duplicate rows, constant (all black/white) images or a missing dataset.json are errors")
     p.add_argument("-v", "--debug", action="store_true", help="show the traceback of an error")
     return p
 
