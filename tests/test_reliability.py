@@ -575,3 +575,21 @@ def test_evaluate_strict_refuses_a_dataset_with_duplicates(tmp_path, small_ds):
     assert lenient.returncode == 0, lenient.stderr
     data = json.loads((tmp_path / "ev" / "metrics.json").read_text())["data"]
     assert data["duplicates_dropped"] == 2 and data["frames"] == len(rows)
+
+
+def test_bench_refuses_an_absurd_img_size_in_onnx_metadata(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from perception.bench import BenchConfig, run_bench
+    from perception.meta import ModelMeta
+
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["logits"])], "tiny",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 8, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(model, ModelMeta(arch="simple_cnn", img_size=30000).to_props())
+    path = tmp_path / "huge.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ValueError, match=r"metadata img_size.*30000.*out of range"):   # tried 17.9 GiB before
+        run_bench(BenchConfig(model=path, backends="onnxruntime", runs=1, warmup=0))
