@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +34,25 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.preprocess import to_rgb_resized
-from datasets.manifest import DatasetError, read_manifest  # noqa: F401  (re-exported: the one manifest reader)
+from datasets.io_safety import check_img_size, write_json_atomic
+from datasets.manifest import DatasetError, read_manifest, resolve_inside  # noqa: F401  (re-exported: the one manifest reader)
 from datasets.schema import CLASSES, INFO_NAME, MANIFEST_NAME, Contract, ContractError, describe_differences
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 _SHOW_FIRST = 5
+MAX_IMAGE_BYTES = 64 * 2**20
+"""Largest image file a manifest row may point to; a camera frame is well under 10 MiB, so a larger
+file is not a frame (and reading it whole would cost memory and time)."""
+DISK_MARGIN_BYTES = 256 * 2**20
+"""Free space kept on top of the cache size, so building it does not fill the disk for everything else."""
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/carla-curvature`` (default ``~/.cache/carla-curvature``): frame caches of read-only datasets."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "carla-curvature"
 
 
 def read_info(data_dir: str | os.PathLike) -> dict:
@@ -145,9 +158,10 @@ def load_frames(data_dirs: Sequence[str | os.PathLike], check_files: bool = True
         rows = read_manifest(root)
         roots.append(root)
         for ri, r in enumerate(rows):
+            where = f"{root / MANIFEST_NAME} row {ri + 2}"
             if r["label"] not in class_index:
-                raise DatasetError(f"{root / MANIFEST_NAME} row {ri + 2}: unknown label {r['label']!r}; "
-                                   f"valid: {', '.join(CLASSES)}")
+                raise DatasetError(f"{where}: unknown label {r['label']!r}; valid: {', '.join(CLASSES)}")
+            resolve_inside(root, r["image"], where)
             cols["source"].append(si)
             cols["row"].append(ri)
             cols["image"].append(r["image"])
@@ -164,10 +178,21 @@ def load_frames(data_dirs: Sequence[str | os.PathLike], check_files: bool = True
         episode=np.asarray(cols["episode"], dtype=object),
         route_dependent=np.asarray(cols["route_dependent"], dtype=bool))
     if check_files:
-        missing = [str(p) for p in table.paths() if not p.is_file()]
+        missing, huge = [], []
+        for p in table.paths():
+            try:
+                st = p.stat()
+            except OSError:
+                missing.append(str(p))
+                continue
+            if st.st_size > MAX_IMAGE_BYTES or not p.is_file():
+                huge.append((str(p), st.st_size))
         if missing:
             raise DatasetError(f"{len(missing)} of {len(table)} images listed in the manifest are missing from disk, "
                                f"e.g. {', '.join(missing[:_SHOW_FIRST])}")
+        if huge:
+            raise DatasetError(f"{len(huge)} manifest row(s) point to files that are not camera frames (not a file or "
+                               f"over {MAX_IMAGE_BYTES >> 20} MiB), e.g. {huge[0][0]} ({huge[0][1] >> 20} MiB)")
     return table
 
 
@@ -202,6 +227,57 @@ def _decode(path: Path, img_size: int) -> np.ndarray | None:
     return to_rgb_resized(bgr, img_size, "BGR")
 
 
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _disk_why(e: OSError) -> str:
+    import errno
+    return "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the blocks of ``path`` now (ENOSPC here, not SIGBUS later through the memmap)."""
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as e:
+                if e.errno not in (95, 22):  # EOPNOTSUPP/EINVAL: filesystem without fallocate; free space was checked
+                    raise
+    finally:
+        os.close(fd)
+
+
+def _dir_writable(path: Path) -> bool:
+    """True when files can be created in ``path`` or, if it does not exist, in its nearest existing ancestor."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    probe = path / f".write_probe_{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_cache_dir(root: Path, cache_dir: Path | None) -> Path | None:
+    """Where the cache of ``root`` goes: ``cache_dir`` if given, ``<root>/cache`` if writable, else the user cache.
+
+    A dataset folder the user can only read (a shared or mounted dataset) is never written into.
+    """
+    if cache_dir is not None:
+        return cache_dir
+    if _dir_writable(root / "cache"):
+        return None
+    fallback = user_cache_dir() / "frames"
+    log.warning("%s is not writable: the frame cache goes to %s", root, fallback)
+    return fallback
+
+
 def cache_paths(root: Path, img_size: int, cache_dir: Path | None = None) -> tuple[Path, Path]:
     """(frames .npy, index .json) for one dataset directory and image size."""
     base = cache_dir / hashlib.sha1(str(root).encode()).hexdigest()[:12] if cache_dir else root / "cache"
@@ -212,7 +288,7 @@ def _build_one(root: Path, img_size: int, cache_dir: Path | None, workers: int, 
     from tqdm import tqdm
 
     images = [r["image"] for r in read_manifest(root)]
-    npy, index = cache_paths(root, img_size, cache_dir)
+    npy, index = cache_paths(root, img_size, resolve_cache_dir(root, cache_dir))
     fp = _fingerprint(root, images)
     if npy.is_file() and index.is_file():
         try:
@@ -223,32 +299,125 @@ def _build_one(root: Path, img_size: int, cache_dir: Path | None, workers: int, 
                 return npy, list(meta["corrupt"])
         except (OSError, ValueError, KeyError):
             pass
+    nbytes = len(images) * img_size * img_size * 3
+    tmp = npy.with_name(npy.stem + f".tmp{os.getpid()}.npy")
     try:
         npy.parent.mkdir(parents=True, exist_ok=True)
-        tmp = npy.with_name(npy.stem + f".tmp{os.getpid()}.npy")
+        free = shutil.disk_usage(npy.parent).free
+        if nbytes + DISK_MARGIN_BYTES > free:
+            raise DatasetError(f"the frame cache {npy} needs {_gib(nbytes)} ({len(images)} frames at {img_size} px) "
+                               f"but {npy.parent} has {_gib(free)} free; free space, pass --cache-dir on another "
+                               "disk, or a smaller --img-size")
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), img_size, img_size, 3))
+        _reserve(tmp)  # a sparse file on a full disk would SIGBUS at the first page written
     except OSError as e:
-        raise DatasetError(f"cannot write the frame cache {npy} ({e.strerror}); pass --cache-dir to a writable "
-                           "directory") from None
+        tmp.unlink(missing_ok=True)
+        raise DatasetError(f"cannot write the frame cache {npy} ({_disk_why(e)}); pass --cache-dir to a writable "
+                           "directory with free space") from None
     corrupt: list[int] = []
-    with ThreadPoolExecutor(max(1, workers)) as pool:  # cv2 decode/resize release the GIL
-        it = pool.map(lambda rel: _decode(root / rel, img_size), images, chunksize=16)
-        for i, frame in enumerate(tqdm(it, total=len(images), desc=f"caching {root.name} @{img_size}px",
-                                       unit="img", disable=not progress, leave=False)):
-            if frame is None:
-                corrupt.append(i)
-            else:
-                arr[i] = frame
-    arr.flush()
-    del arr
-    os.replace(tmp, npy)
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as pool:  # cv2 decode/resize release the GIL
+            it = pool.map(lambda rel: _decode(root / rel, img_size), images, chunksize=16)
+            for i, frame in enumerate(tqdm(it, total=len(images), desc=f"caching {root.name} @{img_size}px",
+                                           unit="img", disable=not progress, leave=False)):
+                if frame is None:
+                    corrupt.append(i)
+                else:
+                    arr[i] = frame
+        arr.flush()
+        del arr
+        os.replace(tmp, npy)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise DatasetError(f"cannot write the frame cache {npy} ({_disk_why(e)}); the partial file was "
+                               "removed") from None
+        raise
     meta = {"version": CACHE_VERSION, "img_size": img_size, "color_order": "RGB", "fingerprint": fp,
             "images": images, "corrupt": corrupt}
-    tmp_index = index.with_name(index.name + f".tmp{os.getpid()}")
-    tmp_index.write_text(json.dumps(meta))
-    os.replace(tmp_index, index)
+    try:
+        write_json_atomic(index, meta, indent=None)
+    except OSError as e:
+        raise DatasetError(f"cannot write the frame cache index {index} ({_disk_why(e)})") from None
     log.info("built frame cache %s (%d frames, %d corrupt)", npy, len(images), len(corrupt))
     return npy, corrupt
+
+
+# ------------------------------------------------------------------------------------------- hygiene
+@dataclass
+class HygieneReport:
+    """What is wrong with a dataset but does not stop training (``strict`` makes each an error).
+
+    Attributes:
+        duplicates: rows repeating an earlier row's image (dropped from the table).
+        constant: rows whose cached frame is one flat colour (all black/white: a dead camera).
+        missing_info: dataset directories without ``dataset.json`` (no camera/label contract).
+        examples: a few offending paths per kind, for the message.
+    """
+    duplicates: int = 0
+    constant: int = 0
+    missing_info: list[str] = field(default_factory=list)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def problems(self) -> list[str]:
+        out = []
+        if self.duplicates:
+            out.append(f"{self.duplicates} duplicated manifest row(s), e.g. {', '.join(self.examples['duplicates'])}")
+        if self.constant:
+            out.append(f"{self.constant} constant (all one colour) image(s), e.g. {', '.join(self.examples['constant'])}")
+        if self.missing_info:
+            out.append(f"no {INFO_NAME} in {', '.join(self.missing_info)} (camera/label settings unknown)")
+        return out
+
+    def summary(self) -> str:
+        return "; ".join(self.problems) or "no problems"
+
+
+def check_hygiene(table: FrameTable, cache: "FrameCache | None" = None, strict: bool = False,
+                  chunk: int = 256) -> tuple[FrameTable, HygieneReport]:
+    """Count duplicate rows, constant images and missing ``dataset.json``; drop the duplicates.
+
+    Args:
+        table: frames as loaded by :func:`load_frames`.
+        cache: the built frame cache, to find constant frames (skipped when None).
+        strict: raise instead of warning (the CLIs' ``--strict``).
+        chunk: frames per vectorised min/max pass over the memmap (bounded memory).
+
+    Returns:
+        (table without duplicate rows, report). Each problem is logged as one warning line.
+
+    Raises:
+        DatasetError: ``strict`` and any problem, one line listing them all.
+    """
+    report = HygieneReport(examples={"duplicates": [], "constant": []})
+    keys = [f"{s}:{p}" for s, p in zip(table.source.tolist(), table.image.tolist())]
+    _, first = np.unique(np.asarray(keys, dtype=object), return_index=True)
+    keep = np.zeros(len(table), dtype=bool)
+    keep[first] = True
+    dup_idx = np.flatnonzero(~keep)
+    report.duplicates = int(len(dup_idx))
+    report.examples["duplicates"] = [str(table.roots[table.source[i]] / table.image[i]) for i in dup_idx[:3]]
+    if cache is not None and len(table):
+        arrays = cache.arrays()
+        constant = []
+        for s, arr in enumerate(arrays):
+            rows = table.row[(table.source == s) & keep]
+            for a in range(0, len(rows), chunk):
+                idx = np.sort(rows[a:a + chunk])
+                block = arr[idx].reshape(len(idx), -1)
+                flat = block.min(axis=1) == block.max(axis=1)
+                constant += [(s, int(r)) for r in idx[flat]]
+        report.constant = len(constant)
+        report.examples["constant"] = [str(table.roots[s] / table.image[(table.source == s) & (table.row == r)][0])
+                                       for s, r in constant[:3]]
+    report.missing_info = [str(r) for r in table.roots if not (r / INFO_NAME).is_file()]
+    if report.problems:
+        if strict:
+            raise DatasetError("dataset hygiene (--strict): " + report.summary())
+        for line in report.problems:
+            log.warning("dataset hygiene: %s", line)
+    return (table.subset(keep) if report.duplicates else table), report
 
 
 @dataclass
@@ -289,6 +458,7 @@ def build_cache(table: FrameTable, img_size: int, cache_dir: str | os.PathLike |
     Corrupt images are not fatal: they are logged with a count and the first few names, and
     :meth:`FrameCache.corrupt_mask` lets the caller drop them.
     """
+    img_size = check_img_size(img_size, "--img-size")
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     cdir = Path(cache_dir) if cache_dir else None
     npys, corrupt = [], []

@@ -10,6 +10,14 @@ every manifest row has its image and every image has its row.
   append a truncated last line: :meth:`DatasetWriter.reconcile` (run once before
   collecting) drops both, plus leftover ``*.tmp`` files and route files no row refers to.
 
+The collector deletes only files it can prove it wrote. Before it writes an image or a route
+file it appends the file's name (and, for an image, its manifest row) to ``ledger.jsonl``;
+reconcile deletes only ledger-listed files, so a user's own files in the folder are never
+touched. :meth:`DatasetWriter.prepare` refuses a non-empty folder that is not a collector
+dataset (``adopt=True`` collects into it, keeping its files), and never deletes anything when
+``manifest.csv`` is missing: :func:`rebuild_manifest` (``python -m datasets.manifest rebuild
+DIR``) writes it back from the ledger and the images on disk.
+
 Per-episode route files (``routes/<episode>.json``) keep the lane coordinates of the route
 each frame was labelled from, so an auditor can recompute every label from the map.
 """
@@ -22,6 +30,9 @@ import io
 import json
 import logging
 import os
+import re
+import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +48,14 @@ IMAGE_FORMATS = ("jpg", "png")
 ROUTES_DIR = "routes"
 IMAGES_DIR = "images"
 CONTACT_SHEET_NAME = "contact_sheet.png"
+LEDGER_NAME = "ledger.jsonl"
+"""One JSON object per line, appended before the file it names is written:
+``{"path": "images/curve/<episode>_<frame>.jpg", "row": {manifest row}}`` or ``{"path": "routes/<episode>.json"}``."""
+ORPHAN_LIMIT = 64
+"""A crash leaves at most one image without its row per worker; more orphans than this means the
+manifest was replaced or truncated, and reconcile refuses to delete them (rebuild instead)."""
+_OWN_FILES = {".collect.lock", LEDGER_NAME, INFO_NAME, MANIFEST_NAME, CONTACT_SHEET_NAME}
+_IMAGE_NAME = re.compile(r"^images/(?P<label>[^/]+)/(?P<episode>[^/]+)_(?P<frame>\d+)\.(?:jpg|png)$")
 
 
 class DiskFullError(OSError):
@@ -53,6 +72,32 @@ class ReconcileReport:
 
 class DatasetError(ValueError):
     """A dataset on disk cannot be used as given (one-line message naming the file and value)."""
+
+
+class ForeignDirectoryError(DatasetError):
+    """``--out`` holds files but no collector dataset; collecting there needs an explicit adopt."""
+
+
+class ManifestMissingError(DatasetError):
+    """The collector's images are there but ``manifest.csv`` is not (or lists far fewer): rebuild it."""
+
+
+def rebuild_command(out_dir) -> str:
+    return f"python -m datasets.manifest rebuild {str(out_dir)!r}"
+
+
+def resolve_inside(root: Path, rel: str, what: str) -> Path:
+    """``root / rel`` resolved, or DatasetError when ``rel`` is absolute, has ``..`` or a symlink leaves ``root``.
+
+    A manifest is input: a row ``../../etc/passwd`` must never be opened.
+    """
+    root = Path(root).resolve()
+    if not rel or os.path.isabs(rel) or rel.startswith(("~", "\\")) or ".." in Path(rel).parts:
+        raise DatasetError(f"{what}: path {rel!r} is not a relative path inside the dataset {root}")
+    path = (root / rel).resolve()
+    if path != root and root not in path.parents:
+        raise DatasetError(f"{what}: path {rel!r} leaves the dataset {root} (through a symlink)")
+    return path
 
 
 V2_DEFAULTS = {"command": "", "recovery": "0", "route_dependent": "0"}
@@ -95,6 +140,25 @@ def read_manifest(data_dir, strict: bool = True) -> list[dict]:
     return rows
 
 
+def read_ledger(out_dir) -> list[dict]:
+    """Entries of ``ledger.jsonl`` (``[]`` when absent); a torn last line and entries whose path is
+    not a plain relative path under ``images/`` or ``routes/`` are skipped (the ledger is input too)."""
+    path = Path(out_dir) / LEDGER_NAME
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        rel = entry.get("path") if isinstance(entry, dict) else None
+        if (isinstance(rel, str) and rel.startswith((IMAGES_DIR + "/", ROUTES_DIR + "/"))
+                and ".." not in Path(rel).parts and not os.path.isabs(rel)):
+            out.append(entry)
+    return out
+
+
 def check_writable(out_dir: Path) -> None:
     """Raise PermissionError (one line, naming the path) unless ``out_dir`` can be created and written."""
     out_dir = Path(out_dir)
@@ -128,9 +192,21 @@ class DatasetWriter:
         self.manifest_path = self.out_dir / MANIFEST_NAME
 
     # ------------------------------------------------------------------ set-up
-    def prepare(self) -> ReconcileReport:
-        """Create the layout and the manifest header, then reconcile. Call once, before workers start."""
+    def prepare(self, adopt: bool = False) -> ReconcileReport:
+        """Check the folder is ours, create the layout and the manifest header, then reconcile.
+
+        Call once, before workers start.
+
+        Args:
+            adopt: collect into a non-empty folder that is not a collector dataset; its files are kept.
+
+        Raises:
+            ForeignDirectoryError: the folder holds files but no dataset, and ``adopt`` is False.
+            ManifestMissingError: images the collector wrote are there but ``manifest.csv`` is not;
+                nothing is deleted, the message gives the rebuild command.
+        """
         check_writable(self.out_dir)
+        self._check_ownership(adopt)
         for label in CLASSES:
             (self.out_dir / IMAGES_DIR / label).mkdir(parents=True, exist_ok=True)
         (self.out_dir / ROUTES_DIR).mkdir(exist_ok=True)
@@ -145,33 +221,69 @@ class DatasetWriter:
                 raise ValueError(f"{self.manifest_path} has columns {header}, expected {list(MANIFEST_COLUMNS)}")
         return self.reconcile()
 
+    def _check_ownership(self, adopt: bool) -> None:
+        if self.manifest_path.is_file() and self.manifest_path.stat().st_size > 0:
+            return
+        ledger_files = [e["path"] for e in read_ledger(self.out_dir) if e["path"].startswith(IMAGES_DIR + "/")
+                        and (self.out_dir / e["path"]).is_file()]
+        if ledger_files:
+            raise ManifestMissingError(
+                f"{self.manifest_path} is missing but {len(ledger_files)} images written by the collector are in "
+                f"{self.out_dir}; nothing was deleted. Rebuild the manifest with: {rebuild_command(self.out_dir)}")
+        foreign = _foreign_files(self.out_dir)
+        if foreign and not adopt:
+            ours = sum(1 for f in foreign if _IMAGE_NAME.match(f))
+            hint = (f"; if these are collector images whose manifest was lost, rebuild it with: "
+                    f"{rebuild_command(self.out_dir)}") if ours else ""
+            raise ForeignDirectoryError(
+                f"--out {self.out_dir} is not empty and is not a collector dataset (no {MANIFEST_NAME}): "
+                f"{len(foreign)} file(s), e.g. {', '.join(foreign[:3])}; use another --out, or pass --adopt to "
+                f"collect into it (its files are kept){hint}")
+        if foreign:
+            logger.info("adopting %s: its %d file(s) are kept", self.out_dir, len(foreign))
+
     def reconcile(self) -> ReconcileReport:
-        """Drop rows without an image, images without a row, temp files and unused route files."""
+        """Drop rows without an image; delete only ledger-listed files: images without a row, temp files,
+        route files no row refers to. Files the collector did not write are never touched.
+
+        Raises:
+            ManifestMissingError: more than :data:`ORPHAN_LIMIT` ledger images have no row (the manifest
+                was replaced or truncated); nothing is deleted.
+        """
+        if not self.manifest_path.is_file():
+            self._check_ownership(adopt=True)  # raises ManifestMissingError when any ledger image exists
         raw = self.manifest_path.read_text(encoding="utf-8") if self.manifest_path.exists() else ""
         rows = read_manifest(self.out_dir, strict=False)
-        kept = [r for r in rows if (self.out_dir / r["image"]).is_file()]
+        kept = [r for r in rows if _inside_file(self.out_dir, r["image"])]
         referenced = {r["image"] for r in kept}
-        images_dropped = 0
-        img_root = self.out_dir / IMAGES_DIR
-        for path in img_root.rglob("*") if img_root.exists() else []:
+        episodes = {r["episode"] for r in kept}
+        ledger = {e["path"] for e in read_ledger(self.out_dir)}
+        doomed_images, doomed_routes = [], []
+        for rel in sorted(ledger):
+            path = self.out_dir / rel
+            tmp = path.with_name(path.name + ".tmp")
+            is_image = rel.startswith(IMAGES_DIR + "/")
+            if tmp.is_file():
+                (doomed_images if is_image else doomed_routes).append(tmp)
             if not path.is_file():
                 continue
-            rel = path.relative_to(self.out_dir).as_posix()
-            if path.suffix == ".tmp" or rel not in referenced:
-                path.unlink()
-                images_dropped += 1
-        episodes = {r["episode"] for r in kept}
-        routes_dropped = 0
-        route_root = self.out_dir / ROUTES_DIR
-        for path in route_root.glob("*") if route_root.exists() else []:
-            if path.suffix == ".tmp" or path.stem not in episodes:
-                path.unlink()
-                routes_dropped += 1
+            if is_image and rel not in referenced:
+                doomed_images.append(path)
+            elif not is_image and path.suffix == ".json" and path.stem not in episodes:
+                doomed_routes.append(path)
+        orphans = [p for p in doomed_images if p.suffix != ".tmp"]
+        if len(orphans) > ORPHAN_LIMIT:
+            raise ManifestMissingError(
+                f"{self.manifest_path} lists {len(kept)} frames but {len(orphans)} images written by the collector "
+                f"have no row (a crash leaves at most one per worker): the manifest looks replaced or truncated; "
+                f"nothing was deleted. Rebuild it with: {rebuild_command(self.out_dir)}")
+        for path in doomed_images + doomed_routes:
+            path.unlink(missing_ok=True)
         n_data_lines = max(0, len([ln for ln in raw.splitlines() if ln.strip()]) - 1)  # minus the header
         if len(kept) != n_data_lines or (raw and not raw.endswith("\n")):
             self._rewrite(kept)
         report = ReconcileReport(rows_kept=len(kept), rows_dropped=n_data_lines - len(kept),
-                                 images_dropped=images_dropped, routes_dropped=routes_dropped)
+                                 images_dropped=len(doomed_images), routes_dropped=len(doomed_routes))
         if report.rows_dropped or report.images_dropped:
             logger.warning("reconciled %s: dropped %d rows without image, %d images without row",
                            self.out_dir, report.rows_dropped, report.images_dropped)
@@ -209,6 +321,7 @@ class DatasetWriter:
         tmp = path.with_name(path.name + ".tmp")
         line = _csv_line(row)
         try:
+            self._record({"path": rel, "row": {c: str(row[c]) for c in MANIFEST_COLUMNS}})
             with open(tmp, "wb") as f:
                 f.write(encoded)
             os.replace(tmp, path)
@@ -221,27 +334,102 @@ class DatasetWriter:
             path.unlink(missing_ok=True)  # keep the invariant: no image without its row
             raise _disk_error(err, self.manifest_path) from None
 
+    def _record(self, entry: dict) -> None:
+        """Append one ledger line (before the file it names is written): proof the collector made that file."""
+        _locked_append(self.out_dir / LEDGER_NAME, json.dumps(entry, separators=(",", ":")) + "\n", create=True)
+
     def _append(self, line: str) -> None:
-        fd = os.open(self.manifest_path, os.O_WRONLY | os.O_APPEND)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            data = line.encode("utf-8")
-            written = os.write(fd, data)
-            if written != len(data):
-                raise OSError(errno.ENOSPC, "short write to manifest")
-        finally:
-            os.close(fd)  # closing releases the lock
+        _locked_append(self.manifest_path, line)
 
     def write_route(self, episode: str, payload: dict) -> None:
         """Store (atomically) the route an episode's labels were computed from."""
         path = self.out_dir / ROUTES_DIR / f"{episode}.json"
-        tmp = path.with_suffix(".json.tmp")
+        tmp = path.with_name(path.name + ".tmp")
         try:
+            self._record({"path": f"{ROUTES_DIR}/{episode}.json"})
             tmp.write_text(json.dumps(payload, separators=(",", ":")), encoding="utf-8")
             os.replace(tmp, path)
         except OSError as err:
             tmp.unlink(missing_ok=True)
             raise _disk_error(err, path) from None
+
+
+def _locked_append(path: Path, line: str, create: bool = False) -> None:
+    """One ``write`` of ``line`` under an exclusive flock (workers append to the same file safely)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | (os.O_CREAT if create else 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        data = line.encode("utf-8")
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(errno.ENOSPC, f"short write to {path}")
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _inside_file(root: Path, rel: str) -> bool:
+    try:
+        return resolve_inside(root, rel, "manifest").is_file()
+    except DatasetError:
+        return False
+
+
+def _foreign_files(out_dir: Path) -> list[str]:
+    """Files under ``out_dir`` other than the collector's own bookkeeping (sorted, relative)."""
+    out = []
+    for path in sorted(Path(out_dir).rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        rel = path.relative_to(out_dir).as_posix()
+        if rel in _OWN_FILES or rel.startswith(".write_probe_"):
+            continue
+        out.append(rel)
+    return out
+
+
+def rebuild_manifest(out_dir) -> tuple[int, int]:
+    """Write ``manifest.csv`` back from ``ledger.jsonl`` and the images on disk; deletes nothing.
+
+    Rows come from the ledger (every column as written) for images that exist; collector-named
+    images that the ledger does not know (datasets written before the ledger) get a row from
+    their name (label, episode, frame, town) with the other columns empty and weather ``unknown``.
+    Rows of an existing manifest are kept; the old file is kept as ``manifest.csv.bak``.
+
+    Returns:
+        (rows from the ledger or the old manifest, rows from file names).
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise DatasetError(f"{out_dir}: no such directory")
+    rows: dict[str, dict] = {}
+    if (out_dir / MANIFEST_NAME).is_file():
+        for r in read_manifest(out_dir, strict=False):
+            if _inside_file(out_dir, r["image"]):
+                rows[r["image"]] = r
+    for entry in read_ledger(out_dir):
+        row = entry.get("row")
+        if isinstance(row, dict) and entry["path"] not in rows and (out_dir / entry["path"]).is_file():
+            rows[entry["path"]] = {**V2_DEFAULTS, **{c: str(row.get(c, "")) for c in MANIFEST_COLUMNS},
+                                   "image": entry["path"]}
+    from_names = 0
+    img_root = out_dir / IMAGES_DIR
+    for path in sorted(img_root.rglob("*")) if img_root.is_dir() else []:
+        rel = path.relative_to(out_dir).as_posix()
+        m = _IMAGE_NAME.match(rel)
+        if rel in rows or not m or m["label"] not in CLASSES or not path.is_file():
+            continue
+        row = {c: "" for c in MANIFEST_COLUMNS}
+        row.update(V2_DEFAULTS, image=rel, label=m["label"], episode=m["episode"], frame=str(int(m["frame"])),
+                   town=m["episode"].split("-")[0], weather="unknown")
+        rows[rel] = row
+        from_names += 1
+    manifest = out_dir / MANIFEST_NAME
+    if manifest.is_file():
+        os.replace(manifest, manifest.with_name(MANIFEST_NAME + ".bak"))
+    writer = DatasetWriter.__new__(DatasetWriter)
+    writer.manifest_path = manifest
+    writer._rewrite(list(rows.values()))
+    return len(rows) - from_names, from_names
 
 
 def _csv_line(row: dict) -> str:
@@ -329,3 +517,27 @@ def write_contact_sheet(out_dir: Path, per_class: int = 6, seed: int = 0, thumb_
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def main(argv=None) -> int:
+    """``python -m datasets.manifest rebuild DIR``: write a lost manifest.csv back (see :func:`rebuild_manifest`)."""
+    import argparse
+
+    from datasets.io_safety import cli_errors
+
+    p = argparse.ArgumentParser(prog="python -m datasets.manifest", description="Dataset manifest tools.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("rebuild", help="rebuild manifest.csv from ledger.jsonl and the images on disk")
+    r.add_argument("dir", type=Path, help="dataset directory")
+    p.add_argument("-v", "--debug", action="store_true", help="show tracebacks")
+    args = p.parse_args(argv)
+    with cli_errors(debug=args.debug, prog="manifest"):
+        t0 = time.perf_counter()
+        exact, guessed = rebuild_manifest(args.dir)
+        print(f"rebuilt {args.dir / MANIFEST_NAME}: {exact + guessed} rows ({exact} from the ledger or the old "
+              f"manifest, {guessed} from image names) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,6 +5,13 @@ speed the car drove in simulated time however slow or fast the client loop was. 
 (libx264, ``ultrafast``: about 2 ms per 800x600 frame on one core) and falls back to MPEG-4 Part 2
 when libx264 is missing. :class:`VideoWriter` is a context manager so a Ctrl-C or an exception still
 writes the trailer and leaves a playable file.
+
+A SIGKILL (or a crash, or power loss) never reaches the trailer, and a classic MP4 keeps its index
+(``moov``) in the trailer: without it nothing plays. So the file is a *fragmented* MP4
+(``movflags=frag_keyframe+empty_moov+default_base_moof``): an empty index up front, then one
+self-describing fragment per keyframe, with a keyframe every :data:`KEYFRAME_INTERVAL_S` seconds
+and packets flushed as they are muxed. A killed recording plays up to its last complete fragment
+(at most about one second lost); browsers, ffmpeg and PyAV play fragmented MP4.
 """
 from __future__ import annotations
 
@@ -19,6 +26,10 @@ log = logging.getLogger(__name__)
 
 CODEC_PREFERENCE: tuple[str, ...] = ("libx264", "h264", "mpeg4")
 """Encoders tried in order; the first one PyAV has wins."""
+KEYFRAME_INTERVAL_S = 1.0
+"""Seconds between keyframes = fragment length: what a kill can lose at most."""
+FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+"""Muxer options of a kill-safe MP4."""
 
 
 def video_path(target: str | Path, town: str, gate: str, when: _dt.datetime | None = None) -> Path:
@@ -70,13 +81,16 @@ class VideoWriter:
         self.size = (w - w % 2, h - h % 2)
         self.frames_written = 0
         self.codec = _pick_codec()
-        self._container = av.open(str(self.path), mode="w")
+        self._container = av.open(str(self.path), mode="w", format="mp4", options=dict(FRAGMENTED_MP4))
         rate = Fraction(self.fps).limit_denominator(1000)
         self._stream = self._container.add_stream(self.codec, rate=rate)
         self._stream.width, self._stream.height = self.size
         self._stream.pix_fmt = "yuv420p"
+        gop = max(1, round(self.fps * KEYFRAME_INTERVAL_S))
+        self._stream.codec_context.gop_size = gop
         if self.codec == "libx264":
-            self._stream.options = {"preset": "ultrafast", "crf": str(crf), "tune": "zerolatency"}
+            self._stream.options = {"preset": "ultrafast", "crf": str(crf), "tune": "zerolatency",
+                                    "g": str(gop), "keyint_min": str(gop)}
         self._stream.thread_count = 1
         self._closed = False
         log.info("recording %s (%s, %.3g fps, %dx%d)", self.path, self.codec, self.fps, *self.size)

@@ -18,7 +18,6 @@ bf16, else the ONNX's own); a comma list times it once per precision in the same
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets.io_safety import check_img_size, check_output_path, cli_errors, write_json_atomic
 from perception.formats import BACKEND_NAMES, format_for_path
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,12 @@ class BenchConfig:
                              f"{', '.join(PRECISION_CHOICES)}")
         if self.runs < 1 or self.warmup < 0:
             raise ValueError(f"need --runs >= 1 and --warmup >= 0, got {self.runs}, {self.warmup}")
+        w, h = self.frame_size
+        if not (16 <= w <= 8192 and 16 <= h <= 8192):
+            raise ValueError(f"--res {w}x{h} out of range; width and height must be in [16, 8192]")
+        if self.img_size is not None:
+            check_img_size(self.img_size, "--img-size")
+        self.json = check_output_path(self.json, "--json")
 
 
 @dataclass
@@ -147,6 +153,8 @@ def run_bench(cfg: BenchConfig) -> list[BenchRecord]:
     from perception.backends import available_backends, unavailable_reason
     from perception.classifier import read_meta
     meta = read_meta(cfg.model)
+    check_img_size(meta.img_size, f"{cfg.model} metadata img_size")
+    check_output_path(cfg.json, "--json")
     if cfg.img_size is not None and cfg.img_size != meta.img_size:
         raise ValueError(f"--img-size {cfg.img_size} but {cfg.model} takes {meta.img_size} px inputs; "
                          f"re-export at {cfg.img_size} or pass --img-size {meta.img_size}")
@@ -183,8 +191,7 @@ def run_bench(cfg: BenchConfig) -> list[BenchRecord]:
         r.speedup_vs_torch = ref.p50_ms / r.p50_ms
         r.infer_speedup_vs_torch = ref.stages["infer"]["p50"] / r.stages["infer"]["p50"]
     if cfg.json is not None:
-        cfg.json.parent.mkdir(parents=True, exist_ok=True)
-        cfg.json.write_text(json.dumps([asdict(r) for r in records], indent=2))
+        write_json_atomic(cfg.json, [asdict(r) for r in records])
     return records
 
 
@@ -238,11 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     print(f"host: {host_description()}")
-    try:
+    with cli_errors(debug=args.verbose, prog="bench"):
         records = run_bench(cfg)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
-        print(f"bench failed: {e}", file=sys.stderr)
-        return 2
     print(format_table(records))
     if cfg.json is not None:
         print(f"wrote {cfg.json}")

@@ -25,8 +25,13 @@ def test_reconcile_drops_orphans_and_truncated_rows(tmp_path):
     w.prepare()
     for i in range(3):
         w.write_frame(w.encode(bgra()), row(w, "curve", "ep", i))
-    (tmp_path / "images/straight/orphan_0000001.png").write_bytes(b"x")     # image without row
-    (tmp_path / "images/curve/half.png.tmp").write_bytes(b"x")              # write in flight
+    orphan = row(w, "straight", "ep", 7)                                     # image without row: crash after
+    w._record({"path": orphan["image"], "row": orphan})                      # the rename, before the append
+    (tmp_path / orphan["image"]).write_bytes(b"x")
+    half = row(w, "curve", "ep", 8)                                          # write in flight
+    w._record({"path": half["image"], "row": half})
+    (tmp_path / (half["image"] + ".tmp")).write_bytes(b"x")
+    (tmp_path / "images/curve/mine.png").write_bytes(b"x")                  # not the collector's: kept
     (tmp_path / row(w, "curve", "ep", 1)["image"]).unlink()                 # row without image
     with open(tmp_path / "manifest.csv", "a") as f:
         f.write("images/curve/ep_0000009.png,curve,Town0")                  # append in flight
@@ -35,7 +40,7 @@ def test_reconcile_drops_orphans_and_truncated_rows(tmp_path):
     rows = read_manifest(tmp_path)
     assert [int(r["frame"]) for r in rows] == [0, 2]
     assert sorted(p.name for p in (tmp_path / "images").rglob("*") if p.is_file()) == \
-        ["ep_0000000.png", "ep_0000002.png"]
+        ["ep_0000000.png", "ep_0000002.png", "mine.png"]
     assert (tmp_path / "manifest.csv").read_text().endswith("\n")
 
 

@@ -15,16 +15,15 @@ warning line, never a refusal: evaluating on other cameras, e.g. real CARLA fram
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-from datasets.dataset import DatasetError, FrameDataset, read_info
+from datasets.dataset import DatasetError, FrameDataset, check_hygiene, read_info
+from datasets.io_safety import check_output_path, cli_errors, write_json_atomic
 from datasets.presets import ClassificationPresetEval
 from training import ddp
 from training.checkpoint import load_checkpoint
@@ -45,6 +44,7 @@ class EvalConfig:
     device: str = "auto"
     cache_dir: str | None = None
     progress: bool = True
+    strict: bool = False
 
     def __post_init__(self):
         self.data = tuple(str(d) for d in self.data)
@@ -52,6 +52,8 @@ class EvalConfig:
             raise ValueError(f"--device {self.device!r}: unknown; valid: {', '.join(DEVICES)}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size {self.batch_size}: must be >= 1")
+        check_output_path(self.out, "--out", is_dir=True)
+        check_output_path(self.cache_dir, "--cache-dir", is_dir=True)
 
 
 def evaluate_checkpoint(cfg: EvalConfig) -> tuple[Path, dict]:
@@ -71,7 +73,7 @@ def _evaluate_checkpoint(cfg: EvalConfig) -> tuple[Path, dict]:
     contract = contract_report(Contract.from_json(mcfg.get("contract")), cfg.data)
     rt = Runtime(device=device, info=ddp.DistInfo(), progress=cfg.progress)
     prepared = prepare_data(cfg.data, int(mcfg["img_size"]), cfg.cache_dir, rt.info, cfg.progress)
-    table = prepared.table
+    table, hygiene = check_hygiene(prepared.table, prepared.cache, strict=cfg.strict)
     ds = FrameDataset(prepared.cache, table, ClassificationPresetEval(mean=mcfg["mean"], std=mcfg["std"]))
     loader = make_loader(ds, cfg.batch_size, cfg.workers, device, train=False, info=rt.info, seed=0)
     result = evaluate(model, nn.CrossEntropyLoss(), loader, rt, desc="eval")
@@ -80,9 +82,11 @@ def _evaluate_checkpoint(cfg: EvalConfig) -> tuple[Path, dict]:
     metrics = {"checkpoint": str(cfg.checkpoint), "arch": mcfg["arch"], "img_size": mcfg["img_size"],
                "contract": contract,
                "data": {"dirs": list(cfg.data), "frames": len(table), "corrupt_skipped": prepared.corrupt_skipped,
-                        "route_dependent_skipped": prepared.route_dependent_skipped, "towns": table.towns()},
+                        "route_dependent_skipped": prepared.route_dependent_skipped, "towns": table.towns(),
+                        "duplicates_dropped": hygiene.duplicates, "constant_images": hygiene.constant,
+                        "missing_dataset_json": hygiene.missing_info},
                "eval": split_metrics(result, table)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json_atomic(out / "metrics.json", metrics)
     write_eval_artifacts(out, {"eval": result}, {"eval": ds}, seed=0)
     return out, metrics
 
@@ -154,6 +158,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device, choices=DEVICES, help="compute device")
     p.add_argument("--cache-dir", default=None, help="where to keep the uint8 frame cache (default <data>/cache)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+    p.add_argument("--strict", action="store_true",
+                   help="duplicate rows, constant (all black/white) images or a missing dataset.json are errors")
+    p.add_argument("-v", "--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
@@ -162,12 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    try:
+    debug = args.__dict__.pop("debug")
+    with cli_errors(debug=debug, prog="evaluate"):
         cfg = EvalConfig(**vars(args))
         out, metrics = evaluate_checkpoint(cfg)
-    except (DatasetError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     m = metrics["eval"]
     towns = ", ".join(f"{t} {v['accuracy']:.3f}" for t, v in m["accuracy_per_town"].items())
     print(f"accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, ROC-AUC {m['roc_auc']} ({towns})")
