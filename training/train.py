@@ -579,8 +579,8 @@ def _train(cfg: TrainConfig, info: ddp.DistInfo, resume_ckpt: dict | None) -> Tr
 
     writer = None
     if info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out / "tb"))
+        from training.plots import summary_writer
+        writer = summary_writer(out / "tb")
 
     stage, net, optimizer = None, model, None
     last_stage = stage_of(cfg.epochs - 1, cfg)
