@@ -101,6 +101,7 @@ class TrainConfig:
     out: str | None = None
     cache_dir: str | None = None
     progress: bool = True
+    gpu_augment: bool = False
 
     def __post_init__(self):
         self.data = tuple(str(d) for d in self.data)
@@ -178,6 +179,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default runs/train/<arch>-<timestamp>)")
     p.add_argument("--cache-dir", default=None, help="where to keep the uint8 frame cache (default <data>/cache)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+    p.add_argument("--gpu-augment", action="store_true",
+                   help="GPU recipe: geometric augmentation in the workers, photometric + normalisation on the device "
+                        "per batch (datasets/gpu_augment.py); default: the albumentations CPU recipe")
     return p
 
 
@@ -319,7 +323,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
                     device: torch.device, epoch: int, *, amp_dtype: torch.dtype | None = None,
                     scaler: torch.amp.GradScaler | None = None, channels_last: bool = False,
                     info: ddp.DistInfo = ddp.DistInfo(), progress: bool = True, desc: str = "",
-                    check_every: int = 10) -> dict:
+                    check_every: int = 10, batch_transform=None) -> dict:
     """One pass over ``loader``; returns loss, accuracy, images/s and the share of time spent waiting on data.
 
     Raises:
@@ -339,6 +343,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         wait += time.perf_counter() - tick
         x = x.to(device, non_blocking=True, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         y = y.to(device, non_blocking=True)
+        if batch_transform is not None:   # GPU recipe: uint8 batch -> augmented, normalised float
+            x = batch_transform(x)
         with _autocast(device, amp_dtype):
             logits = model(x)
             loss = criterion(logits, y)
@@ -541,6 +547,11 @@ def _train(cfg: TrainConfig, info: ddp.DistInfo, resume_ckpt: dict | None) -> Tr
                                           hflip_prob=cfg.hflip_prob, seed=cfg.seed + info.rank)
                 if cfg.augment else ClassificationPresetEval(mean=dcfg["mean"], std=dcfg["std"]))
     eval_tf = ClassificationPresetEval(mean=dcfg["mean"], std=dcfg["std"])
+    gpu_aug = None
+    if cfg.gpu_augment and cfg.augment:
+        from datasets.gpu_augment import gpu_train_pipeline
+        train_tf, gpu_aug = gpu_train_pipeline(cfg.img_size, dcfg["mean"], dcfg["std"], cfg.hflip_prob,
+                                               cfg.seed + info.rank, device)
     dsets = {"train": FrameDataset(cache, tables["train"], train_tf),
              "val": FrameDataset(cache, tables["val"], eval_tf),
              "test": FrameDataset(cache, tables["test"], eval_tf)}
@@ -605,7 +616,7 @@ def _train(cfg: TrainConfig, info: ddp.DistInfo, resume_ckpt: dict | None) -> Tr
         set_train_mode(net)
         tr = train_one_epoch(net, criterion, optimizer, train_loader, device, epoch + 1, amp_dtype=amp_dtype,
                              scaler=scaler, channels_last=channels_last, info=info, progress=cfg.progress,
-                             desc=f"epoch {epoch + 1}/{cfg.epochs} stage {stage}")
+                             desc=f"epoch {epoch + 1}/{cfg.epochs} stage {stage}", batch_transform=gpu_aug)
         va = evaluate(model, criterion, eval_loaders["val"], device, amp_dtype=amp_dtype,
                       channels_last=channels_last, info=info, progress=cfg.progress, desc="val")
         row = {"epoch": epoch + 1, "stage": stage, "lr": optimizer.param_groups[0]["lr"],
