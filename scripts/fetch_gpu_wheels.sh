@@ -10,7 +10,7 @@ PLAT="--platform manylinux_2_31_x86_64 --platform manylinux_2_28_x86_64 --platfo
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $PLAT -d "$DEST" \
   carla==0.9.16 albumentations==2.0.8 albucore==0.0.24 pydantic==2.12.5 pydantic-core==2.41.5 \
   annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.15.0 simsimd==6.5.16 stringzilla==5.3.2 \
-  tqdm==4.70.1 pyyaml==6.0.4
+  tqdm==4.70.1 pyyaml==6.0.4 pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pytest-timeout==2.4.0 pygments==2.21.0 packaging==26.4
 python3 - "$DEST" <<'PY'
 """Strip debug sections from libcarla inside the carla wheel and rewrite its RECORD entry."""
 import base64, hashlib, subprocess, sys, tempfile, zipfile
