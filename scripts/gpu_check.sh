@@ -61,7 +61,7 @@ else
 fi
 
 # 2. what is here
-step env 20 $PY - <<'PY'
+step env 30 $PY - <<'PY'
 import importlib, json, os, platform, subprocess
 mods = ["torch", "torchvision", "numpy", "cv2", "onnx", "onnxruntime", "carla", "albumentations", "scipy",
         "pydantic", "matplotlib", "sklearn", "tensorboard", "tqdm", "yaml", "pytest", "tensorrt"]
@@ -83,7 +83,9 @@ except Exception:
     pass
 env["cpus"] = os.cpu_count()
 print(json.dumps(env, indent=1))
-json.dump(env, open(os.path.join(os.environ.get("OUT", "/tmp"), "env.json"), "w"), indent=1)
+with open(os.path.join(os.environ.get("OUT", "/tmp"), "env.json"), "w") as fh:
+    json.dump(env, fh, indent=1)
+import sys; sys.stdout.flush(); os._exit(0)   # skip runtime teardown (an EP's threads may hang at exit)
 PY
 
 # 3. GPU equivalence tests first (independent of everything below); they skip with a reason without CUDA
