@@ -22,14 +22,14 @@ if [ -z "${CARLA_MAPS_DIR:-}" ]; then
   done
 fi
 if [ "$DRY" = 1 ]; then
-  BUDGET=${GPU_CHECK_BUDGET_S:-1500}
+  BUDGET=${GPU_CHECK_BUDGET_S:-2400}
   FRAMES=160; WORKERS=2; RES=320x240; IMG=64; BATCH=16; ARCH=simple_cnn; DEVICE=cpu; AMP=""; RUNS=20
   TOWNS=Town01,Town02
-  T_COLLECT=240; T_TRAIN=300; T_EXPORT=120; T_BENCH=240; T_TEST=400; T_TBENCH=200
+  T_COLLECT=240; T_TRAIN=300; T_EXPORT=120; T_BENCH=240; T_TEST=900; T_TBENCH=200
 else
   FRAMES=${GPU_CHECK_FRAMES:-3000}; WORKERS=12; RES=320x240; IMG=224; BATCH=256; ARCH=efficientnet_b0; DEVICE=cuda
   AMP="--amp"; RUNS=300; TOWNS=Town01,Town02,Town03,Town04,Town05
-  T_COLLECT=120; T_TRAIN=100; T_EXPORT=35; T_BENCH=60; T_TEST=60; T_TBENCH=35
+  T_COLLECT=110; T_TRAIN=90; T_EXPORT=30; T_BENCH=60; T_TEST=100; T_TBENCH=40
 fi
 printf "step\trc\tseconds\n" > "$OUT/steps.tsv"
 
@@ -88,10 +88,6 @@ with open(os.path.join(os.environ.get("OUT", "/tmp"), "env.json"), "w") as fh:
 import sys; sys.stdout.flush(); os._exit(0)   # skip runtime teardown (an EP's threads may hang at exit)
 PY
 
-# 3. GPU equivalence tests first (independent of everything below); they skip with a reason without CUDA
-if [ "$DRY" = 1 ]; then SEL="tests/test_gpu_preprocess.py"; else SEL="tests/test_gpu_preprocess.py tests/test_perception_classifier.py::test_torch_cuda_fp16_channels_last_graph"; fi
-step gpu_tests $T_TEST $PY -m pytest -q -rs -s -p no:cacheprovider $SEL --junitxml="$OUT/gpu_tests.xml"
-
 # 4. collect on the embedded simulator
 DATA=$WORK/data
 step collect $T_COLLECT $PY -m carla_client.collect --sim embedded --town $TOWNS --workers $WORKERS --frames $FRAMES \
@@ -122,7 +118,11 @@ MODEL=$ONNX; [ -f "$ONNX" ] || MODEL=$CKPT
 step perception_bench $T_BENCH $PY -m perception.bench --model "$MODEL" --backends all --img-size $IMG --runs $RUNS \
   --json "$OUT/perception_bench.json"
 
-# 8. training bench: model step, loader, loop data wait vs step, first-epoch costs
+# 8. GPU equivalence + frame-graph tests (they record their own small embedded datasets); skip with a reason without CUDA
+if [ "$DRY" = 1 ]; then SEL="tests/test_gpu_preprocess.py"; else SEL="tests/test_gpu_preprocess.py tests/test_perception_classifier.py::test_torch_cuda_fp16_channels_last_graph"; fi
+step gpu_tests $T_TEST $PY -m pytest -q -rs -s -p no:cacheprovider $SEL --junitxml="$OUT/gpu_tests.xml"
+
+# 9. training bench: model step, loader, loop data wait vs step, first-epoch costs
 step training_bench $T_TBENCH $PY -m training.bench --arch $ARCH --img-size $IMG --batch-size $BATCH --device $DEVICE $AMP \
   --channels-last --steps 20 --data "$DATA" --workers $WORKERS --gpu-augment --json "$OUT/training_bench.json"
 
