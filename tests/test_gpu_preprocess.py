@@ -128,3 +128,17 @@ def test_cuda_frame_graph_gives_the_cpu_class(trained_ckpt, sim_frames, fp16):
     assert clf.backend.frame_graph_mode in ("full", "kernels")
     assert [p.label for p in got] == [p.label for p in want]
     assert max(abs(a.p_curve - b.p_curve) for a, b in zip(got, want)) < (0.02 if fp16 else 1e-3)
+
+
+def test_bench_table_names_the_variant_and_the_eager_breakdown():
+    from perception.bench import BenchRecord, format_table
+    st = {"p50": 1.0, "p95": 1.0, "p99": 1.0, "max": 1.0, "mean": 1.0}
+    rec = lambda b, v, bd: BenchRecord(backend=b, precision="fp16", device="dev", model="m", img_size=224, runs=1,  # noqa: E731
+                                       p50_ms=1, p95_ms=1, p99_ms=1, max_ms=1, mean_ms=1, fps=1000,
+                                       stages={"preprocess": st, "infer": st, "total": st}, speedup_vs_torch=1,
+                                       infer_speedup_vs_torch=1, variant=v, breakdown=bd)
+    table = format_table([rec("torch", "", {}), rec("torch-cuda", "gpu-pre", {k: st for k in ("upload", "preprocess",
+                                                                                           "infer", "download")}),
+                          rec("torch-cuda", "cpu-pre", {})])
+    assert "torch-cuda[gpu-pre]" in table and "torch-cuda[cpu-pre]" in table
+    assert "EAGER" in table and "upload 1.000, preprocess 1.000, infer 1.000, download 1.000 = 4.000" in table
