@@ -72,6 +72,10 @@ class GeometricPresetTrain:
         return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
 
+_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_FROM_YIQ = np.linalg.inv(_TO_YIQ)      # on the host once: no solver launch on the device per batch
+
+
 def _apply(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), new, old)
 
@@ -119,8 +123,7 @@ class GpuPhotometric(nn.Module):
         grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
         sat = grey + (x - grey) * v(r(0.8, 1.2))
         th = r(-8, 8) * (2 * math.pi / 180.0)
-        to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-        from_yiq = torch.linalg.inv(to_yiq)
+        to_yiq, from_yiq = x.new_tensor(_TO_YIQ), x.new_tensor(_FROM_YIQ)
         c, s = torch.cos(th), torch.sin(th)
         rot = torch.zeros(n, 3, 3, device=dev)
         rot[:, 0, 0], rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = 1, c, -s, s, c
