@@ -142,3 +142,19 @@ def test_bench_table_names_the_variant_and_the_eager_breakdown():
                           rec("torch-cuda", "cpu-pre", {})])
     assert "torch-cuda[gpu-pre]" in table and "torch-cuda[cpu-pre]" in table
     assert "EAGER" in table and "upload 1.000, preprocess 1.000, infer 1.000, download 1.000 = 4.000" in table
+
+
+def test_bench_times_both_torch_cuda_paths_in_one_run(trained_ckpt, monkeypatch, tmp_path):
+    """The bench's torch-cuda rows (GPU-preprocess frame path and the old CPU path) and the eager breakdown,
+    driven on the CPU by running the torch-cuda backend with device='cpu'."""
+    from perception.bench import BenchConfig, format_table, run_bench
+    orig = TorchCudaBackend.__init__
+    monkeypatch.setattr(TorchCudaBackend, "unavailable_reason", staticmethod(lambda: None))
+    monkeypatch.setattr(TorchCudaBackend, "__init__",
+                        lambda self, model, **kw: orig(self, model, **{"device": "cpu", "fp16": False, **kw}))
+    recs = run_bench(BenchConfig(model=trained_ckpt, backends="torch-cuda", runs=3, warmup=1,
+                                 json=tmp_path / "b.json", frame_size=(320, 240)))
+    assert [r.label for r in recs] == ["torch", "torch-cuda[gpu-pre]", "torch-cuda[cpu-pre]"]
+    assert set(recs[1].breakdown) == {"stage", "upload", "preprocess", "infer", "download"} and not recs[2].breakdown
+    assert "where the time goes (EAGER" in format_table(recs)
+    assert '"label": "torch-cuda[gpu-pre]"' in (tmp_path / "b.json").read_text()
