@@ -25,10 +25,10 @@ if [ "$DRY" = 1 ]; then
   BUDGET=${GPU_CHECK_BUDGET_S:-2400}
   FRAMES=160; WORKERS=2; RES=320x240; IMG=64; BATCH=16; ARCH=simple_cnn; DEVICE=cpu; AMP=""; RUNS=20
   TOWNS=Town01,Town02
-  T_COLLECT=240; T_TRAIN=300; T_EXPORT=120; T_BENCH=240; T_TEST=900; T_TBENCH=200
+  T_COLLECT=240; T_TRAIN=300; T_EXPORT=120; T_BENCH=240; T_TEST=600; T_TBENCH=200
 else
   FRAMES=${GPU_CHECK_FRAMES:-3000}; WORKERS=12; RES=320x240; IMG=224; BATCH=256; ARCH=efficientnet_b0; DEVICE=cuda
-  AMP="--amp"; RUNS=300; TOWNS=Town01,Town02,Town03,Town04,Town05
+  AMP="--amp"; RUNS=300; TOWNS=Town01,Town02,Town03
   T_COLLECT=110; T_TRAIN=90; T_EXPORT=30; T_BENCH=60; T_TEST=100; T_TBENCH=40
 fi
 printf "step\trc\tseconds\n" > "$OUT/steps.tsv"
@@ -119,13 +119,31 @@ step perception_bench $T_BENCH $PY -m perception.bench --model "$MODEL" --backen
   --json "$OUT/perception_bench.json"
 
 # 8. GPU equivalence + frame-graph tests (they record their own small embedded datasets); skip with a reason without CUDA
-if [ "$DRY" = 1 ]; then SEL="tests/test_gpu_preprocess.py"; else SEL="tests/test_gpu_preprocess.py tests/test_perception_classifier.py::test_torch_cuda_fp16_channels_last_graph"; fi
-step gpu_tests $T_TEST $PY -m pytest -q -rs -s -p no:cacheprovider $SEL --junitxml="$OUT/gpu_tests.xml"
+step gpu_tests $T_TEST $PY -m pytest -q -rs -s -p no:cacheprovider -m gpu tests/test_gpu_preprocess.py \
+  tests/test_perception_classifier.py --junitxml="$OUT/gpu_tests.xml"
 
 # 9. training bench: model step, loader, loop data wait vs step, first-epoch costs
 step training_bench $T_TBENCH $PY -m training.bench --arch $ARCH --img-size $IMG --batch-size $BATCH --device $DEVICE $AMP \
   --channels-last --steps 20 --data "$DATA" --workers $WORKERS --gpu-augment --json "$OUT/training_bench.json"
 
-cp "$OUT/steps.tsv" "$OUT/steps.txt"
+# figures in one JSON: steps, per-epoch training img/s, bench rows
+$PY - <<'PY' > "$OUT/figures.log" 2>&1
+import csv, json, os
+out = os.environ["OUT"]
+fig = {"steps": list(csv.DictReader(open(f"{out}/steps.tsv"), delimiter="\t"))}
+try:
+    fig["train_epochs"] = [{k: r[k] for k in ("epoch", "images_per_s", "epoch_s", "data_wait_frac", "val_acc")}
+                           for r in csv.DictReader(open(f"{out}/train_history.csv"))]
+except (OSError, KeyError) as e:
+    fig["train_epochs"] = f"missing: {e}"
+for name in ("perception_bench", "training_bench", "env"):
+    try:
+        fig[name] = json.load(open(f"{out}/{name}.json"))
+    except (OSError, ValueError) as e:
+        fig[name] = f"missing: {e}"
+json.dump(fig, open(f"{out}/figures.json", "w"), indent=1)
+print(json.dumps(fig["train_epochs"], indent=1))
+PY
+cat "$OUT/figures.log" >> "$OUT/summary.txt"
 echo "=== done in $(( $(date +%s) - T0 )) s; logs and JSON in $OUT" | tee -a "$OUT/summary.txt"
 cat "$OUT/steps.tsv"
