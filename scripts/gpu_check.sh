@@ -114,8 +114,10 @@ ONNX=$WORK/model.onnx
 step export $T_EXPORT $PY -m perception.export --checkpoint "$CKPT" --out "$ONNX" --frames "$DATA" --parity-frames 32
 
 # 7. per-frame latency, every backend, torch-cuda GPU-preprocess vs CPU-preprocess in the same run
-MODEL=$ONNX; [ -f "$ONNX" ] || MODEL=$CKPT
-step perception_bench $T_BENCH $PY -m perception.bench --model "$MODEL" --backends all --img-size $IMG --runs $RUNS \
+MODEL=$ONNX; BACKENDS=all
+[ -f "$ONNX" ] || { MODEL=$CKPT; BACKENDS=torch-cuda; }   # no ONNX here: the ONNX-reading backends cannot run
+[ "$DRY" = 1 ] && [ ! -f "$ONNX" ] && BACKENDS=all
+step perception_bench $T_BENCH $PY -m perception.bench --model "$MODEL" --backends $BACKENDS --img-size $IMG --runs $RUNS \
   --json "$OUT/perception_bench.json"
 
 # 8. GPU equivalence + frame-graph tests (they record their own small embedded datasets); skip with a reason without CUDA
