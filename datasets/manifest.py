@@ -483,8 +483,12 @@ def previous_runs(out_dir: Path) -> int:
 
 # ---------------------------------------------------------------------- contact sheet
 def write_contact_sheet(out_dir: Path, per_class: int = 6, seed: int = 0, thumb_width: int = 240) -> Path | None:
-    """Random samples per class (one row each) with their label and heading change; None if empty."""
-    import matplotlib
+    """Random samples per class (one row each) with their label and heading change; None if empty or no matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        logger.warning("matplotlib is not installed: no contact sheet")
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -101,6 +101,12 @@ class BenchRecord:
     speedup_vs_torch: float | None = None             # torch eager p50 total / this p50 total
     infer_speedup_vs_torch: float | None = None       # same, inference only
     note: str = ""
+    variant: str = ""                                # torch-cuda: 'gpu-pre' (frame graph) or 'cpu-pre'
+    breakdown: dict = field(default_factory=dict)     # frame path: EAGER per-stage p50/p99, ms (not the graph)
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}[{self.variant}]" if self.variant else self.backend
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -134,7 +140,7 @@ def _load(cfg: BenchConfig, name: str, options: dict):
     from training.models import create_model
     meta = read_meta(cfg.model)
     model = create_model(meta.arch, meta.num_classes, meta.dropout, weights="none")
-    clf = CurveClassifier(get_backend_class(name)(model), meta, cfg.model)
+    clf = CurveClassifier(get_backend_class(name)(model, **options), meta, cfg.model)
     clf.backend.warmup(cfg.warmup, meta.img_size)
     return clf, "RANDOM weights, same architecture (timing only: the ONNX's checkpoint is not here)"
 
@@ -171,6 +177,8 @@ def run_bench(cfg: BenchConfig) -> list[BenchRecord]:
     names.sort(key=lambda n: n != "torch")          # reference first
     jobs = [(n, {"precision": p} if n == "onnxruntime" else {}) for n in names
             for p in (cfg.precisions if n == "onnxruntime" else ("",))]
+    # torch-cuda twice in the same run: raw frame through one CUDA graph, and the CPU-preprocess path
+    jobs = [j for n, o in jobs for j in ([(n, o), (n, {"gpu_preprocess": False})] if n == "torch-cuda" else [(n, o)])]
     frames, order = _bench_frames(cfg)
     records: list[BenchRecord] = []
     for name, options in jobs:
@@ -182,31 +190,50 @@ def run_bench(cfg: BenchConfig) -> list[BenchRecord]:
                 times[s].append(t[s])
         stages = {s: _stats(v) for s, v in times.items()}
         total = stages["total"]
+        variant, breakdown = "", {}
+        if hasattr(clf.backend, "gpu_preprocess"):
+            variant = "gpu-pre" if clf.takes_frame(frames[0]) else "cpu-pre"
+        if clf.takes_frame(frames[0]):
+            runs = [clf.backend.frame_breakdown(frames[i % len(frames)], order, clf.meta)
+                    for i in range(min(cfg.runs, 50))]
+            breakdown = {k: _stats([r[k] for r in runs]) for k in runs[0]}
         records.append(BenchRecord(
             backend=name, precision=clf.backend.precision, device=clf.backend.describe(), model=str(clf.source), img_size=meta.img_size,
             runs=cfg.runs, p50_ms=total["p50"], p95_ms=total["p95"], p99_ms=total["p99"], max_ms=total["max"],
-            mean_ms=total["mean"], fps=1e3 / total["mean"], stages=stages, note=note))
+            mean_ms=total["mean"], fps=1e3 / total["mean"], stages=stages, note=note, variant=variant,
+            breakdown=breakdown))
     ref = records[0]
     for r in records:
         r.speedup_vs_torch = ref.p50_ms / r.p50_ms
         r.infer_speedup_vs_torch = ref.stages["infer"]["p50"] / r.stages["infer"]["p50"]
     if cfg.json is not None:
-        write_json_atomic(cfg.json, [asdict(r) for r in records])
+        write_json_atomic(cfg.json, [{**asdict(r), "label": r.label} for r in records])
     return records
 
 
 def format_table(records: list[BenchRecord]) -> str:
-    head = (f"{'backend':12s} {'prec':4s} {'pre p50/p99':>12s} {'infer p50/p99':>14s} {'total p50':>9s} {'p95':>6s} "
+    head = (f"{'backend':20s} {'prec':4s} {'pre p50/p99':>12s} {'infer p50/p99':>14s} {'total p50':>9s} {'p95':>6s} "
             f"{'p99':>6s} {'max':>6s} {'FPS':>7s} {'x torch':>8s} {'(infer)':>8s}")
     lines = [head, "-" * len(head)]
     for r in records:
         pre, inf = r.stages["preprocess"], r.stages["infer"]
-        lines.append(f"{r.backend:12s} {r.precision:4s} {pre['p50']:5.2f}/{pre['p99']:5.2f}  {inf['p50']:6.2f}/{inf['p99']:6.2f}  "
+        lines.append(f"{r.label:20s} {r.precision:4s} {pre['p50']:5.2f}/{pre['p99']:5.2f}  {inf['p50']:6.2f}/{inf['p99']:6.2f}  "
                      f"{r.p50_ms:9.2f} {r.p95_ms:6.2f} {r.p99_ms:6.2f} {r.max_ms:6.2f} {r.fps:7.1f} "
                      f"{r.speedup_vs_torch:7.2f}x {r.infer_speedup_vs_torch:7.2f}x")
     lines.append("ms per frame; total = preprocess (800x600 BGRA -> model input) + inference")
+    lines.append("  CPU-preprocess rows: pre = CPU colour/resize/normalise; infer = upload + network + download")
+    if any(r.breakdown for r in records):
+        lines.append("  gpu-pre rows: pre = staging the raw frame in pinned memory; infer = ONE CUDA graph replay "
+                     "(upload, preprocessing, network, logits download) + sync")
     for r in records:
-        lines.append(f"  {r.backend}: {r.device}" + (f"  [{r.note}]" if r.note else ""))
+        lines.append(f"  {r.label}: {r.device}" + (f"  [{r.note}]" if r.note else ""))
+    for r in records:
+        if r.breakdown:
+            b = r.breakdown
+            lines.append(f"  {r.label} where the time goes (EAGER run of the same ops, timed separately with CUDA "
+                         f"events; the graph total above is what a frame costs), p50 ms: "
+                         + ", ".join(f"{k} {b[k]['p50']:.3f}" for k in b)
+                         + f" = {sum(b[k]['p50'] for k in b):.3f}")
     return "\n".join(lines)
 
 

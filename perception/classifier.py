@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.preprocess import normalize, to_rgb_resized
+from datasets.preprocess import check_frame, normalize, to_rgb_resized
 from datasets.schema import CameraSpec, Contract, LabelParams
 from perception.backends import Backend, available_backends, load_backend, unavailable_reason
 from perception.formats import backend_info, default_cache_dir, format_for_path
@@ -222,7 +222,10 @@ class CurveClassifier:
                  1e3 * (t1 - t0), warmup, 1e3 * (time.perf_counter() - t1))
         clf = cls(impl, meta, artifact, preprocess_threads)
         if warmup:
-            clf.preprocess(np.zeros((600, 800, 4), np.uint8))    # starts the resize thread now
+            blank = np.zeros((600, 800, 4), np.uint8)
+            clf.preprocess(blank)                                # starts the resize thread now
+            if clf.takes_frame(blank):                           # sets up / captures the frame path for CARLA's default camera
+                clf.backend.infer_frame(blank, "BGRA", clf.meta)
         return clf
 
     @property
@@ -269,8 +272,27 @@ class CurveClassifier:
         return [Prediction(label=self.meta.classes[int(p.argmax())], p_curve=float(p[ci]),
                            probs=tuple(float(v) for v in p), timings_ms=dict(timings)) for p in probs]
 
+    def takes_frame(self, frame: np.ndarray) -> bool:
+        """True when the backend preprocesses raw frames itself (GPU backends, see ``infer_frame``)."""
+        accepts = getattr(self.backend, "accepts_frame", None)
+        return accepts is not None and accepts(frame.shape, self.meta.img_size)
+
     def predict(self, frame: np.ndarray, color_order: str = "BGRA") -> Prediction:
-        """Classify one raw frame. Raises ValueError for a wrong shape/dtype/colour order."""
+        """Classify one raw frame. Raises ValueError for a wrong shape/dtype/colour order.
+
+        A backend with its own frame path (torch-cuda, tensorrt) gets the raw frame: ``preprocess``
+        is then the host-side staging copy and ``infer`` the device upload + preprocessing +
+        network + logits download (one CUDA graph replay on torch-cuda).
+        """
+        check_frame(frame, color_order)
+        if self.takes_frame(frame):
+            t0 = time.perf_counter()
+            frame = np.ascontiguousarray(frame)
+            t1 = time.perf_counter()
+            logits = self.backend.infer_frame(frame, color_order, self.meta)
+            t2 = time.perf_counter()
+            return self._predictions(logits, {"preprocess": 1e3 * (t1 - t0), "infer": 1e3 * (t2 - t1),
+                                              "total": 1e3 * (t2 - t0)})[0]
         t0 = time.perf_counter()
         x = self.preprocess(frame, color_order)
         t1 = time.perf_counter()

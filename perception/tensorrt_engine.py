@@ -380,3 +380,35 @@ class TensorRTRunner:
                 self._enqueue()
             out = self._out[:n].float().cpu()
         return out.numpy()
+
+    def infer_frame(self, frame: np.ndarray, color_order: str, meta) -> np.ndarray:
+        """Raw uint8 HxWxC frame -> 1 x C float32 logits: pinned upload, GPU preprocessing written straight into
+        the engine's input buffer (in its dtype: FP16 for a strongly typed FP16 engine), ``execute_async_v3``
+        and the logits copy, all on this runner's stream; one sync at the end."""
+        torch = self._torch
+        from perception.gpu_preprocess import FramePreprocessor
+        key = (tuple(frame.shape), color_order, meta.img_size)
+        if getattr(self, "_frame_key", None) != key:
+            pin = self.stream is not None
+            self._pre = FramePreprocessor(frame.shape[:2], meta.img_size, color_order, meta.mean, meta.std,
+                                          out_dtype=self._in.dtype).to(self.device)
+            self._host_frame = torch.empty(tuple(frame.shape), dtype=torch.uint8, pin_memory=pin)
+            self._host_out = torch.empty((1, *self._out.shape[1:]), dtype=self._out.dtype, pin_memory=pin)
+            self._dev_frame = torch.empty(tuple(frame.shape), dtype=torch.uint8, device=self.device)
+            self._frame_key = key
+        if self._bound_batch != 1:
+            self._bind(1)
+        self._host_frame.numpy()[...] = frame
+        if self.stream is None:
+            self._dev_frame.copy_(self._host_frame)
+            self._in[:1].copy_(self._pre(self._dev_frame))
+            self._enqueue()
+            self._host_out.copy_(self._out[:1])
+        else:
+            with torch.cuda.stream(self.stream):
+                self._dev_frame.copy_(self._host_frame, non_blocking=True)
+                self._in[:1].copy_(self._pre(self._dev_frame))
+                self._enqueue()
+                self._host_out.copy_(self._out[:1], non_blocking=True)
+            self.stream.synchronize()
+        return self._host_out.float().numpy().copy()

@@ -258,6 +258,7 @@ def test_torch_backend_without_checkpoint(trained_ckpt, tmp_path):
 
 # --- GPU -------------------------------------------------------------------------------------
 
+@pytest.mark.gpu
 def test_torch_cuda_fp16_channels_last_graph(trained_ckpt, frames):
     if not HAS_CUDA:
         pytest.skip("no CUDA GPU")

@@ -349,11 +349,14 @@ def test_classifier_on_stand_in_tensorrt_end_to_end(fake_trt, onnx_files, tmp_pa
     onnx_path = _copy(onnx_files["fp32_static"], tmp_path)
     clf = CurveClassifier.load(onnx_path, warmup=2, device="cpu")       # auto -> tensorrt
     assert clf.backend_name == "tensorrt" and clf.source == onnx_path.with_suffix(".engine")
-    assert _names(fake_trt.calls).count("execute_async_v3") == 2, "warm-up happens at load"
+    assert _names(fake_trt.calls).count("execute_async_v3") == 3, "warm-up (2 + the frame path) happens at load"
     frame = frames_and_labels(1, seed=5)[0][0]
     logits = fake_mean_logits(clf.preprocess(frame))[0]
     p_curve = 1 / (1 + np.exp(logits[1] - logits[0]))
+    fake_trt.calls.clear()
+    assert clf.takes_frame(frame), "the raw frame goes to the engine's own preprocessing"
     assert clf.predict(frame).p_curve == pytest.approx(p_curve, rel=1e-5)
+    assert fake_trt.calls == [("execute_async_v3", 0)], "static batch 1, already bound: one enqueue per frame"
     again = CurveClassifier.load(clf.source, backend="tensorrt", warmup=0, device="cpu")
     assert again.meta.img_size == IMG and again.predict(frame).p_curve == pytest.approx(p_curve, rel=1e-5)
 

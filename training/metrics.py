@@ -47,8 +47,7 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Seque
                         "support": int(cm[i, :].sum())}
     roc_auc = None
     if n_cls == 2 and len(set(labels.tolist())) == 2:
-        from sklearn.metrics import roc_auc_score
-        roc_auc = float(roc_auc_score(labels, probs[:, 1]))
+        roc_auc = roc_auc_score(labels, probs[:, 1])
     out = {
         "frames": int(len(labels)),
         "accuracy": float(correct.mean()),
@@ -64,3 +63,17 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Seque
     if weathers is not None:
         out["accuracy_per_weather"] = _group_accuracy(np.asarray(weathers), correct)
     return out
+
+
+def roc_auc_score(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Binary ROC AUC (the Mann-Whitney statistic with tied scores sharing their mean rank), as sklearn's."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    order = np.argsort(scores, kind="mergesort")
+    s = scores[order]
+    ranks = np.empty(len(s), np.float64)
+    _, first, counts = np.unique(s, return_index=True, return_counts=True)
+    for f, c in zip(first, counts):
+        ranks[order[f:f + c]] = f + (c + 1) / 2.0
+    pos = labels == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))

@@ -17,6 +17,40 @@ def _plt():
     return plt
 
 
+def _optional_figure(fn):
+    """Skip a figure with one warning when matplotlib is not installed (e.g. a bare GPU box): metrics still land."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            log.warning("matplotlib is not installed: %s skipped", fn.__name__)
+            return None
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+class _NullWriter:
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def summary_writer(path: str | Path):
+    """TensorBoard SummaryWriter at ``path``, or a writer that drops everything when tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("tensorboard is not installed: no TensorBoard logs (history.csv and metrics.json still written)")
+        return _NullWriter()
+    return SummaryWriter(str(path))
+
+
+@_optional_figure
 def plot_curves(history: Sequence[dict], path: str | Path, stage2_epoch: int | None = None,
                 best_epoch: int | None = None) -> None:
     """Train vs validation loss and accuracy per epoch; dashed lines mark unfreezing and the best epoch."""
@@ -41,6 +75,7 @@ def plot_curves(history: Sequence[dict], path: str | Path, stage2_epoch: int | N
     plt.close(fig)
 
 
+@_optional_figure
 def plot_confusion(matrices: dict[str, list[list[int]]], classes: Sequence[str], path: str | Path) -> None:
     """One panel per split (e.g. val, test): counts and row-normalised share."""
     plt = _plt()
@@ -63,6 +98,7 @@ def plot_confusion(matrices: dict[str, list[list[int]]], classes: Sequence[str],
     plt.close(fig)
 
 
+@_optional_figure
 def plot_predictions(frames: Sequence[np.ndarray], labels: Sequence[int], probs: np.ndarray,
                      classes: Sequence[str], path: str | Path, captions: Sequence[str] | None = None,
                      cols: int = 6) -> None:

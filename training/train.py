@@ -111,6 +111,7 @@ class TrainConfig:
     out: str | None = None
     cache_dir: str | None = None
     progress: bool = True
+    gpu_augment: bool = False
 
     def __post_init__(self):
         self.data = tuple(str(d) for d in self.data)
@@ -188,6 +189,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default runs/train/<arch>-<timestamp>)")
     p.add_argument("--cache-dir", default=None, help="where to keep the uint8 frame cache (default <data>/cache)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+    p.add_argument("--gpu-augment", action="store_true",
+                   help="GPU recipe: geometric augmentation in the workers, photometric + normalisation on the device "
+                        "per batch (datasets/gpu_augment.py); default: the albumentations CPU recipe")
     return p
 
 
@@ -372,7 +376,8 @@ class Runtime:
 # ------------------------------------------------------------------------------------------ loops
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
-                    epoch: int, rt: Runtime | None = None, *, desc: str = "", check_every: int = 10) -> dict:
+                    epoch: int, rt: Runtime | None = None, *, desc: str = "", check_every: int = 10,
+                    batch_transform=None) -> dict:
     """One pass over ``loader``; returns loss, accuracy, images/s and the share of time spent waiting on data.
 
     Raises:
@@ -392,6 +397,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     for step, (x, y, _) in enumerate(bar, 1):
         wait += time.perf_counter() - tick
         x, y = rt.to_device(x, y)
+        if batch_transform is not None:   # GPU recipe: uint8 batch -> augmented, normalised float
+            x = batch_transform(x)
         with rt.autocast():
             logits = model(x)
             loss = criterion(logits, y)
@@ -576,8 +583,8 @@ def _train(cfg: TrainConfig, info: ddp.DistInfo, resume_ckpt: dict | None) -> Tr
     state = FitState.start(cfg, model, resume_ckpt, out)
     writer = None
     if info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out / "tb"))
+        from training.plots import summary_writer
+        writer = summary_writer(out / "tb")
     run = TrainRun(cfg, rt, out, model, model_config, nn.CrossEntropyLoss(), data, writer)
     fit(run, state)
     return report(run, state)
@@ -594,6 +601,7 @@ class TrainData:
     train_loader: DataLoader
     eval_loaders: dict[str, DataLoader]     # val / test, those that have frames
     contract: Contract | None               # camera + labels of every dataset (None: none recorded)
+    batch_transform: object = None          # the GPU recipe's per-batch augmentation (--gpu-augment), else None
 
     @property
     def table(self) -> FrameTable:
@@ -627,12 +635,12 @@ def build_data(cfg: TrainConfig, rt: Runtime, out: Path, resume_ckpt: dict | Non
         log.info("frames: train %d, val %d, test %d (%d corrupt, %d route-dependent skipped); towns %s",
                  *(len(tables[k]) for k in ("train", "val", "test")), prepared.corrupt_skipped,
                  prepared.route_dependent_skipped, ", ".join(table.towns()))
-    dsets = _datasets(cfg, prepared.cache, tables, info.rank)
+    dsets, gpu_aug = _datasets(cfg, prepared.cache, tables, info.rank, rt.device)
     train_loader = make_loader(dsets["train"], cfg.batch_size, cfg.workers, rt.device, train=True, info=info,
                                seed=cfg.seed)
     eval_loaders = {k: make_loader(dsets[k], cfg.batch_size * 2, cfg.workers, rt.device, train=False, info=info,
                                    seed=cfg.seed) for k in ("val", "test") if len(dsets[k])}
-    return TrainData(prepared, tables, dsets, train_loader, eval_loaders, contract)
+    return TrainData(prepared, tables, dsets, train_loader, eval_loaders, contract, gpu_aug)
 
 
 def _training_contract(data: tuple[str, ...], resume_ckpt: dict | None, info: ddp.DistInfo) -> Contract | None:
@@ -653,16 +661,23 @@ def _training_contract(data: tuple[str, ...], resume_ckpt: dict | None, info: dd
     return contract
 
 
-def _datasets(cfg: TrainConfig, cache: FrameCache, tables: dict[str, FrameTable], rank: int) -> dict[str, FrameDataset]:
-    """Augmented training set (seeded per rank), plain val/test sets, normalised as the architecture wants."""
+def _datasets(cfg: TrainConfig, cache: FrameCache, tables: dict[str, FrameTable], rank: int,
+              device: torch.device) -> tuple[dict[str, FrameDataset], object]:
+    """Augmented training set (seeded per rank), plain val/test sets, normalised as the architecture wants;
+    with ``--gpu-augment`` also the per-batch GPU half of the recipe (else None)."""
     dcfg = data_config(cfg.arch)
     eval_tf = ClassificationPresetEval(mean=dcfg["mean"], std=dcfg["std"])
     train_tf = (ClassificationPresetTrain(img_size=cfg.img_size, mean=dcfg["mean"], std=dcfg["std"],
                                           hflip_prob=cfg.hflip_prob, seed=cfg.seed + rank)
                 if cfg.augment else eval_tf)
+    gpu_aug = None
+    if cfg.gpu_augment and cfg.augment:
+        from datasets.gpu_augment import gpu_train_pipeline
+        train_tf, gpu_aug = gpu_train_pipeline(cfg.img_size, dcfg["mean"], dcfg["std"], cfg.hflip_prob,
+                                               cfg.seed + rank, device)
     return {"train": FrameDataset(cache, tables["train"], train_tf),
             "val": FrameDataset(cache, tables["val"], eval_tf),
-            "test": FrameDataset(cache, tables["test"], eval_tf)}
+            "test": FrameDataset(cache, tables["test"], eval_tf)}, gpu_aug
 
 
 # --- model
@@ -776,7 +791,7 @@ def _run_epoch(run: TrainRun, net: nn.Module, optimizer: torch.optim.Optimizer, 
         loader.sampler.set_epoch(epoch)
     set_train_mode(net)
     tr = train_one_epoch(net, run.criterion, optimizer, loader, epoch + 1, run.rt,
-                         desc=f"epoch {epoch + 1}/{cfg.epochs} stage {stage}")
+                         desc=f"epoch {epoch + 1}/{cfg.epochs} stage {stage}", batch_transform=run.data.batch_transform)
     va = evaluate(run.model, run.criterion, run.data.eval_loaders["val"], run.rt, desc="val")
     return {"epoch": epoch + 1, "stage": stage, "lr": optimizer.param_groups[0]["lr"],
             "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"], "val_acc": va["acc"],

@@ -12,7 +12,9 @@ class TensorRTBackend:
     """Runs a ``.engine`` with :class:`perception.tensorrt_engine.TensorRTRunner`."""
     name = "tensorrt"
 
-    def __init__(self, engine_path: Path, cuda_graph: bool = False, device: str = "cuda") -> None:
+    def __init__(self, engine_path: Path, cuda_graph: bool = False, device: str = "cuda",
+                 gpu_preprocess: bool = True) -> None:
+        self.gpu_preprocess = gpu_preprocess
         from perception import tensorrt_engine as te
         engine_path = te.validate_engine(Path(engine_path))
         side = te.read_sidecar(engine_path)
@@ -41,6 +43,14 @@ class TensorRTBackend:
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         return self.runner.infer(x)
+
+    def accepts_frame(self, shape: tuple[int, ...], img_size: int) -> bool:
+        """Raw frames go through :meth:`TensorRTRunner.infer_frame` (GPU preprocessing feeding the engine)."""
+        from perception.gpu_preprocess import supports_shape
+        return self.gpu_preprocess and supports_shape(tuple(shape[:2]), img_size)
+
+    def infer_frame(self, frame: np.ndarray, color_order: str, meta: ModelMeta) -> np.ndarray:
+        return self.runner.infer_frame(frame, color_order, meta)
 
     def warmup(self, n: int, img_size: int) -> None:
         from perception.backends import warmup_input
