@@ -184,13 +184,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers for --data")
     p.add_argument("--gpu-augment", action="store_true", help="time the GPU recipe (datasets/gpu_augment.py)")
     p.add_argument("--json", default=None, help="also write the figures here as JSON")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="let cuDNN autotune (training's default is off; compare the first-step cost with and without)")
     args = p.parse_args(argv)
+    cudnn_benchmark = args.cudnn_benchmark
+    del args.cudnn_benchmark
     logging.basicConfig(level=logging.WARNING)
     try:
         cfg = BenchConfig(**vars(args))
     except ValueError as e:
         p.error(str(e))
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     try:
         r = bench_model(cfg)
         with fork_safe_cv2():
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         p.exit(2, f"error: {e}\n")
     print(f"{cfg.arch} @{cfg.img_size}px batch {cfg.batch_size} on {r['device']} (amp {r['amp']}, channels_last "
           f"{cfg.channels_last}): {r['images_per_s']:.1f} train images/s ({r['step_ms']:.1f} ms/step; first step "
-          f"{r['first_step_ms']:.0f} ms = cudnn.benchmark autotune + lazy init)")
+          f"{r['first_step_ms']:.0f} ms = lazy CUDA init{' + cudnn.benchmark autotune' if cudnn_benchmark else ', autotune off'})")
     if lr:
         recipe = "GPU recipe (geometric in workers, photometric on device)" if lr["gpu_augment"] else "albumentations CPU recipe"
         print(f"training DataLoader ({lr['workers']} workers, {recipe}): {lr['loader_images_per_s']:.0f} images/s")
