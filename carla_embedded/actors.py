@@ -38,7 +38,7 @@ def _copy_control(c) -> carla.VehicleControl:
                                 manual_gear_shift=bool(c.manual_gear_shift), gear=int(c.gear))
 
 
-class Actor(CarlaSurface):
+class Actor(CarlaSurface, carla.Actor):
     """carla.Actor: something with an id, a type and a transform in one world."""
 
     _carla_class = carla.Actor
@@ -204,7 +204,7 @@ def _plain(value):
     return round(float(value), 3) if isinstance(value, float) else value
 
 
-class Vehicle(Actor):
+class Vehicle(Actor, carla.Vehicle):
     """carla.Vehicle driven by the pure bicycle model ``vehicle.step``; z and pitch follow the road."""
 
     _carla_class = carla.Vehicle
@@ -406,7 +406,7 @@ class LaneInvasionEvent:
 # ------------------------------------------------------------------------------------------
 # Sensors
 # ------------------------------------------------------------------------------------------
-class Sensor(Actor):
+class Sensor(Actor, carla.Sensor):
     """carla.Sensor: produces data during ``world.tick`` and hands it to the ``listen`` callback."""
 
     _carla_class = carla.Sensor

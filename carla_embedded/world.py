@@ -186,7 +186,7 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
     return True
 
 
-class World(CarlaSurface):
+class World(CarlaSurface, carla.World):
     """carla.World on an embedded map. Obtain it from ``Client.get_world``/``load_world``."""
 
     _carla_class = carla.World
