@@ -216,12 +216,20 @@ class Vehicle(Actor, carla.Vehicle):
         self._state = VehicleState(transform.location.x, transform.location.y, transform.rotation.yaw)
         self._control = carla.VehicleControl()
         self._physics = True
+        self._road_hint = None                 # set by the autopilot each tick: the route's waypoint
+        self._light_state = carla.VehicleLightState.NONE
 
     def set_transform(self, transform: carla.Transform) -> None:
-        """Teleport, keeping the speed (as carla)."""
+        """Teleport, keeping the speed (as carla); an autopilot car plans a new route from there."""
         super().set_transform(transform)
         s = self._state
         self._state = VehicleState(transform.location.x, transform.location.y, transform.rotation.yaw, s.speed)
+        self._road_hint = None
+        autopilot = self._world._autopilot
+        if autopilot.is_registered(self):
+            port = autopilot._npcs[self.id].port
+            autopilot.unregister(self)
+            autopilot.register(self, port)
 
     def get_transform(self) -> carla.Transform:
         s, t = self._state, self._transform
@@ -305,9 +313,55 @@ class Vehicle(Actor, carla.Vehicle):
         self._state = VehicleState(s.x, s.y, s.yaw, speed, s.yaw_rate, s.accel)
 
     def set_autopilot(self, enabled: bool = True, tm_port: int = 8000) -> None:
+        """Hand the car to the Traffic Manager on ``tm_port`` (see ``traffic_manager``), or take it back."""
+        self._check_alive("set_autopilot")
         if enabled:
-            raise UnsupportedFeatureError("autopilot (the traffic manager)",
-                                          "drive the car with apply_control or carla_client's route follower")
+            self._world._autopilot.register(self, int(tm_port))
+            if not self._world._settings.synchronous_mode:
+                self._world._start_clock()
+        else:
+            self._world._autopilot.unregister(self)
+            self._road_hint = None
+
+    def _road_waypoint(self):
+        return self._road_hint or self._world.get_map().get_waypoint(self.get_location())
+
+    def get_speed_limit(self) -> float:
+        """Speed limit of the road under the car, km/h (OpenDRIVE speed records, else the road type's)."""
+        wp = self._road_waypoint()
+        return self._world.get_map().speed_limit(wp.road_id, wp.s) if wp is not None else 30.0
+
+    def get_traffic_light(self):
+        """The traffic light whose trigger zone (the lanes just before its stop line) the car is in, or None."""
+        self._check_alive("get_traffic_light")
+        return self._world._light_at(self._world.get_map().get_waypoint(self.get_location()))
+
+    def get_traffic_light_state(self):
+        """State of ``get_traffic_light()``; Green when none affects the car (as CARLA)."""
+        light = self.get_traffic_light()
+        return light.state if light is not None else carla.TrafficLightState.Green
+
+    def is_at_traffic_light(self) -> bool:
+        """True when the car is in the trigger zone of a red light (as CARLA)."""
+        light = self.get_traffic_light()
+        return light is not None and light.state == carla.TrafficLightState.Red
+
+    def set_light_state(self, light_state) -> None:
+        self._light_state = carla.VehicleLightState(int(light_state))
+
+    def get_light_state(self):
+        return self._light_state
+
+    def _planar(self) -> tuple:
+        """(x, y, vx, vy, half length, is walker, id) for the autopilot's obstacle search."""
+        s = self._state
+        yaw = math.radians(s.yaw)
+        return (s.x, s.y, s.speed * math.cos(yaw), s.speed * math.sin(yaw), self._spec.extent[0], 0.0, self._id)
+
+    def _stop_dead(self) -> None:
+        """A contact: the car stops where it is (the world reports the collision)."""
+        s = self._state
+        self._state = VehicleState(s.x, s.y, s.yaw, 0.0, 0.0, s.accel)
 
     def set_simulate_physics(self, enabled: bool = True) -> None:
         """False freezes the car where it is (it moves only by set_transform), as in carla."""
@@ -318,7 +372,9 @@ class Vehicle(Actor, carla.Vehicle):
         if self._physics:
             self._state = step(self._state, self._control, dt, self._params)
         loc = carla.Location(self._state.x, self._state.y, self._transform.location.z)
-        wp = carla_map.get_waypoint(loc, project_to_road=True, lane_type=carla.LaneType.Any)
+        hint = self._road_hint                           # autopilot cars: their route's waypoint (cheaper)
+        wp = hint if hint is not None else carla_map.get_waypoint(loc, project_to_road=True,
+                                                                  lane_type=carla.LaneType.Any)
         if wp is not None:
             road = wp.transform
             pitch = (road.rotation.pitch + 180.0) % 360.0 - 180.0
@@ -420,6 +476,8 @@ class Sensor(Actor, carla.Sensor):
         if not callable(callback):
             raise TypeError(f"listen() needs a callable, got {callback!r}")
         self._callback = callback
+        if not self._world._settings.synchronous_mode:
+            self._world._start_clock()            # asynchronous mode: data flows on its own, as on a server
 
     def stop(self) -> None:
         self._callback = None

@@ -149,3 +149,45 @@ def available_maps() -> list[str]:
     """CARLA-style map paths loadable right now without network: local CARLA towns + built-in ones."""
     local = [t for t in CARLA_TOWNS if find_local(t) is not None]
     return [MAP_PATH_PREFIX + t for t in local + list(PROCEDURAL_TOWNS)]
+
+
+#: CARLA's speed limits by OpenDRIVE road type where a road has no <speed> record, km/h.
+SPEED_BY_ROAD_TYPE = {"town": 30.0, "lowspeed": 30.0, "pedestrian": 10.0, "bicycle": 20.0,
+                      "rural": 50.0, "townexpressway": 50.0, "townarterial": 50.0, "towncollector": 50.0,
+                      "townlocal": 30.0, "townplaystreet": 10.0, "townprivate": 30.0,
+                      "motorway": 90.0, "trunk": 90.0}
+DEFAULT_SPEED_LIMIT = 30.0
+_UNIT_TO_KMH = {"km/h": 1.0, "kmh": 1.0, "mph": 1.609344, "m/s": 3.6, "ms": 3.6}
+
+
+def road_speed_limits(opendrive: str) -> dict:
+    """road id -> [(s, km/h), ...] sorted by s, from each road's ``<type><speed max unit/>`` records
+    (CARLA's towns give them in mph), else the road type's default (``SPEED_BY_ROAD_TYPE``).
+    Key ``None`` holds the map default. Roads without type or speed get ``DEFAULT_SPEED_LIMIT``."""
+    import xml.etree.ElementTree as ET
+
+    limits: dict = {None: [(0.0, DEFAULT_SPEED_LIMIT)]}
+    try:
+        root = ET.fromstring(opendrive)
+    except ET.ParseError:
+        return limits
+    for road in root.iter("road"):
+        try:
+            road_id = int(road.get("id"))
+        except (TypeError, ValueError):
+            continue
+        records = []
+        for road_type in road.findall("type"):
+            s = float(road_type.get("s", 0.0))
+            speed = road_type.find("speed")
+            value = None
+            if speed is not None and speed.get("max") not in (None, "no limit", "undefined"):
+                try:
+                    value = float(speed.get("max")) * _UNIT_TO_KMH.get(speed.get("unit", "m/s").lower(), 3.6)
+                except ValueError:
+                    value = None
+            if value is None:
+                value = SPEED_BY_ROAD_TYPE.get((road_type.get("type") or "").lower(), DEFAULT_SPEED_LIMIT)
+            records.append((s, round(value, 2)))
+        limits[road_id] = sorted(records) or [(0.0, DEFAULT_SPEED_LIMIT)]
+    return limits
