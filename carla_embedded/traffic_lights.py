@@ -26,8 +26,8 @@ GREEN_TIME_S = 10.0
 YELLOW_TIME_S = 3.0
 RED_TIME_S = 2.0
 MIN_ENTERING_ROADS = 3                 # a junction fewer roads enter is a merge or a lane split: no lights
-TRIGGER_BACK_M = 2.0                   # trigger volume centre, before the stop line
-TRIGGER_LENGTH_M = 8.0                 # how far before the stop line a car counts as "at" the light
+TRIGGER_BACK_M = 8.0                   # trigger volume centre, before the stop line (where agents look)
+TRIGGER_LENGTH_M = 15.0                # how far before the stop line a car counts as "at" the light
 POLE_OFFSET_M = 1.0                    # pole beyond the right edge of the rightmost lane
 _S = carla.TrafficLightState
 
@@ -227,12 +227,7 @@ def build_traffic_lights(world, next_id) -> tuple[list[TrafficLight], list[_Grou
             offset = outer.lane_width / 2.0 + POLE_OFFSET_M
             pole = carla.Location(t.location.x + right.x * offset, t.location.y + right.y * offset, t.location.z)
             transform = carla.Transform(pole, carla.Rotation(yaw=t.rotation.yaw))
-            trigger_points = []
-            for w in lanes:
-                back = w.previous(TRIGGER_BACK_M)
-                base = back[0] if back and back[0].road_id == w.road_id else w
-                trigger_points.append(base.transform.location)
-            tx, ty = _centre_points(trigger_points)
+            tx, ty = _trigger_centre(world.get_map(), lanes)
             local = transform.inverse_transform(carla.Location(tx, ty, t.location.z))
             width = sum(w.lane_width for w in lanes)
             trigger = carla.BoundingBox(carla.Location(local.x, local.y, 0.0),
@@ -243,6 +238,24 @@ def build_traffic_lights(world, next_id) -> tuple[list[TrafficLight], list[_Grou
         _reset(group)
         groups.append(group)
     return lights, groups
+
+
+def _trigger_centre(carla_map, lanes) -> tuple[float, float]:
+    """Centre of the trigger volume: ``TRIGGER_BACK_M`` before the stop line, or closer where the
+    map would resolve that point to another road (short roads, junction areas): the agents look
+    the light up with ``map.get_waypoint(trigger location)`` and compare road ids."""
+    road_id = lanes[0].road_id
+    for back_m in (TRIGGER_BACK_M, 6.0, 4.0, 2.0, 1.0, 0.3):
+        points = []
+        for w in lanes:
+            back = w.previous(back_m)
+            points.append((back[0] if back and back[0].road_id == road_id else w).transform.location)
+        x, y = _centre_points(points)
+        found = carla_map.get_waypoint(carla.Location(x, y, points[0].z))
+        if found is not None and found.road_id == road_id and not found.is_junction:
+            return x, y
+    loc = lanes[0].transform.location
+    return loc.x, loc.y
 
 
 def _centre(waypoints) -> tuple[float, float]:
