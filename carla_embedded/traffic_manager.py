@@ -96,8 +96,8 @@ class TrafficManager(CarlaSurface):
     def get_port(self) -> int:
         return self._port
 
-    def set_synchronous_mode(self, mode: bool = True) -> None:
-        self.recorded["synchronous_mode"] = bool(mode)
+    def set_synchronous_mode(self, mode_switch: bool = True) -> None:
+        self.recorded["synchronous_mode"] = bool(mode_switch)
 
     def set_random_device_seed(self, value: int = 0) -> None:
         self._rng = np.random.default_rng(int(value))
@@ -191,10 +191,10 @@ class TrafficManager(CarlaSurface):
     def force_lane_change(self, actor, direction: bool) -> None:
         raise UnsupportedFeatureError("TrafficManager.force_lane_change", "NPC cars keep their lane")
 
-    def set_path(self, actor, path) -> None:
+    def set_path(self, actor, path, empty_buffer: bool = True) -> None:
         raise UnsupportedFeatureError("TrafficManager.set_path")
 
-    def set_route(self, actor, path) -> None:
+    def set_route(self, actor, path, empty_buffer: bool = True) -> None:
         raise UnsupportedFeatureError("TrafficManager.set_route")
 
     def get_next_action(self, actor):

@@ -37,10 +37,31 @@ CARLA_API: dict[str, tuple[type, list[str]]] = {
                               "load_world", "load_world_if_different", "reload_world", "get_available_maps",
                               "generate_opendrive_world", "get_trafficmanager", "apply_batch",
                               "apply_batch_sync"]),
+    "TrafficManager": (carla.TrafficManager, [
+        "get_port", "set_synchronous_mode", "set_global_distance_to_leading_vehicle", "distance_to_leading_vehicle",
+        "global_percentage_speed_difference", "vehicle_percentage_speed_difference", "set_desired_speed",
+        "ignore_lights_percentage", "ignore_signs_percentage", "ignore_vehicles_percentage",
+        "ignore_walkers_percentage", "collision_detection", "auto_lane_change", "set_random_device_seed",
+        "set_hybrid_physics_mode", "set_hybrid_physics_radius", "set_respawn_dormant_vehicles",
+        "set_boundaries_respawn_dormant_vehicles", "update_vehicle_lights", "keep_slow_lane_rule_percentage",
+        "random_left_lanechange_percentage", "random_right_lanechange_percentage", "vehicle_lane_offset",
+        "global_lane_offset", "set_osm_mode", "shut_down", "force_lane_change", "set_path", "set_route",
+        "get_next_action", "get_all_actions"]),
+    "TrafficLight": (carla.TrafficLight, _ACTOR + [
+        "state", "get_state", "set_state", "get_elapsed_time", "get_green_time", "get_yellow_time", "get_red_time",
+        "set_green_time", "set_yellow_time", "set_red_time", "freeze", "is_frozen", "reset_group",
+        "get_group_traffic_lights", "get_pole_index", "get_opendrive_id", "get_stop_waypoints",
+        "get_affected_lane_waypoints", "get_light_boxes", "trigger_volume"]),
+    "Walker": (carla.Walker, _ACTOR + ["apply_control", "get_control", "set_target_velocity"]),
+    "WalkerAIController": (carla.WalkerAIController, _ACTOR + ["start", "stop", "go_to_location",
+                                                               "set_max_speed"]),
     "World": (carla.World, ["id", "get_map", "get_settings", "apply_settings", "tick", "wait_for_tick",
                             "get_snapshot", "on_tick", "remove_on_tick", "get_weather", "set_weather",
                             "get_blueprint_library", "spawn_actor", "try_spawn_actor", "get_actors",
-                            "get_actor", "get_spectator"]),
+                            "get_actor", "get_spectator", "freeze_all_traffic_lights",
+                            "reset_all_traffic_lights", "get_traffic_lights_in_junction",
+                            "get_random_location_from_navigation", "set_pedestrians_seed",
+                            "set_pedestrians_cross_factor"]),
     "Map": (carla.Map, ["name", "get_spawn_points", "get_waypoint", "get_waypoint_xodr", "generate_waypoints",
                         "get_topology", "to_opendrive", "transform_to_geolocation"]),
     "Waypoint": (carla.Waypoint, ["id", "transform", "road_id", "section_id", "lane_id", "s", "is_junction",
@@ -50,7 +71,9 @@ CARLA_API: dict[str, tuple[type, list[str]]] = {
     "LaneMarking": (carla.LaneMarking, ["type", "color", "width", "lane_change"]),
     "Vehicle": (carla.Vehicle, _ACTOR + ["apply_control", "get_control", "set_autopilot",
                                        "set_target_velocity", "get_physics_control", "apply_physics_control",
-                                       "get_wheel_steer_angle"]),
+                                       "get_wheel_steer_angle", "get_speed_limit", "get_traffic_light",
+                                       "get_traffic_light_state", "is_at_traffic_light", "set_light_state",
+                                       "get_light_state"]),
     "VehicleControl": (carla.VehicleControl, ["throttle", "steer", "brake", "hand_brake", "reverse",
                                               "manual_gear_shift", "gear"]),
     "VehiclePhysicsControl": (carla.VehiclePhysicsControl, ["wheels", "mass", "max_rpm", "torque_curve",
@@ -98,6 +121,9 @@ def embedded():
     lane = world.spawn_actor(library.find("sensor.other.lane_invasion"), carla.Transform(), attach_to=car)
     images = []
     camera.listen(images.append)
+    walker = world.spawn_actor(library.find("walker.pedestrian.0001"),
+                               carla.Transform(world.get_random_location_from_navigation()))
+    walker_ai = world.spawn_actor(library.find("controller.ai.walker"), carla.Transform(), attach_to=walker)
     world.tick()
     waypoint = world.get_map().get_waypoint(car.get_location())
     objects = {
@@ -110,6 +136,8 @@ def embedded():
         "Timestamp": world.get_snapshot().timestamp, "WeatherParameters": world.get_weather(),
         "VehicleControl": car.get_control(), "VehiclePhysicsControl": car.get_physics_control(),
         "WheelPhysicsControl": car.get_physics_control().wheels[0],
+        "TrafficManager": client.get_trafficmanager(), "TrafficLight": world.get_actors().filter("*traffic_light*")[0],
+        "Walker": walker, "WalkerAIController": walker_ai,
     }
     yield objects
     camera.stop()
@@ -230,7 +258,7 @@ RECEIVER_ROLES = [
 #: roles played by objects the embedded simulator re-implements (the rest are real carla objects)
 _REIMPLEMENTED = ("Client", "World", "Vehicle", "Spectator", "CameraSensor", "LaneInvasionSensor", "Image",
                   "LaneInvasionEvent", "BlueprintLibrary", "ActorBlueprint", "ActorAttribute", "ActorList",
-                  "WorldSnapshot")
+                  "WorldSnapshot", "TrafficManager", "TrafficLight", "Walker", "WalkerAIController")
 _NOT_CARLA = re.compile(r"_?(log|logger|logging|args|parser|np|cv2|os|sys|path|Path|pygame)")
 
 
