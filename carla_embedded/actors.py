@@ -511,7 +511,8 @@ class RgbCamera(Sensor):
         self._next_time = 0.0
 
     def _on_tick(self, frame, timestamp):
-        if self._callback is None or timestamp.elapsed_seconds + 1e-9 < self._next_time:
+        callback = self._callback           # read once: another thread may stop() the camera meanwhile
+        if callback is None or timestamp.elapsed_seconds + 1e-9 < self._next_time:
             return
         if self._world._settings.no_rendering_mode:          # carla renders nothing in this mode
             return
@@ -519,7 +520,7 @@ class RgbCamera(Sensor):
         transform = self.get_transform()
         pixels = self._world._renderer().render(transform, self.width, self.height, self.fov,
                                                 self._world._weather)
-        self._callback(Image(frame, timestamp.elapsed_seconds, transform, self.fov, pixels))
+        callback(Image(frame, timestamp.elapsed_seconds, transform, self.fov, pixels))
 
 
 class LaneInvasionSensor(Sensor):
@@ -552,13 +553,14 @@ class LaneInvasionSensor(Sensor):
         current = [carla_map.get_waypoint(c, project_to_road=False, lane_type=carla.LaneType.Any)
                    for c in self._corners()]
         previous, self._previous = self._previous, current
-        if previous is None or self._callback is None:
+        callback = self._callback
+        if previous is None or callback is None:
             return
         markings = []
         for before, after in zip(previous, current):
             markings += self._crossed(before, after)
         if markings:
-            self._callback(LaneInvasionEvent(frame, timestamp.elapsed_seconds, self.get_transform(),
+            callback(LaneInvasionEvent(frame, timestamp.elapsed_seconds, self.get_transform(),
                                              self._parent, markings))
 
     @classmethod

@@ -237,6 +237,10 @@ CLIENT_PACKAGES = ("carla_client", "control", "launch", "perception")
 #: returned it) -> role in CARLA_API. Matched against the whole name, leading "_" stripped.
 RECEIVER_ROLES = [
     (r"client", "Client"),
+    (r"tm|traffic_manager|get_trafficmanager\(.*\)", "TrafficManager"),
+    (r"traffic_light|tl", "TrafficLight"),
+    (r"walker|pedestrian", "Walker"),
+    (r"walker_(controller|ai)|ai_controller", "WalkerAIController"),
     (r"world|get_world\(\)", "World"),
     (r"(w|carla_|town_)?map|get_map\(\)", "Map"),
     (r"(ego_)?(vehicle|car|ego)|hero", "Vehicle"),
