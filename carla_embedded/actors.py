@@ -380,8 +380,16 @@ class Vehicle(Actor, carla.Vehicle):
             pitch = (road.rotation.pitch + 180.0) % 360.0 - 180.0
             if math.cos(math.radians(self._state.yaw - road.rotation.yaw)) < 0:
                 pitch = -pitch                            # driving against the lane's direction
-            self._transform = carla.Transform(carla.Location(self._state.x, self._state.y, road.location.z),
+            z = road.location.z
+            if hint is not None:                          # the route point is up to a few m ahead: follow the slope back
+                yaw = math.radians(road.rotation.yaw)
+                ahead = (road.location.x - self._state.x) * math.cos(yaw) + (road.location.y - self._state.y) * math.sin(yaw)
+                z -= ahead * math.tan(math.radians(road.rotation.pitch)) * _PITCH_SIGN
+            self._transform = carla.Transform(carla.Location(self._state.x, self._state.y, z),
                                               carla.Rotation(pitch=pitch, yaw=self._state.yaw))
+
+
+_PITCH_SIGN = 1.0       # carla's waypoint pitch: positive when the lane climbs along its direction
 
 
 class Spectator(Actor):
