@@ -231,15 +231,25 @@ class Vehicle(Actor, carla.Vehicle):
             autopilot.unregister(self)
             autopilot.register(self, port)
 
+    # The pose is kept as plain numbers (the bicycle state, road height and pitch): building carla
+    # objects every tick for every car would cost more than moving it. ``_transform`` reads as before.
+    @property
+    def _transform(self) -> carla.Transform:
+        return self.get_transform()
+
+    @_transform.setter
+    def _transform(self, t: carla.Transform) -> None:
+        self._z, self._pitch, self._roll = t.location.z, t.rotation.pitch, t.rotation.roll
+
     def get_transform(self) -> carla.Transform:
-        s, t = self._state, self._transform
-        return carla.Transform(carla.Location(s.x, s.y, t.location.z),
-                               carla.Rotation(pitch=t.rotation.pitch, yaw=s.yaw, roll=t.rotation.roll))
+        s = self._state
+        return carla.Transform(carla.Location(s.x, s.y, self._z),
+                               carla.Rotation(pitch=self._pitch, yaw=s.yaw, roll=self._roll))
 
     def get_velocity(self) -> carla.Vector3D:
         """Velocity of the actor origin, m/s: along the heading plus the yaw-rate swing about the rear axle."""
         s = self._state
-        yaw, pitch = math.radians(s.yaw), math.radians(self._transform.rotation.pitch)
+        yaw, pitch = math.radians(s.yaw), math.radians(self._pitch)
         lateral = math.radians(s.yaw_rate) * self._params.rear_axle_offset
         return carla.Vector3D(s.speed * math.cos(pitch) * math.cos(yaw) - lateral * math.sin(yaw),
                               s.speed * math.cos(pitch) * math.sin(yaw) + lateral * math.cos(yaw),
@@ -324,7 +334,9 @@ class Vehicle(Actor, carla.Vehicle):
             self._road_hint = None
 
     def _road_waypoint(self):
-        return self._road_hint or self._world.get_map().get_waypoint(self.get_location())
+        if self._road_hint is not None:
+            return self._road_hint[-1]
+        return self._world.get_map().get_waypoint(self.get_location())
 
     def get_speed_limit(self) -> float:
         """Speed limit of the road under the car, km/h (OpenDRIVE speed records, else the road type's)."""
@@ -371,22 +383,25 @@ class Vehicle(Actor, carla.Vehicle):
         """One world tick: bicycle model, then z and pitch from the road under the car."""
         if self._physics:
             self._state = step(self._state, self._control, dt, self._params)
-        loc = carla.Location(self._state.x, self._state.y, self._transform.location.z)
-        hint = self._road_hint                           # autopilot cars: their route's waypoint (cheaper)
-        wp = hint if hint is not None else carla_map.get_waypoint(loc, project_to_road=True,
-                                                                  lane_type=carla.LaneType.Any)
+        hint = self._road_hint                           # autopilot cars: their route's pose (cheaper)
+        if hint is not None:
+            rx, ry, rz, ryaw, rpitch, _ = hint
+            yaw = math.radians(ryaw)
+            ahead = (rx - self._state.x) * math.cos(yaw) + (ry - self._state.y) * math.sin(yaw)
+            z = rz - ahead * math.tan(math.radians(rpitch)) * _PITCH_SIGN    # the point is ahead: follow the slope back
+            pitch = (rpitch + 180.0) % 360.0 - 180.0
+            if math.cos(math.radians(self._state.yaw - ryaw)) < 0:
+                pitch = -pitch
+            self._z, self._pitch, self._roll = z, pitch, 0.0
+            return
+        loc = carla.Location(self._state.x, self._state.y, self._z)
+        wp = carla_map.get_waypoint(loc, project_to_road=True, lane_type=carla.LaneType.Any)
         if wp is not None:
             road = wp.transform
             pitch = (road.rotation.pitch + 180.0) % 360.0 - 180.0
             if math.cos(math.radians(self._state.yaw - road.rotation.yaw)) < 0:
                 pitch = -pitch                            # driving against the lane's direction
-            z = road.location.z
-            if hint is not None:                          # the route point is up to a few m ahead: follow the slope back
-                yaw = math.radians(road.rotation.yaw)
-                ahead = (road.location.x - self._state.x) * math.cos(yaw) + (road.location.y - self._state.y) * math.sin(yaw)
-                z -= ahead * math.tan(math.radians(road.rotation.pitch)) * _PITCH_SIGN
-            self._transform = carla.Transform(carla.Location(self._state.x, self._state.y, z),
-                                              carla.Rotation(pitch=pitch, yaw=self._state.yaw))
+            self._z, self._pitch, self._roll = road.location.z, pitch, 0.0
 
 
 _PITCH_SIGN = 1.0       # carla's waypoint pitch: positive when the lane climbs along its direction

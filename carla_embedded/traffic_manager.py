@@ -210,8 +210,21 @@ class _Npc:
     port: int
     route: list = field(default_factory=list)            # waypoints ahead
     xy: list = field(default_factory=list)               # their (x, y): reading waypoint.transform is slow
+    poses: list = field(default_factory=list)            # their (x, y, z, yaw, pitch, waypoint), for the car's z/pitch
     lights: list = field(default_factory=list)           # index of the light whose stop line is at route[k], or -1
     limits: list = field(default_factory=list)           # speed limit at route[k], km/h
+
+
+class _Control:
+    """The autopilot's control: VehicleControl's fields without building a carla object per car and tick
+    (``Vehicle.get_control`` still returns a real ``carla.VehicleControl``)."""
+
+    __slots__ = ("throttle", "steer", "brake", "hand_brake", "reverse", "manual_gear_shift", "gear")
+
+    def __init__(self, throttle: float, steer: float, brake: float):
+        self.throttle, self.steer, self.brake = throttle, steer, brake
+        self.hand_brake = self.reverse = self.manual_gear_shift = False
+        self.gear = 0
 
 
 _STATE_CODE = {carla.TrafficLightState.Red: 0, carla.TrafficLightState.Yellow: 1,
@@ -246,8 +259,10 @@ class Autopilot:
 
     def _append(self, npc: _Npc, wp) -> None:
         light = self._world._light_for_stop(wp)
-        loc = wp.transform.location
+        t = wp.transform
+        loc, rot = t.location, t.rotation
         npc.xy.append((loc.x, loc.y))
+        npc.poses.append((loc.x, loc.y, loc.z, rot.yaw, rot.pitch, wp))
         npc.route.append(wp)
         npc.lights.append(-1 if light is None else light._index)
         npc.limits.append(self._world.get_map().speed_limit(wp.road_id, wp.s))
@@ -292,13 +307,13 @@ class Autopilot:
             pts, xy = npc.route, npc.xy
             hx, hy, px, py = heading[i, 0], heading[i, 1], pos[i, 0], pos[i, 1]
             while len(pts) > 1 and (xy[0][0] - px) * hx + (xy[0][1] - py) * hy <= 0.5:
-                del pts[0], xy[0], npc.lights[0], npc.limits[0]
+                del pts[0], xy[0], npc.poses[0], npc.lights[0], npc.limits[0]
             self._extend(npc, tm._rng)
             k = len(pts)
             route[i, :k] = xy
             light_idx[i, :k] = npc.lights
             limits[i] = npc.limits[0]
-            npc.vehicle._road_hint = pts[0]
+            npc.vehicle._road_hint = npc.poses[0]
         valid = ~np.isnan(route[:, :, 0])
         # arc length from the car along its route (inf past the route's end)
         first = np.hypot(route[:, 0, 0] - pos[:, 0], route[:, 0, 1] - pos[:, 1])
@@ -356,25 +371,29 @@ class Autopilot:
         brake = np.where((speed < 0.3) & (accel < 0), 1.0, brake)
         throttle = np.where(brake > 0, 0.0, throttle)
         for npc, t, st, b in zip(npcs, throttle.tolist(), steer.tolist(), brake.tolist()):
-            npc.vehicle._control = carla.VehicleControl(throttle=t, steer=st, brake=b)
+            npc.vehicle._control = _Control(t, st, b)
 
     def _obstacles(self, npcs, pos, heading, route, arc, half_length, ignored):
-        """(gap m, speed m/s along the route) of the nearest vehicle or walker on each car's route."""
+        """(gap m, speed m/s along the route) of the nearest vehicle or walker on each car's route.
+
+        Broad phase on the (car, actor) distance matrix, then the route-point test only for the
+        few pairs close enough to matter."""
         n = len(npcs)
+        gap = np.full(n, 1e9)
+        lead_speed = np.zeros(n)
         others = self._world._moving_actors()
         if not others:
-            return np.full(n, 1e9), np.zeros(n)
+            return gap, lead_speed
         info = np.array([a._planar() for a in others])           # x, y, vx, vy, half length, is walker, id
         opos, ovel, olen = info[:, 0:2], info[:, 2:4], info[:, 4]
         is_walker = info[:, 5] > 0
         ids = info[:, 6]
         own = np.array([npc.vehicle.id for npc in npcs], dtype=np.float64)
-        d2 = ((route[:, :, None, :] - opos[None, None, :, :]) ** 2).sum(axis=3)      # (n, K, M)
-        hit = (d2 < CORRIDOR_M ** 2) & np.isfinite(arc)[:, :, None]
-        rel = opos[None, :, :] - pos[:, None, :]
-        blocking = hit.any(axis=1) & ((rel * heading[:, None, :]).sum(axis=2) > 0.0)
-        blocking &= ids[None, :] != own[:, None]
-        blocking &= ~(ignored[:, 1:2] & ~is_walker[None, :]) & ~(ignored[:, 2:3] & is_walker[None, :])
+        rel = opos[None, :, :] - pos[:, None, :]                 # (n, M)
+        reach = ROUTE_POINTS * ROUTE_STEP_M + CORRIDOR_M + 3.0
+        near = ((rel ** 2).sum(axis=2) < reach * reach) & ((rel * heading[:, None, :]).sum(axis=2) > 0.0)
+        near &= ids[None, :] != own[:, None]
+        near &= ~(ignored[:, 1:2] & ~is_walker[None, :]) & ~(ignored[:, 2:3] & is_walker[None, :])
         pairs = set()
         for npc in npcs:
             pairs |= {p for p in get_traffic_manager(None, npc.port)._no_collision_pairs if p[0] == npc.vehicle.id}
@@ -383,18 +402,24 @@ class Autopilot:
             rows = {npc.vehicle.id: r for r, npc in enumerate(npcs)}
             for a, b in pairs:
                 if a in rows and b in index:
-                    blocking[rows[a], index[b]] = False
-        k_first = np.argmax(hit, axis=1)                           # (n, M): first route point each blocks
-        rows = np.arange(n)[:, None]
-        along = arc[rows, k_first] - olen[None, :] - half_length[:, None]
-        along = np.where(blocking, along, np.inf)
-        j = np.argmin(along, axis=1)
-        r = np.arange(n)
-        gap = np.where(np.isfinite(along[r, j]), along[r, j], 1e9)
-        k = np.minimum(k_first[r, j], ROUTE_POINTS - 2)
-        seg = route[r, k + 1] - route[r, k]
+                    near[rows[a], index[b]] = False
+        ci, cj = np.nonzero(near)
+        if ci.size == 0:
+            return gap, lead_speed
+        d2 = ((route[ci] - opos[cj][:, None, :]) ** 2).sum(axis=2)          # (P, K)
+        hit = (d2 < CORRIDOR_M ** 2) & np.isfinite(arc[ci])
+        blocking = hit.any(axis=1)
+        if not blocking.any():
+            return gap, lead_speed
+        ci, cj, hit = ci[blocking], cj[blocking], hit[blocking]
+        k_first = np.argmax(hit, axis=1)
+        along = arc[ci, k_first] - olen[cj] - half_length[ci]
+        np.minimum.at(gap, ci, along)
+        best = along <= gap[ci]                                   # the pair that set each car's gap
+        ci, cj, k = ci[best], cj[best], np.minimum(k_first[best], ROUTE_POINTS - 2)
+        seg = route[ci, k + 1] - route[ci, k]
         norm = np.hypot(seg[:, 0], seg[:, 1])
         ok = np.isfinite(norm) & (norm > 0)
-        along_speed = (ovel[j] * seg).sum(axis=1) / np.where(ok, norm, 1.0)
-        lead_speed = np.where(ok & np.isfinite(gap), np.maximum(along_speed, 0.0), 0.0)
+        along_speed = np.where(ok, (ovel[cj] * np.nan_to_num(seg)).sum(axis=1) / np.where(ok, norm, 1.0), 0.0)
+        lead_speed[ci] = np.maximum(along_speed, 0.0)
         return gap, lead_speed

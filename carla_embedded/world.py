@@ -575,7 +575,7 @@ def _contacts(movers: list, frame: int) -> list:
     Broad phase: centre distance against the sum of half diagonals, all pairs at once; exact
     separating-axis test only for the few close pairs.
     """
-    centres = np.array([[a._transform.location.x, a._transform.location.y] for a in movers])
+    centres = np.array([a._planar()[:2] for a in movers])
     radii = np.array([math.hypot(a._bbox.extent.x, a._bbox.extent.y) for a in movers])
     d = np.hypot(centres[:, None, 0] - centres[None, :, 0], centres[:, None, 1] - centres[None, :, 1])
     close = np.argwhere(np.triu(d < radii[:, None] + radii[None, :], k=1))
