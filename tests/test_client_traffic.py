@@ -112,3 +112,14 @@ def test_collision_sensor_is_required_when_asked():
     else:
         with pytest.raises(RuntimeError, match="sensor.other.collision.*collisions=False"):
             InfractionMonitor(world, ego).__enter__()
+
+
+def test_town_profiles_come_from_the_map():
+    from carla_client.town_profile import town_profile
+
+    profiles = {town: town_profile(Client().load_world(town).get_map()) for town in ("Town02", "Town03")}
+    small, large = profiles["Town02"], profiles["Town03"]
+    assert small.name == "Town02" and small.spawn_points == len(Client().load_world("Town02").get_map().get_spawn_points())
+    assert large.lane_km > small.lane_km and large.junctions > small.junctions and large.vehicles > small.vehicles
+    assert large.elevation_m > 5.0 > small.elevation_m                    # Town03's ramps, flat Town02
+    assert 0 < small.walkers < small.vehicles and 200.0 <= small.route_m <= large.route_m
