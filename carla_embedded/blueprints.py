@@ -180,8 +180,11 @@ class BlueprintLibrary:
         for bp in self._blueprints:
             if bp.id == id:
                 return copy.deepcopy(bp)
-        raise IndexError(f"no blueprint {id!r} in the embedded simulator; available: "
-                         f"{', '.join(bp.id for bp in self._blueprints)}")
+        family = id.split(".", 1)[0] + "."
+        same = [bp.id for bp in self._blueprints if bp.id.startswith(family)]
+        raise IndexError(f"no blueprint {id!r} in the embedded simulator; available {family}*: "
+                         f"{', '.join(same) if same else 'none'} "
+                         f"(families: {', '.join(sorted({bp.id.split('.', 1)[0] for bp in self._blueprints}))})")
 
     def filter(self, wildcard_pattern: str) -> "BlueprintLibrary":
         """Blueprints whose id or one of whose tags matches the shell-style pattern (as carla)."""
