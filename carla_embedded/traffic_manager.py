@@ -80,6 +80,7 @@ class TrafficManager(CarlaSurface):
         self._global_distance = DEFAULT_DISTANCE_M
         self._global_speed_difference = DEFAULT_SPEED_DIFFERENCE
         self._per_vehicle: dict[int, dict] = {}
+        self._version = 0
         self._no_collision_pairs: set[tuple[int, int]] = set()
         self.recorded: dict[str, object] = {"synchronous_mode": False}
 
@@ -87,6 +88,7 @@ class TrafficManager(CarlaSurface):
         return f"TrafficManager(port={self._port})"
 
     def _vehicle(self, actor) -> dict:
+        self._version += 1                     # the autopilot re-reads its cached settings
         return self._per_vehicle.setdefault(actor.id, {})
 
     def _setting(self, actor_id: int, name: str, default):
@@ -106,9 +108,11 @@ class TrafficManager(CarlaSurface):
         if not (math.isfinite(distance) and distance >= 0):
             raise ValueError(f"distance={distance!r} must be >= 0 m")
         self._global_distance = float(distance)
+        self._version += 1
 
     def global_percentage_speed_difference(self, percentage: float) -> None:
         self._global_speed_difference = _percentage(percentage, "percentage")
+        self._version += 1
 
     # -- per-vehicle settings ----------------------------------------------------------------
     def distance_to_leading_vehicle(self, actor, distance: float) -> None:
@@ -186,6 +190,7 @@ class TrafficManager(CarlaSurface):
         """Forget every setting (autopilot cars keep driving with the defaults, as after a TM restart)."""
         self._per_vehicle.clear()
         self._no_collision_pairs.clear()
+        self._version += 1
 
     # -- not modelled ------------------------------------------------------------------------
     def force_lane_change(self, actor, direction: bool) -> None:
@@ -238,6 +243,8 @@ class Autopilot:
     def __init__(self, world):
         self._world = world
         self._npcs: dict[int, _Npc] = {}
+        self._cache_key = None
+        self._cache = None
 
     def __len__(self) -> int:
         return len(self._npcs)
@@ -285,18 +292,13 @@ class Autopilot:
         state = np.array([(v._state.x, v._state.y, v._state.yaw, v._state.speed) for v in (m.vehicle for m in npcs)])
         pos, yaw, speed = state[:, :2], np.radians(state[:, 2]), np.maximum(state[:, 3], 0.0)
         heading = np.stack([np.cos(yaw), np.sin(yaw)], axis=1)
-        # -- per-car settings (one pass) --------------------------------------------------
+        # -- per-car settings and limits: cached until a car or a TM setting changes --------
         managers = [get_traffic_manager(None, npc.port) for npc in npcs]
-        v_set = np.empty(n)                  # km/h when desired speed is set, else NaN
-        diff = np.empty(n)
-        s0 = np.empty(n)
-        ignore = np.empty((n, 3))            # lights, vehicles, walkers
-        for i, (npc, tm) in enumerate(zip(npcs, managers)):
-            own = tm._per_vehicle.get(npc.vehicle.id, {})
-            v_set[i] = own.get("desired_speed", np.nan)
-            diff[i] = own.get("speed_difference", tm._global_speed_difference)
-            s0[i] = own.get("distance", tm._global_distance)
-            ignore[i] = own.get("ignore_lights", 0.0), own.get("ignore_vehicles", 0.0), own.get("ignore_walkers", 0.0)
+        key = (tuple(npc.vehicle.id for npc in npcs), tuple((id(tm), tm._version) for tm in set(managers)),
+               tuple(id(npc.vehicle._params) for npc in npcs))
+        if key != self._cache_key:
+            self._cache_key, self._cache = key, self._settings(npcs, managers)
+        v_set, diff, s0, ignore, geometry = self._cache
         draws = managers[0]._rng.random((n, 3))
         ignored = draws < ignore
         # -- route upkeep: drop points behind the car, extend ahead -----------------------
@@ -331,10 +333,6 @@ class Autopilot:
         dx, dy = target[:, 0] - pos[:, 0], target[:, 1] - pos[:, 1]
         lateral = -heading[:, 1] * dx + heading[:, 0] * dy
         dist2 = np.maximum(dx * dx + dy * dy, 1e-6)
-        params = [npc.vehicle._params for npc in npcs]
-        geometry = np.array([(p.wheelbase, p.max_steer_deg, p.max_accel, p.top_speed, p.max_brake_decel,
-                              p.rolling_resistance, p.drag_coefficient, npc.vehicle._spec.extent[0])
-                             for p, npc in zip(params, npcs)])
         wheelbase, max_steer, max_accel, top, brake_decel, rolling, drag, half_length = geometry.T
         steer = np.clip(np.arctan(2.0 * wheelbase * lateral / dist2) / np.radians(max_steer), -1.0, 1.0)
         # -- target speed: limit, TM percentage or desired speed, curves ---------------------
@@ -372,6 +370,23 @@ class Autopilot:
         throttle = np.where(brake > 0, 0.0, throttle)
         for npc, t, st, b in zip(npcs, throttle.tolist(), steer.tolist(), brake.tolist()):
             npc.vehicle._control = _Control(t, st, b)
+
+    @staticmethod
+    def _settings(npcs, managers) -> tuple:
+        """(desired km/h or NaN, speed difference %, min gap m, ignore chances (lights, vehicles,
+        walkers), car limits) per car, as arrays."""
+        n = len(npcs)
+        v_set, diff, s0, ignore = np.empty(n), np.empty(n), np.empty(n), np.empty((n, 3))
+        for i, (npc, tm) in enumerate(zip(npcs, managers)):
+            own = tm._per_vehicle.get(npc.vehicle.id, {})
+            v_set[i] = own.get("desired_speed", np.nan)
+            diff[i] = own.get("speed_difference", tm._global_speed_difference)
+            s0[i] = own.get("distance", tm._global_distance)
+            ignore[i] = own.get("ignore_lights", 0.0), own.get("ignore_vehicles", 0.0), own.get("ignore_walkers", 0.0)
+        geometry = np.array([(p.wheelbase, p.max_steer_deg, p.max_accel, p.top_speed, p.max_brake_decel,
+                              p.rolling_resistance, p.drag_coefficient, npc.vehicle._spec.extent[0])
+                             for p, npc in ((m.vehicle._params, m) for m in npcs)])
+        return v_set, diff, s0, ignore, geometry
 
     def _obstacles(self, npcs, pos, heading, route, arc, half_length, ignored):
         """(gap m, speed m/s along the route) of the nearest vehicle or walker on each car's route.
