@@ -6,16 +6,20 @@ Usage::
 
 The only change to the program's world: ``carla.Client`` is ``carla_embedded.Client``. The
 PythonAPI folder (``PROGRAM``'s parent's parent) goes on ``sys.path`` so ``import agents`` works,
-as it does from CARLA's own ``PythonAPI`` tree. After ``MAX_FRAMES`` frames the next
-``world.tick()``/``wait_for_tick()`` raises ``KeyboardInterrupt`` (what a user's Ctrl-C does, so
-the program runs its own clean-up). REPORT.json gets: frames, and for every vehicle and walker
+as it does from CARLA's own ``PythonAPI`` tree. After ``MAX_FRAMES`` frames the program gets a
+``KeyboardInterrupt`` (what a user's Ctrl-C does, so it runs its own clean-up): raised by the next
+``world.tick()``/``wait_for_tick()``, or, for a program that lets the asynchronous world run by
+itself, sent to its main thread by a watchdog. REPORT.json gets: frames, and for every vehicle and walker
 seen its type and how far it moved (m), and the actors left alive at exit.
 """
+import _thread
 import atexit
 import json
 import os
 import runpy
 import sys
+import threading
+import time
 
 
 def main() -> None:
@@ -30,15 +34,30 @@ def main() -> None:
     seen: dict[int, dict] = {}
     state = {"frames": 0, "world": None}
 
-    def observe(world) -> None:
+    def observe(world, raise_at_cap: bool = True) -> None:
         state["world"] = world
-        state["frames"] = world.get_snapshot().frame if world._alive else state["frames"]
+        state["frames"] = world._frame
         for actor in world._moving_actors():
             loc = actor.get_location()
             entry = seen.setdefault(actor.id, {"type": actor.type_id, "start": (loc.x, loc.y), "moved": 0.0})
             entry["moved"] = max(entry["moved"], ((loc.x - entry["start"][0]) ** 2 + (loc.y - entry["start"][1]) ** 2) ** 0.5)
-        if state["frames"] >= max_frames:
+        if raise_at_cap and state["frames"] >= max_frames:
             raise KeyboardInterrupt
+
+    step_world = World._step_world
+
+    def observed_step(self):
+        frame = step_world(self)
+        observe(self, raise_at_cap=False)
+        return frame
+    World._step_world = observed_step
+
+    def watchdog() -> None:
+        while state["frames"] < max_frames:
+            time.sleep(0.05)
+        time.sleep(1.0)                   # a synchronous program gets it from tick() first
+        _thread.interrupt_main()
+    threading.Thread(target=watchdog, daemon=True).start()
 
     def wrap(name):
         original = getattr(World, name)
