@@ -1,9 +1,7 @@
 """Traffic in the embedded world: carla.command batches, the Traffic Manager and its autopilot,
 traffic lights, walkers, speed limits and the asynchronous clock, as a CARLA user sees them."""
-import math
 import time
 
-import numpy as np
 import pytest
 
 import carla
