@@ -570,7 +570,8 @@ _NO_LOCK = _NoLock()
 
 
 def _contacts(movers: list, frame: int) -> list:
-    """Pairs of vehicles/walkers whose footprints overlap after this step; both stop.
+    """Pairs of vehicles/walkers whose footprints overlap after this step; a car moving into the
+    other stops (one backing away keeps going, so it can get free).
 
     Broad phase: centre distance against the sum of half diagonals, all pairs at once; exact
     separating-axis test only for the few close pairs.
@@ -588,7 +589,10 @@ def _contacts(movers: list, frame: int) -> list:
         fb = _footprint(b._transform, (b._bbox.extent.x, b._bbox.extent.y))
         if _overlap(fa, fb):
             found.append((frame, a, b))
-            for actor in (a, b):
+            for actor, other in ((a, b), (b, a)):
                 if isinstance(actor, Vehicle):
-                    actor._stop_dead()
+                    x, y, vx, vy = actor._planar()[:4]
+                    ox, oy = other._planar()[:2]
+                    if vx * (ox - x) + vy * (oy - y) > 0.0:      # moving into the other: stop; backing away: go on
+                        actor._stop_dead()
     return found

@@ -295,3 +295,21 @@ def test_asynchronous_world_advances_on_its_own():
     time.sleep(0.3)
     assert world.get_snapshot().frame == frame          # synchronous: only tick() advances it
     assert world.tick() == frame + 1
+
+
+def test_a_car_stuck_in_a_crash_can_back_away():
+    client, world = sync_world()
+    library = world.get_blueprint_library()
+    parked = world.spawn_actor(library.find("vehicle.audi.a2"), towards_junction(world, 30))
+    ego = world.spawn_actor(library.find("vehicle.tesla.model3"), towards_junction(world, 45))
+    parked.apply_control(carla.VehicleControl(hand_brake=True))
+    ego.apply_control(carla.VehicleControl(throttle=1.0))
+    crashed = []
+    for _ in range(100):
+        world.tick()
+        crashed += world._contacts
+    assert crashed and speed(ego) < 0.5 and ego.get_location().x > parked.get_location().x
+    ego.apply_control(carla.VehicleControl(throttle=0.6, reverse=True))
+    for _ in range(60):
+        world.tick()
+    assert not world._contacts and ego.get_location().x - parked.get_location().x > 6.0
