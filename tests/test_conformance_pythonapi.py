@@ -45,8 +45,9 @@ def moved(report, prefix: str, metres: float) -> tuple[int, int]:
     return sum(a["moved"] > metres for a in actors), len(actors)
 
 
-def test_generate_traffic_with_its_defaults(tmp_path):
-    proc, report = run_program("generate_traffic.py", tmp_path, 200)
+@pytest.mark.parametrize("mode", [[], ["--asynch"]], ids=["defaults", "asynch"])
+def test_generate_traffic_with_its_defaults(tmp_path, mode):
+    proc, report = run_program("generate_traffic.py", tmp_path, 200, *mode)
     spawned = re.search(r"spawned (\d+) vehicles and (\d+) walkers", proc.stdout)
     assert spawned and "done." in proc.stdout, proc.stdout
     # its seed is the clock: a long bus on a spawn point 8 m from another fails as on a server (logged)
