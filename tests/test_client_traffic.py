@@ -122,3 +122,16 @@ def test_town_profiles_come_from_the_map():
     assert large.lane_km > small.lane_km and large.junctions > small.junctions and large.vehicles > small.vehicles
     assert large.elevation_m > 5.0 > small.elevation_m                    # Town03's ramps, flat Town02
     assert 0 < small.walkers < small.vehicles and 200.0 <= small.route_m <= large.route_m
+
+
+def test_traffic_in_an_asynchronous_world():
+    client = Client()
+    world = client.load_world("Embedded01")                     # asynchronous: it runs by itself
+    with Traffic(client, world, TrafficConfig(vehicles=4, walkers=2, seed=1, tm_port=8012)) as traffic:
+        start = {a.id: a.get_location() for a in world.get_actors(traffic.vehicle_ids)}
+        frame = world.get_snapshot().frame
+        for _ in range(40):
+            world.wait_for_tick()
+        assert world.get_snapshot().frame >= frame + 40
+        assert sum(world.get_actor(i).get_location().distance(loc) > 2.0 for i, loc in start.items()) >= 3
+    assert npcs(world) == []
