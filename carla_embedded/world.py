@@ -542,7 +542,7 @@ class World(CarlaSurface, carla.World):
         if not self._settings.synchronous_mode:
             self._start_clock()
         actors = {a.id: ActorSnapshot(a.id, a.get_transform(), a.get_velocity(), a.get_angular_velocity(),
-                                      a.get_acceleration()) for a in self._actors.values()}
+                                      a.get_acceleration()) for a in list(self._actors.values())}
         return WorldSnapshot(self._id, self._frame, carla.Timestamp(
             self._timestamp.frame, self._timestamp.elapsed_seconds, self._timestamp.delta_seconds,
             self._timestamp.platform_timestamp), actors)
