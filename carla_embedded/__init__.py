@@ -17,7 +17,12 @@ Code written against ``carla`` runs unchanged on it; only the client object diff
     car.apply_control(carla.VehicleControl(throttle=0.5)); frame = world.tick()
 
 Towns: Town01-Town05 (OpenDRIVE files found via ``$CARLA_MAPS_DIR``, ``$CARLA_ROOT``, the
-user cache or a pinned download; see ``towns``) and the file-free procedural ``Embedded01``.
+user cache or a pinned download; see ``towns``), any other ``<name>.xodr`` in those folders, and
+the file-free procedural ``Embedded01``.
+
+Traffic as in CARLA: ``client.get_trafficmanager(port)``, ``vehicle.set_autopilot(True, port)``,
+traffic lights at junctions, walkers with ``controller.ai.walker``, and ``client.apply_batch_sync``
+with ``carla.command.SpawnActor(...).then(SetAutopilot(FutureActor, True, port))``.
 What the simulator does not implement raises ``UnsupportedFeatureError`` saying so.
 Benchmark: ``python -m carla_embedded.bench``.
 """
@@ -25,6 +30,9 @@ from .actors import ActorList, Image, LaneInvasionEvent
 from .blueprints import ActorAttribute, ActorBlueprint, BlueprintLibrary
 from .client import VERSION, Client
 from .errors import TownNotFoundError, UnknownTownError, UnsupportedAttributeError, UnsupportedFeatureError
+from .traffic_lights import TrafficLight
+from .traffic_manager import TrafficManager
+from .walkers import Walker, WalkerAIController
 from .vehicle import VehicleParams, VehicleState, step
 from .world import EmbeddedMap, World, WorldSnapshot
 
@@ -32,4 +40,5 @@ __all__ = [
     "ActorAttribute", "ActorBlueprint", "ActorList", "BlueprintLibrary", "Client", "EmbeddedMap", "Image",
     "LaneInvasionEvent", "TownNotFoundError", "UnknownTownError", "UnsupportedAttributeError",
     "UnsupportedFeatureError", "VERSION", "VehicleParams", "VehicleState", "World", "WorldSnapshot", "step",
+    "TrafficLight", "TrafficManager", "Walker", "WalkerAIController",
 ]

@@ -38,7 +38,7 @@ def _copy_control(c) -> carla.VehicleControl:
                                 manual_gear_shift=bool(c.manual_gear_shift), gear=int(c.gear))
 
 
-class Actor(CarlaSurface):
+class Actor(CarlaSurface, carla.Actor):
     """carla.Actor: something with an id, a type and a transform in one world."""
 
     _carla_class = carla.Actor
@@ -204,7 +204,7 @@ def _plain(value):
     return round(float(value), 3) if isinstance(value, float) else value
 
 
-class Vehicle(Actor):
+class Vehicle(Actor, carla.Vehicle):
     """carla.Vehicle driven by the pure bicycle model ``vehicle.step``; z and pitch follow the road."""
 
     _carla_class = carla.Vehicle
@@ -216,22 +216,40 @@ class Vehicle(Actor):
         self._state = VehicleState(transform.location.x, transform.location.y, transform.rotation.yaw)
         self._control = carla.VehicleControl()
         self._physics = True
+        self._road_hint = None                 # set by the autopilot each tick: the route's waypoint
+        self._light_state = carla.VehicleLightState.NONE
 
     def set_transform(self, transform: carla.Transform) -> None:
-        """Teleport, keeping the speed (as carla)."""
+        """Teleport, keeping the speed (as carla); an autopilot car plans a new route from there."""
         super().set_transform(transform)
         s = self._state
         self._state = VehicleState(transform.location.x, transform.location.y, transform.rotation.yaw, s.speed)
+        self._road_hint = None
+        autopilot = self._world._autopilot
+        if autopilot.is_registered(self):
+            port = autopilot._npcs[self.id].port
+            autopilot.unregister(self)
+            autopilot.register(self, port)
+
+    # The pose is kept as plain numbers (the bicycle state, road height and pitch): building carla
+    # objects every tick for every car would cost more than moving it. ``_transform`` reads as before.
+    @property
+    def _transform(self) -> carla.Transform:
+        return self.get_transform()
+
+    @_transform.setter
+    def _transform(self, t: carla.Transform) -> None:
+        self._z, self._pitch, self._roll = t.location.z, t.rotation.pitch, t.rotation.roll
 
     def get_transform(self) -> carla.Transform:
-        s, t = self._state, self._transform
-        return carla.Transform(carla.Location(s.x, s.y, t.location.z),
-                               carla.Rotation(pitch=t.rotation.pitch, yaw=s.yaw, roll=t.rotation.roll))
+        s = self._state
+        return carla.Transform(carla.Location(s.x, s.y, self._z),
+                               carla.Rotation(pitch=self._pitch, yaw=s.yaw, roll=self._roll))
 
     def get_velocity(self) -> carla.Vector3D:
         """Velocity of the actor origin, m/s: along the heading plus the yaw-rate swing about the rear axle."""
         s = self._state
-        yaw, pitch = math.radians(s.yaw), math.radians(self._transform.rotation.pitch)
+        yaw, pitch = math.radians(s.yaw), math.radians(self._pitch)
         lateral = math.radians(s.yaw_rate) * self._params.rear_axle_offset
         return carla.Vector3D(s.speed * math.cos(pitch) * math.cos(yaw) - lateral * math.sin(yaw),
                               s.speed * math.cos(pitch) * math.sin(yaw) + lateral * math.cos(yaw),
@@ -305,9 +323,57 @@ class Vehicle(Actor):
         self._state = VehicleState(s.x, s.y, s.yaw, speed, s.yaw_rate, s.accel)
 
     def set_autopilot(self, enabled: bool = True, tm_port: int = 8000) -> None:
+        """Hand the car to the Traffic Manager on ``tm_port`` (see ``traffic_manager``), or take it back."""
+        self._check_alive("set_autopilot")
         if enabled:
-            raise UnsupportedFeatureError("autopilot (the traffic manager)",
-                                          "drive the car with apply_control or carla_client's route follower")
+            self._world._autopilot.register(self, int(tm_port))
+            if not self._world._settings.synchronous_mode:
+                self._world._start_clock()
+        else:
+            self._world._autopilot.unregister(self)
+            self._road_hint = None
+
+    def _road_waypoint(self):
+        if self._road_hint is not None:
+            return self._road_hint[-1]
+        return self._world.get_map().get_waypoint(self.get_location())
+
+    def get_speed_limit(self) -> float:
+        """Speed limit of the road under the car, km/h (OpenDRIVE speed records, else the road type's)."""
+        wp = self._road_waypoint()
+        return self._world.get_map().speed_limit(wp.road_id, wp.s) if wp is not None else 30.0
+
+    def get_traffic_light(self):
+        """The traffic light whose trigger zone (the lanes just before its stop line) the car is in, or None."""
+        self._check_alive("get_traffic_light")
+        return self._world._light_at(self._world.get_map().get_waypoint(self.get_location()))
+
+    def get_traffic_light_state(self):
+        """State of ``get_traffic_light()``; Green when none affects the car (as CARLA)."""
+        light = self.get_traffic_light()
+        return light.state if light is not None else carla.TrafficLightState.Green
+
+    def is_at_traffic_light(self) -> bool:
+        """True when the car is in the trigger zone of a red light (as CARLA)."""
+        light = self.get_traffic_light()
+        return light is not None and light.state == carla.TrafficLightState.Red
+
+    def set_light_state(self, light_state) -> None:
+        self._light_state = carla.VehicleLightState(int(light_state))
+
+    def get_light_state(self):
+        return self._light_state
+
+    def _planar(self) -> tuple:
+        """(x, y, vx, vy, half length, is walker, id) for the autopilot's obstacle search."""
+        s = self._state
+        yaw = math.radians(s.yaw)
+        return (s.x, s.y, s.speed * math.cos(yaw), s.speed * math.sin(yaw), self._spec.extent[0], 0.0, self._id)
+
+    def _stop_dead(self) -> None:
+        """A contact: the car stops where it is (the world reports the collision)."""
+        s = self._state
+        self._state = VehicleState(s.x, s.y, s.yaw, 0.0, 0.0, s.accel)
 
     def set_simulate_physics(self, enabled: bool = True) -> None:
         """False freezes the car where it is (it moves only by set_transform), as in carla."""
@@ -317,15 +383,28 @@ class Vehicle(Actor):
         """One world tick: bicycle model, then z and pitch from the road under the car."""
         if self._physics:
             self._state = step(self._state, self._control, dt, self._params)
-        loc = carla.Location(self._state.x, self._state.y, self._transform.location.z)
+        hint = self._road_hint                           # autopilot cars: their route's pose (cheaper)
+        if hint is not None:
+            rx, ry, rz, ryaw, rpitch, _ = hint
+            yaw = math.radians(ryaw)
+            ahead = (rx - self._state.x) * math.cos(yaw) + (ry - self._state.y) * math.sin(yaw)
+            z = rz - ahead * math.tan(math.radians(rpitch)) * _PITCH_SIGN    # the point is ahead: follow the slope back
+            pitch = (rpitch + 180.0) % 360.0 - 180.0
+            if math.cos(math.radians(self._state.yaw - ryaw)) < 0:
+                pitch = -pitch
+            self._z, self._pitch, self._roll = z, pitch, 0.0
+            return
+        loc = carla.Location(self._state.x, self._state.y, self._z)
         wp = carla_map.get_waypoint(loc, project_to_road=True, lane_type=carla.LaneType.Any)
         if wp is not None:
             road = wp.transform
             pitch = (road.rotation.pitch + 180.0) % 360.0 - 180.0
             if math.cos(math.radians(self._state.yaw - road.rotation.yaw)) < 0:
                 pitch = -pitch                            # driving against the lane's direction
-            self._transform = carla.Transform(carla.Location(self._state.x, self._state.y, road.location.z),
-                                              carla.Rotation(pitch=pitch, yaw=self._state.yaw))
+            self._z, self._pitch, self._roll = road.location.z, pitch, 0.0
+
+
+_PITCH_SIGN = 1.0       # carla's waypoint pitch: positive when the lane climbs along its direction
 
 
 class Spectator(Actor):
@@ -406,7 +485,7 @@ class LaneInvasionEvent:
 # ------------------------------------------------------------------------------------------
 # Sensors
 # ------------------------------------------------------------------------------------------
-class Sensor(Actor):
+class Sensor(Actor, carla.Sensor):
     """carla.Sensor: produces data during ``world.tick`` and hands it to the ``listen`` callback."""
 
     _carla_class = carla.Sensor
@@ -420,6 +499,8 @@ class Sensor(Actor):
         if not callable(callback):
             raise TypeError(f"listen() needs a callable, got {callback!r}")
         self._callback = callback
+        if not self._world._settings.synchronous_mode:
+            self._world._start_clock()            # asynchronous mode: data flows on its own, as on a server
 
     def stop(self) -> None:
         self._callback = None
@@ -453,7 +534,8 @@ class RgbCamera(Sensor):
         self._next_time = 0.0
 
     def _on_tick(self, frame, timestamp):
-        if self._callback is None or timestamp.elapsed_seconds + 1e-9 < self._next_time:
+        callback = self._callback           # read once: another thread may stop() the camera meanwhile
+        if callback is None or timestamp.elapsed_seconds + 1e-9 < self._next_time:
             return
         if self._world._settings.no_rendering_mode:          # carla renders nothing in this mode
             return
@@ -461,7 +543,7 @@ class RgbCamera(Sensor):
         transform = self.get_transform()
         pixels = self._world._renderer().render(transform, self.width, self.height, self.fov,
                                                 self._world._weather)
-        self._callback(Image(frame, timestamp.elapsed_seconds, transform, self.fov, pixels))
+        callback(Image(frame, timestamp.elapsed_seconds, transform, self.fov, pixels))
 
 
 class LaneInvasionSensor(Sensor):
@@ -494,13 +576,14 @@ class LaneInvasionSensor(Sensor):
         current = [carla_map.get_waypoint(c, project_to_road=False, lane_type=carla.LaneType.Any)
                    for c in self._corners()]
         previous, self._previous = self._previous, current
-        if previous is None or self._callback is None:
+        callback = self._callback
+        if previous is None or callback is None:
             return
         markings = []
         for before, after in zip(previous, current):
             markings += self._crossed(before, after)
         if markings:
-            self._callback(LaneInvasionEvent(frame, timestamp.elapsed_seconds, self.get_transform(),
+            callback(LaneInvasionEvent(frame, timestamp.elapsed_seconds, self.get_transform(),
                                              self._parent, markings))
 
     @classmethod

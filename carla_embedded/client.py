@@ -6,8 +6,9 @@ import logging
 
 import carla
 
-from . import towns
-from .errors import CarlaSurface, UnsupportedFeatureError
+from . import commands, towns
+from .commands import Response
+from .errors import CarlaSurface, UnsupportedAttributeError, UnsupportedFeatureError
 from .world import EmbeddedMap, World
 
 logger = logging.getLogger(__name__)
@@ -17,20 +18,6 @@ API_VERSION = "0.9.16"
 VERSION = f"{API_VERSION}-embedded"
 DEFAULT_TOWN = "Embedded01"          # needs no file, so get_world() works on any machine
 MAP_NAME_PREFIX = "Carla/Maps/"      # carla.Map.name on a CARLA server reads "Carla/Maps/Town02"
-
-
-class _Response:
-    """carla.command.Response: the outcome of one batch command."""
-
-    def __init__(self, actor_id: int, error: str = ""):
-        self.actor_id = actor_id
-        self.error = error
-
-    def has_error(self) -> bool:
-        return bool(self.error)
-
-    def __repr__(self):
-        return f"Response(actor_id={self.actor_id}, error={self.error!r})"
 
 
 class Client(CarlaSurface):
@@ -53,6 +40,8 @@ class Client(CarlaSurface):
         self._seed = int(seed)
         self._world: World | None = None
         self._episode_ids = itertools.count(1)
+        self._traffic_managers: dict = {}
+        commands.install()           # carla.command.* accept embedded blueprints and actors from now on
 
     def __repr__(self):
         return f"carla_embedded.Client(version={VERSION})"
@@ -115,7 +104,9 @@ class Client(CarlaSurface):
                                          next(self._episode_ids)))
 
     def get_trafficmanager(self, port: int = 8000):
-        raise UnsupportedFeatureError("the traffic manager (autopilot, NPC traffic)")
+        """The Traffic Manager on ``port`` (created on first use, as in CARLA)."""
+        from .traffic_manager import get_traffic_manager
+        return get_traffic_manager(self, int(port))
 
     def _kept_settings(self, reset_settings: bool):
         return None if reset_settings or self._world is None else self._world.get_settings()
@@ -137,31 +128,71 @@ class Client(CarlaSurface):
         self.apply_batch_sync(commands, do_tick)
 
     def apply_batch_sync(self, commands, do_tick: bool = False) -> list:
-        """Run ``carla.command`` DestroyActor / ApplyVehicleControl / ApplyTransform /
-        ApplyTargetVelocity commands in order; one Response per command (``tick()`` after if asked)."""
-        responses = self._run_batch(commands)
+        """Run ``carla.command`` commands in order; one ``Response`` per command (``tick()`` after if asked).
+
+        Supported: SpawnActor (with ``.then(...)`` and ``FutureActor``), DestroyActor, SetAutopilot,
+        ApplyVehicleControl, ApplyWalkerControl, ApplyTransform, ApplyTargetVelocity,
+        SetSimulatePhysics, SetVehicleLightState, built from embedded or plain (id) arguments.
+
+        Raises:
+            UnsupportedFeatureError: any other command type.
+        """
+        world = self.get_world()
+        responses = [self._run_command(world, command) for command in commands]
         if do_tick:
-            self.get_world().tick()
+            world.tick()
         return responses
 
-    def _run_batch(self, commands) -> list:
-        world = self.get_world()
-        handlers = {
-            carla.command.DestroyActor: lambda actor, cmd: actor.destroy(),
-            carla.command.ApplyVehicleControl: lambda actor, cmd: actor.apply_control(cmd.control),
-            carla.command.ApplyTransform: lambda actor, cmd: actor.set_transform(cmd.transform),
-            carla.command.ApplyTargetVelocity: lambda actor, cmd: actor.set_target_velocity(cmd.velocity),
-        }
-        responses = []
-        for command in commands:
-            handler = handlers.get(type(command))
-            if handler is None:
-                raise UnsupportedFeatureError(f"batch command {type(command).__name__}",
-                                              f"supported: {', '.join(c.__name__ for c in handlers)}")
-            actor = world.get_actor(command.actor_id)
-            if actor is None:
-                responses.append(_Response(command.actor_id, f"actor {command.actor_id} not found"))
-                continue
+    _ACTOR_COMMANDS = {
+        "DestroyActor": lambda actor, cmd: actor.destroy(),
+        "ApplyVehicleControl": lambda actor, cmd: actor.apply_control(cmd.control),
+        "ApplyWalkerControl": lambda actor, cmd: actor.apply_control(cmd.control),
+        "ApplyTransform": lambda actor, cmd: actor.set_transform(cmd.transform),
+        "ApplyTargetVelocity": lambda actor, cmd: actor.set_target_velocity(cmd.velocity),
+        "SetAutopilot": lambda actor, cmd: actor.set_autopilot(cmd.enabled, cmd.tm_port),
+        "SetSimulatePhysics": lambda actor, cmd: actor.set_simulate_physics(cmd.enabled),
+        "SetVehicleLightState": lambda actor, cmd: actor.set_light_state(cmd.light_state),
+    }
+
+    def _run_command(self, world, command, future_id: int = 0) -> Response:
+        name = type(command).__name__
+        if name == "SpawnActor":
+            if not hasattr(command, "blueprint"):
+                raise UnsupportedFeatureError("a SpawnActor built from a real carla blueprint",
+                                              "use world.get_blueprint_library() of the embedded world")
+            parent = None
+            if command.parent_id:
+                parent = world.get_actor(future_id if command.parent_id == carla.command.FutureActor
+                                         else command.parent_id)
+                if parent is None:
+                    return Response(0, f"parent actor {command.parent_id} not found")
+            try:
+                actor = world.spawn_actor(command.blueprint, command.transform, attach_to=parent)
+            except UnsupportedFeatureError:
+                raise
+            except (RuntimeError, ValueError) as exc:
+                return Response(0, str(exc))
+            for after in command.do_after:
+                response = self._run_command(world, after, actor.id)
+                if response.error:
+                    return Response(actor.id, response.error)
+            return Response(actor.id)
+        handler = self._ACTOR_COMMANDS.get(name)
+        if handler is None:
+            raise UnsupportedFeatureError(f"batch command {name}",
+                                          f"supported: SpawnActor, {', '.join(self._ACTOR_COMMANDS)}")
+        actor_id = command.actor_id
+        if actor_id == carla.command.FutureActor and future_id:
+            actor_id = future_id
+        actor = world.get_actor(actor_id)
+        if actor is None or not actor.is_alive:
+            return Response(actor_id, f"actor {actor_id} not found")
+        try:
             handler(actor, command)
-            responses.append(_Response(command.actor_id))
-        return responses
+        except UnsupportedAttributeError:
+            return Response(actor_id, f"{name}: actor {actor_id} is a {actor.type_id}")
+        except UnsupportedFeatureError:
+            raise
+        except (RuntimeError, ValueError, AttributeError) as exc:
+            return Response(actor_id, f"{name}: {exc}")
+        return Response(actor_id)

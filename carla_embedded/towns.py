@@ -9,6 +9,8 @@ Search order for ``<Town>.xodr`` (first hit wins):
    checked against its sha256. ``$CARLA_EMBEDDED_MAPS_URL`` replaces the download folder URL
    (a mirror, or ``file://`` for air-gapped sites).
 
+Any other ``<name>.xodr`` in the first three places loads by its name too (CARLA's Town06,
+Town07, Town10HD, ... or a user's own map); only the pinned towns can be downloaded.
 Built-in procedural towns (``procedural.PROCEDURAL_TOWNS``) need no file at all.
 Town names are accepted the way ``carla.Client.load_world`` accepts them: ``Town02``,
 ``Town02_Opt`` (same road network) or ``/Game/Carla/Maps/Town02``.
@@ -41,9 +43,36 @@ MAP_PATH_PREFIX = "/Game/Carla/Maps/"
 DOWNLOAD_TIMEOUT_S = 30.0
 
 
+#: other CARLA towns: loadable when their .xodr is in a searched folder (no pinned download)
+OTHER_CARLA_TOWNS = ("Town06", "Town07", "Town10HD", "Town11", "Town12", "Town13", "Town15")
+
+
+def _search_dirs() -> list[Path]:
+    """The local folders searched for ``<name>.xodr``, in order (unset variables left out)."""
+    maps_dir = os.environ.get("CARLA_MAPS_DIR")
+    carla_root = os.environ.get("CARLA_ROOT")
+    dirs = [Path(maps_dir)] if maps_dir else []
+    if carla_root:
+        dirs.append(Path(carla_root) / "CarlaUE4/Content/Carla/Maps/OpenDrive")
+    return dirs + [cache_dir()]
+
+
+def local_towns() -> list[str]:
+    """Names of every ``.xodr`` file in the searched folders (first folder wins on duplicates)."""
+    names: dict[str, str] = {}
+    for folder in _search_dirs():
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.xodr")):
+                names.setdefault(path.stem.lower(), path.stem)
+    return list(names.values())
+
+
 def known_towns() -> list[str]:
-    """Every town name ``load_world`` accepts (CARLA towns first, then built-in ones)."""
-    return list(CARLA_TOWNS) + list(PROCEDURAL_TOWNS)
+    """Every town name ``load_world`` accepts: CARLA's towns, other local .xodr files, built-in towns."""
+    carla_towns = list(CARLA_TOWNS) + list(OTHER_CARLA_TOWNS)
+    lowered = {t.lower() for t in carla_towns} | {t.lower() for t in PROCEDURAL_TOWNS}
+    extra = [t for t in local_towns() if t.lower() not in lowered]
+    return carla_towns + extra + list(PROCEDURAL_TOWNS)
 
 
 def canonical_town(name: str) -> str:
@@ -53,10 +82,12 @@ def canonical_town(name: str) -> str:
         UnknownTownError: not a known town; the message lists the valid ones.
     """
     base = re.sub(r"_Opt$", "", str(name).strip().rstrip("/").rsplit("/", 1)[-1])
-    for town in known_towns():
+    valid = known_towns()
+    for town in valid:
         if base.lower() == town.lower():
             return town
-    raise UnknownTownError(f"unknown town {name!r}; valid towns: {', '.join(known_towns())}")
+    raise UnknownTownError(f"unknown town {name!r}; valid towns: {', '.join(valid)} "
+                           f"(or put {base}.xodr in $CARLA_MAPS_DIR)")
 
 
 def cache_dir() -> Path:
@@ -120,12 +151,16 @@ def find_town_file(town: str) -> Path:
             every place searched and the download error.
     """
     town = canonical_town(town)
-    if town not in CARLA_TOWNS:
+    if town in PROCEDURAL_TOWNS:
         raise UnknownTownError(f"{town!r} is a built-in town without a file; "
                                f"towns with files: {', '.join(CARLA_TOWNS)}")
     found = find_local(town)
     if found is not None:
         return found
+    if town not in CARLA_TOWNS:
+        searched = "; ".join(f"{label} ({path if path else 'unset'})" for label, path in _local_candidates(town))
+        raise TownNotFoundError(f"{town}.xodr not found; searched: {searched}; it has no pinned download "
+                                f"(only {', '.join(CARLA_TOWNS)} do). Put {town}.xodr in $CARLA_MAPS_DIR")
     try:
         return download(town)
     except (OSError, ValueError) as exc:           # URLError and HTTPError are OSErrors
@@ -148,4 +183,48 @@ def load_opendrive(name: str) -> tuple[str, str]:
 def available_maps() -> list[str]:
     """CARLA-style map paths loadable right now without network: local CARLA towns + built-in ones."""
     local = [t for t in CARLA_TOWNS if find_local(t) is not None]
-    return [MAP_PATH_PREFIX + t for t in local + list(PROCEDURAL_TOWNS)]
+    pinned = {t.lower() for t in CARLA_TOWNS} | {t.lower() for t in PROCEDURAL_TOWNS}
+    others = [t for t in local_towns() if t.lower() not in pinned]
+    return [MAP_PATH_PREFIX + t for t in local + others + list(PROCEDURAL_TOWNS)]
+
+
+#: CARLA's speed limits by OpenDRIVE road type where a road has no <speed> record, km/h.
+SPEED_BY_ROAD_TYPE = {"town": 30.0, "lowspeed": 30.0, "pedestrian": 10.0, "bicycle": 20.0,
+                      "rural": 50.0, "townexpressway": 50.0, "townarterial": 50.0, "towncollector": 50.0,
+                      "townlocal": 30.0, "townplaystreet": 10.0, "townprivate": 30.0,
+                      "motorway": 90.0, "trunk": 90.0}
+DEFAULT_SPEED_LIMIT = 30.0
+_UNIT_TO_KMH = {"km/h": 1.0, "kmh": 1.0, "mph": 1.609344, "m/s": 3.6, "ms": 3.6}
+
+
+def road_speed_limits(opendrive: str) -> dict:
+    """road id -> [(s, km/h), ...] sorted by s, from each road's ``<type><speed max unit/>`` records
+    (CARLA's towns give them in mph), else the road type's default (``SPEED_BY_ROAD_TYPE``).
+    Key ``None`` holds the map default. Roads without type or speed get ``DEFAULT_SPEED_LIMIT``."""
+    import xml.etree.ElementTree as ET
+
+    limits: dict = {None: [(0.0, DEFAULT_SPEED_LIMIT)]}
+    try:
+        root = ET.fromstring(opendrive)
+    except ET.ParseError:
+        return limits
+    for road in root.iter("road"):
+        try:
+            road_id = int(road.get("id"))
+        except (TypeError, ValueError):
+            continue
+        records = []
+        for road_type in road.findall("type"):
+            s = float(road_type.get("s", 0.0))
+            speed = road_type.find("speed")
+            value = None
+            if speed is not None and speed.get("max") not in (None, "no limit", "undefined"):
+                try:
+                    value = float(speed.get("max")) * _UNIT_TO_KMH.get(speed.get("unit", "m/s").lower(), 3.6)
+                except ValueError:
+                    value = None
+            if value is None:
+                value = SPEED_BY_ROAD_TYPE.get((road_type.get("type") or "").lower(), DEFAULT_SPEED_LIMIT)
+            records.append((s, round(value, 2)))
+        limits[road_id] = sorted(records) or [(0.0, DEFAULT_SPEED_LIMIT)]
+    return limits

@@ -1,17 +1,24 @@
 """The embedded world: a real ``carla.Map`` plus actors, settings, weather and the tick loop.
 
-``tick()`` is the whole simulation step, in this order: frame += 1; every vehicle advances by
-``fixed_delta_seconds`` (0.05 s when unset) under its last control; every sensor produces this
-frame's data and calls its ``listen`` callback; ``on_tick`` callbacks get the snapshot. So when
-``tick()`` returns the frame id, the callbacks of that frame have run (carla's synchronous mode
-guarantees the data is sent; here it is delivered too). In asynchronous mode nothing runs by
-itself: ``tick()`` or ``wait_for_tick()`` advances the world.
+``tick()`` is the whole simulation step, in this order: frame += 1; traffic lights advance; the
+autopilot (``traffic_manager``) sets its cars' controls; every vehicle advances by
+``fixed_delta_seconds`` (0.05 s when unset) under its last control; walkers walk; touching
+vehicles/walkers are stopped and their contact recorded (``_contacts``); every sensor produces
+this frame's data and calls its ``listen`` callback; ``on_tick`` callbacks get the snapshot. So
+when ``tick()`` returns the frame id, the callbacks of that frame have run.
+
+Asynchronous mode (CARLA's default): as on a server, the world advances by itself, in real time
+at the fixed (or 0.05 s) step, on a background thread that starts at the first ``wait_for_tick``,
+``get_snapshot``, sensor ``listen`` or ``set_autopilot`` and stops when the world turns
+synchronous, is replaced, or the program calls ``tick()`` itself (then it drives the clock).
+Callbacks then run on that thread, as CARLA's run on the client's worker threads.
 """
 from __future__ import annotations
 
 import itertools
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -22,6 +29,10 @@ import carla
 from .actors import Actor, ActorList, LaneInvasionSensor, RgbCamera, Sensor, Spectator, Vehicle
 from .blueprints import ActorBlueprint, BlueprintLibrary, default_blueprints
 from .errors import CarlaSurface, UnsupportedFeatureError
+from .towns import road_speed_limits
+from .traffic_lights import TrafficLight, advance as advance_lights, build_traffic_lights
+from .traffic_manager import ROUTE_STEP_M, Autopilot
+from .walkers import SidewalkNetwork, Walker, WalkerAIController
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +74,18 @@ class EmbeddedMap(carla.Map):
     def __init__(self, name: str, opendrive: str):
         super().__init__(name, opendrive)
         self._spawn_points: list[carla.Transform] | None = None
+        self._speed_limits = road_speed_limits(opendrive)
+
+    def speed_limit(self, road_id: int, s: float) -> float:
+        """Speed limit in km/h at ``s`` on road ``road_id`` (see ``towns.road_speed_limits``)."""
+        records = self._speed_limits.get(road_id)
+        if not records:
+            return self._speed_limits.get(None, [(0.0, 30.0)])[0][1]
+        limit = records[0][1]
+        for start, value in records:
+            if start <= s + 1e-6:
+                limit = value
+        return limit
 
     def get_spawn_points(self) -> list[carla.Transform]:
         if self._spawn_points is None:
@@ -167,11 +190,12 @@ class ActorSnapshot:
 
 
 def _footprint(transform: carla.Transform, extent) -> np.ndarray:
-    """4x2 corners of a box on the ground plane."""
+    """4x2 corners of a box on the ground plane, in order around it (the separating-axis test
+    takes consecutive corners as edges)."""
     yaw = math.radians(transform.rotation.yaw)
     fwd, right = np.array([math.cos(yaw), math.sin(yaw)]), np.array([-math.sin(yaw), math.cos(yaw)])
     centre = np.array([transform.location.x, transform.location.y])
-    return np.array([centre + sx * extent[0] * fwd + sy * extent[1] * right for sx in (1, -1) for sy in (1, -1)])
+    return np.array([centre + sx * extent[0] * fwd + sy * extent[1] * right for sx, sy in ((1, 1), (1, -1), (-1, -1), (-1, 1))])
 
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
@@ -186,7 +210,7 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
     return True
 
 
-class World(CarlaSurface):
+class World(CarlaSurface, carla.World):
     """carla.World on an embedded map. Obtain it from ``Client.get_world``/``load_world``."""
 
     _carla_class = carla.World
@@ -210,6 +234,23 @@ class World(CarlaSurface):
         self._alive = True
         self._spectator = self._add(Spectator(self, next(self._next_actor_id), "spectator",
                                               carla.Transform(carla.Location(0, 0, 50), carla.Rotation(pitch=-90))))
+        lights, self._light_groups = build_traffic_lights(self, lambda: next(self._next_actor_id))
+        self._light_lanes: dict[tuple[int, int], TrafficLight] = {}
+        self._lights = lights
+        for index, light in enumerate(lights):
+            light._index = index
+            self._add(light)
+            for lane in light._lanes:
+                self._light_lanes[lane] = light
+        self._autopilot = Autopilot(self)
+        self._sidewalk_network: SidewalkNetwork | None = None
+        self._walker_rng = np.random.default_rng(render_seed)
+        self._pedestrians_cross_factor = 0.0
+        self._contacts: list = []             # (frame, actor, other actor) touching during the last tick
+        self._lock = threading.RLock()
+        self._ticked = threading.Condition(self._lock)
+        self._clock: threading.Thread | None = None
+        self._manual_clock = False
 
     @property
     def id(self) -> int:
@@ -238,6 +279,9 @@ class World(CarlaSurface):
         if delta is not None and not (math.isfinite(delta) and delta >= 0):
             raise ValueError(f"fixed_delta_seconds={delta!r} must be None or a number >= 0 seconds")
         self._settings = copy_settings(settings)
+        if not self._settings.synchronous_mode and (self._clock is not None or len(self._autopilot)):
+            self._manual_clock = False
+            self._start_clock()
         return self._frame
 
     def delta_seconds(self) -> float:
@@ -255,11 +299,67 @@ class World(CarlaSurface):
         return self._spectator
 
     def get_actors(self, actor_ids=None) -> ActorList:
-        actors = [a for a in self._actors.values() if a is not self._spectator]
+        """Every actor but the spectator; with ``actor_ids``, those actors in the order asked
+        (CARLA's ``generate_traffic.py`` relies on that order)."""
         if actor_ids is not None:
-            wanted = set(actor_ids)
-            actors = [a for a in actors if a.id in wanted]
-        return ActorList(actors)
+            found = (self._actors.get(int(i)) for i in actor_ids)
+            return ActorList(a for a in found if a is not None and a is not self._spectator)
+        return ActorList(a for a in list(self._actors.values()) if a is not self._spectator)
+
+    # -- traffic lights ----------------------------------------------------------------------
+    def freeze_all_traffic_lights(self, frozen: bool) -> None:
+        for group in self._light_groups:
+            for light in group.lights:
+                light.freeze(frozen)
+
+    def reset_all_traffic_lights(self) -> None:
+        for group in self._light_groups:
+            group.lights[0].reset_group()
+
+    def get_traffic_lights_in_junction(self, junction_id: int) -> list:
+        return [light for group in self._light_groups for light in group.lights if light._junction_id == junction_id]
+
+    def _light_codes(self) -> np.ndarray:
+        """State of every light as a code (0 red, 1 yellow, 2 green, 3 off), indexed by ``light._index``."""
+        from .traffic_manager import _STATE_CODE
+        return np.array([_STATE_CODE[light._state] if light.is_alive else 3 for light in self._lights], dtype=np.int64)
+
+    def _light_for_stop(self, waypoint):
+        """The light whose stop line is within one route step after ``waypoint``, else None."""
+        light = self._light_lanes.get((waypoint.road_id, waypoint.lane_id))
+        if light is None or waypoint.is_junction:
+            return None
+        stop_s = light._lanes[(waypoint.road_id, waypoint.lane_id)]
+        return light if abs(stop_s - waypoint.s) < ROUTE_STEP_M + 0.1 else None
+
+    def _light_at(self, waypoint):
+        """The light whose trigger zone holds ``waypoint`` (``Vehicle.get_traffic_light``), else None."""
+        if waypoint is None or waypoint.is_junction:
+            return None
+        light = self._light_lanes.get((waypoint.road_id, waypoint.lane_id))
+        return light if light is not None and light._controls(waypoint.road_id, waypoint.lane_id, waypoint.s) else None
+
+    # -- walkers -----------------------------------------------------------------------------
+    def _sidewalks(self) -> SidewalkNetwork:
+        if self._sidewalk_network is None:
+            self._sidewalk_network = SidewalkNetwork(self._map)
+        return self._sidewalk_network
+
+    def get_random_location_from_navigation(self):
+        """A random point on a sidewalk (the walkers' navigation), or None when the map has none."""
+        return self._sidewalks().random_location(self._walker_rng)
+
+    def set_pedestrians_seed(self, seed: int) -> None:
+        self._walker_rng = np.random.default_rng(int(seed))
+
+    def set_pedestrians_cross_factor(self, percentage: float) -> None:
+        """Recorded only: walkers cross roads at junction corners, never mid-block (see ``walkers``)."""
+        if not 0.0 <= percentage <= 1.0:
+            raise ValueError(f"set_pedestrians_cross_factor({percentage!r}) must be in [0, 1]")
+        self._pedestrians_cross_factor = float(percentage)
+
+    def _moving_actors(self) -> list:
+        return [a for a in list(self._actors.values()) if isinstance(a, (Vehicle, Walker))]
 
     def get_actor(self, actor_id: int):
         return self._actors.get(actor_id)
@@ -293,6 +393,12 @@ class World(CarlaSurface):
                     raise RuntimeError(f"Spawn failed because of collision at spawn position "
                                        f"({transform.location.x:.1f}, {transform.location.y:.1f}) with {other!r}")
             actor = Vehicle(self, actor_id, blueprint.id, transform, attributes, blueprint.vehicle_spec)
+        elif blueprint.walker_extent is not None:
+            if attach_to is not None:
+                raise UnsupportedFeatureError("attaching a walker to another actor")
+            actor = Walker(self, actor_id, blueprint.id, transform, attributes, blueprint.walker_extent)
+        elif blueprint.id == "controller.ai.walker":
+            actor = WalkerAIController(self, actor_id, blueprint.id, transform, attributes, attach_to)
         elif blueprint.id == "sensor.camera.rgb":
             actor = RgbCamera(self, actor_id, blueprint.id, transform, attributes, attach_to)
             self._renderer()                    # build the town raster now, not during the first tick
@@ -316,17 +422,27 @@ class World(CarlaSurface):
             return None
 
     def _add(self, actor: Actor) -> Actor:
-        self._actors[actor.id] = actor
+        with self._lock if hasattr(self, "_lock") else _NO_LOCK:
+            self._actors[actor.id] = actor
         return actor
 
     def _remove_actor(self, actor: Actor) -> None:
-        self._actors.pop(actor.id, None)
+        with self._lock:
+            self._actors.pop(actor.id, None)
+            if isinstance(actor, Vehicle):
+                self._autopilot.unregister(actor)
+            if isinstance(actor, Walker) and actor._controller is not None:
+                actor._controller.stop()
         for other in self._actors.values():            # attached sensors stop, like carla's
             if other.parent is actor and isinstance(other, Sensor):
                 other.stop()
 
     def _shutdown(self) -> None:
         """Called by the client when another world replaces this one: every actor dies."""
+        self._alive = False
+        clock = self._clock
+        if clock is not None and clock is not threading.current_thread():
+            clock.join(timeout=2.0)
         for actor in self._actors.values():
             if isinstance(actor, Sensor):
                 actor.stop()
@@ -340,17 +456,37 @@ class World(CarlaSurface):
 
     # -- time ------------------------------------------------------------------------------
     def tick(self, seconds: float = 10.0) -> int:
-        """Advance one step and deliver its sensor data; returns the new frame id."""
+        """Advance one step and deliver its sensor data; returns the new frame id.
+
+        In asynchronous mode this also stops the world's own clock: the program drives it.
+        """
         if not self._alive:
             raise RuntimeError("this world was replaced by load_world; use client.get_world()")
+        if threading.current_thread() is not self._clock:
+            self._manual_clock = True
+        with self._lock:
+            return self._step_world()
+
+    def _step_world(self) -> int:
         dt = self.delta_seconds()
         self._frame += 1
         self._elapsed += dt
         self._timestamp = carla.Timestamp(self._frame, self._elapsed, dt, time.time())
+        advance_lights(self._light_groups, dt)
+        if len(self._autopilot):
+            self._autopilot.update(dt)
         actors = list(self._actors.values())
+        movers = []
         for actor in actors:
             if isinstance(actor, Vehicle):
                 actor._step(dt, self._map)
+                movers.append(actor)
+            elif isinstance(actor, Walker):
+                actor._step(dt)
+                movers.append(actor)
+            elif isinstance(actor, WalkerAIController):
+                actor._step(dt)
+        self._contacts = _contacts(movers, self._frame) if len(movers) > 1 else []
         for actor in actors:
             if isinstance(actor, Sensor) and actor.is_alive:
                 actor._on_tick(self._frame, self._timestamp)
@@ -358,19 +494,55 @@ class World(CarlaSurface):
             snapshot = self.get_snapshot()
             for callback in list(self._on_tick.values()):
                 callback(snapshot)
+        self._ticked.notify_all()
         return self._frame
 
+    # -- the asynchronous clock ----------------------------------------------------------------
+    def _start_clock(self) -> None:
+        """Start the background clock if the world is asynchronous and nobody ticks it by hand."""
+        if (self._settings.synchronous_mode or self._manual_clock or not self._alive
+                or (self._clock is not None and self._clock.is_alive())):
+            return
+        self._clock = threading.Thread(target=self._run_clock, name=f"carla_embedded-world-{self._id}", daemon=True)
+        self._clock.start()
+
+    def _run_clock(self) -> None:
+        next_time = time.perf_counter()
+        while self._alive and not self._settings.synchronous_mode and not self._manual_clock:
+            next_time += self.delta_seconds()
+            with self._lock:
+                if self._settings.synchronous_mode or self._manual_clock or not self._alive:
+                    break
+                try:
+                    self._step_world()
+                except Exception:                  # a user callback failed: report it, keep the world going
+                    logger.exception("asynchronous world tick failed")
+            delay = next_time - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                next_time = time.perf_counter()   # running late (slow sensors): no catch-up burst
+
     def wait_for_tick(self, seconds: float = 10.0) -> WorldSnapshot:
-        """Asynchronous mode: advance one step (nothing else would) and return its snapshot."""
+        """Asynchronous mode: wait for the world's next step and return its snapshot."""
         if self._settings.synchronous_mode:
             raise RuntimeError(f"time-out of {seconds:g}s while waiting for the simulator: the world is in "
                                f"synchronous mode, call world.tick() to advance it")
-        self.tick(seconds)
-        return self.get_snapshot()
+        if self._manual_clock:
+            self.tick(seconds)
+            return self.get_snapshot()
+        self._start_clock()
+        with self._ticked:
+            start = self._frame
+            if not self._ticked.wait_for(lambda: self._frame > start or not self._alive, timeout=seconds):
+                raise RuntimeError(f"time-out of {seconds:g}s while waiting for the simulator")
+            return self.get_snapshot()
 
     def get_snapshot(self) -> WorldSnapshot:
+        if not self._settings.synchronous_mode:
+            self._start_clock()
         actors = {a.id: ActorSnapshot(a.id, a.get_transform(), a.get_velocity(), a.get_angular_velocity(),
-                                      a.get_acceleration()) for a in self._actors.values()}
+                                      a.get_acceleration()) for a in list(self._actors.values())}
         return WorldSnapshot(self._id, self._frame, carla.Timestamp(
             self._timestamp.frame, self._timestamp.elapsed_seconds, self._timestamp.delta_seconds,
             self._timestamp.platform_timestamp), actors)
@@ -384,3 +556,43 @@ class World(CarlaSurface):
 
     def remove_on_tick(self, callback_id: int) -> None:
         self._on_tick.pop(callback_id, None)
+
+
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_LOCK = _NoLock()
+
+
+def _contacts(movers: list, frame: int) -> list:
+    """Pairs of vehicles/walkers whose footprints overlap after this step; a car moving into the
+    other stops (one backing away keeps going, so it can get free).
+
+    Broad phase: centre distance against the sum of half diagonals, all pairs at once; exact
+    separating-axis test only for the few close pairs.
+    """
+    centres = np.array([a._planar()[:2] for a in movers])
+    radii = np.array([math.hypot(a._bbox.extent.x, a._bbox.extent.y) for a in movers])
+    d = np.hypot(centres[:, None, 0] - centres[None, :, 0], centres[:, None, 1] - centres[None, :, 1])
+    close = np.argwhere(np.triu(d < radii[:, None] + radii[None, :], k=1))
+    found = []
+    for i, j in close:
+        a, b = movers[i], movers[j]
+        if isinstance(a, Walker) and isinstance(b, Walker):
+            continue                                  # walkers brush past each other
+        fa = _footprint(a._transform, (a._bbox.extent.x, a._bbox.extent.y))
+        fb = _footprint(b._transform, (b._bbox.extent.x, b._bbox.extent.y))
+        if _overlap(fa, fb):
+            found.append((frame, a, b))
+            for actor, other in ((a, b), (b, a)):
+                if isinstance(actor, Vehicle):
+                    x, y, vx, vy = actor._planar()[:4]
+                    ox, oy = other._planar()[:2]
+                    if vx * (ox - x) + vy * (oy - y) > 0.0:      # moving into the other: stop; backing away: go on
+                        actor._stop_dead()
+    return found

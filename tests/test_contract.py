@@ -24,6 +24,7 @@ import pytest
 import carla
 from carla_embedded import Client
 from carla_embedded.actors import LaneInvasionEvent
+from carla_embedded.errors import CarlaSurface
 
 _ACTOR = ["id", "type_id", "attributes", "parent", "is_alive", "bounding_box", "get_world", "get_transform",
           "get_location", "get_velocity", "get_angular_velocity", "get_acceleration", "set_transform",
@@ -36,10 +37,31 @@ CARLA_API: dict[str, tuple[type, list[str]]] = {
                               "load_world", "load_world_if_different", "reload_world", "get_available_maps",
                               "generate_opendrive_world", "get_trafficmanager", "apply_batch",
                               "apply_batch_sync"]),
+    "TrafficManager": (carla.TrafficManager, [
+        "get_port", "set_synchronous_mode", "set_global_distance_to_leading_vehicle", "distance_to_leading_vehicle",
+        "global_percentage_speed_difference", "vehicle_percentage_speed_difference", "set_desired_speed",
+        "ignore_lights_percentage", "ignore_signs_percentage", "ignore_vehicles_percentage",
+        "ignore_walkers_percentage", "collision_detection", "auto_lane_change", "set_random_device_seed",
+        "set_hybrid_physics_mode", "set_hybrid_physics_radius", "set_respawn_dormant_vehicles",
+        "set_boundaries_respawn_dormant_vehicles", "update_vehicle_lights", "keep_slow_lane_rule_percentage",
+        "random_left_lanechange_percentage", "random_right_lanechange_percentage", "vehicle_lane_offset",
+        "global_lane_offset", "set_osm_mode", "shut_down", "force_lane_change", "set_path", "set_route",
+        "get_next_action", "get_all_actions"]),
+    "TrafficLight": (carla.TrafficLight, _ACTOR + [
+        "state", "get_state", "set_state", "get_elapsed_time", "get_green_time", "get_yellow_time", "get_red_time",
+        "set_green_time", "set_yellow_time", "set_red_time", "freeze", "is_frozen", "reset_group",
+        "get_group_traffic_lights", "get_pole_index", "get_opendrive_id", "get_stop_waypoints",
+        "get_affected_lane_waypoints", "get_light_boxes", "trigger_volume"]),
+    "Walker": (carla.Walker, _ACTOR + ["apply_control", "get_control", "set_target_velocity"]),
+    "WalkerAIController": (carla.WalkerAIController, _ACTOR + ["start", "stop", "go_to_location",
+                                                               "set_max_speed"]),
     "World": (carla.World, ["id", "get_map", "get_settings", "apply_settings", "tick", "wait_for_tick",
                             "get_snapshot", "on_tick", "remove_on_tick", "get_weather", "set_weather",
                             "get_blueprint_library", "spawn_actor", "try_spawn_actor", "get_actors",
-                            "get_actor", "get_spectator"]),
+                            "get_actor", "get_spectator", "freeze_all_traffic_lights",
+                            "reset_all_traffic_lights", "get_traffic_lights_in_junction",
+                            "get_random_location_from_navigation", "set_pedestrians_seed",
+                            "set_pedestrians_cross_factor"]),
     "Map": (carla.Map, ["name", "get_spawn_points", "get_waypoint", "get_waypoint_xodr", "generate_waypoints",
                         "get_topology", "to_opendrive", "transform_to_geolocation"]),
     "Waypoint": (carla.Waypoint, ["id", "transform", "road_id", "section_id", "lane_id", "s", "is_junction",
@@ -49,7 +71,9 @@ CARLA_API: dict[str, tuple[type, list[str]]] = {
     "LaneMarking": (carla.LaneMarking, ["type", "color", "width", "lane_change"]),
     "Vehicle": (carla.Vehicle, _ACTOR + ["apply_control", "get_control", "set_autopilot",
                                        "set_target_velocity", "get_physics_control", "apply_physics_control",
-                                       "get_wheel_steer_angle"]),
+                                       "get_wheel_steer_angle", "get_speed_limit", "get_traffic_light",
+                                       "get_traffic_light_state", "is_at_traffic_light", "set_light_state",
+                                       "get_light_state"]),
     "VehicleControl": (carla.VehicleControl, ["throttle", "steer", "brake", "hand_brake", "reverse",
                                               "manual_gear_shift", "gear"]),
     "VehiclePhysicsControl": (carla.VehiclePhysicsControl, ["wheels", "mass", "max_rpm", "torque_curve",
@@ -97,6 +121,9 @@ def embedded():
     lane = world.spawn_actor(library.find("sensor.other.lane_invasion"), carla.Transform(), attach_to=car)
     images = []
     camera.listen(images.append)
+    walker = world.spawn_actor(library.find("walker.pedestrian.0001"),
+                               carla.Transform(world.get_random_location_from_navigation()))
+    walker_ai = world.spawn_actor(library.find("controller.ai.walker"), carla.Transform(), attach_to=walker)
     world.tick()
     waypoint = world.get_map().get_waypoint(car.get_location())
     objects = {
@@ -109,6 +136,8 @@ def embedded():
         "Timestamp": world.get_snapshot().timestamp, "WeatherParameters": world.get_weather(),
         "VehicleControl": car.get_control(), "VehiclePhysicsControl": car.get_physics_control(),
         "WheelPhysicsControl": car.get_physics_control().wheels[0],
+        "TrafficManager": client.get_trafficmanager(), "TrafficLight": world.get_actors().filter("*traffic_light*")[0],
+        "Walker": walker, "WalkerAIController": walker_ai,
     }
     yield objects
     camera.stop()
@@ -129,6 +158,26 @@ def _is_method(attribute) -> bool:
     return callable(attribute) and not isinstance(attribute, (property, type))
 
 
+def _own_attribute(obj, name: str):
+    """The embedded implementation of ``name``: looked up statically (no ``__getattr__``
+    fallback), skipping the real carla base classes an embedded class inherits for
+    ``isinstance`` and the stand-ins that raise UnsupportedFeatureError. AttributeError if none."""
+    if not isinstance(obj, type) and name in getattr(obj, "__dict__", {}):
+        return obj.__dict__[name]
+    classes = obj.__mro__ if isinstance(obj, type) else type(obj).__mro__
+    embedded_class = issubclass(classes[0], CarlaSurface)      # a Python object, no C++ actor behind it
+    for cls in classes:
+        if embedded_class and cls.__module__.startswith(("carla.libcarla", "Boost")):
+            continue
+        if name in cls.__dict__:
+            found = cls.__dict__[name]
+            function = found.fget if isinstance(found, property) else found
+            if getattr(function, "__unsupported__", False):
+                break
+            return found
+    raise AttributeError(name)
+
+
 CASES = [(role, name) for role, (_, names) in CARLA_API.items() for name in names]
 
 
@@ -139,13 +188,13 @@ def test_attribute_exists_on_carla_and_embedded(embedded, role, name):
     real = inspect.getattr_static(carla_class, name, None)
     assert real is not None, f"carla.{carla_class.__name__} has no {name!r}: fix the contract table"
     try:
-        ours = inspect.getattr_static(obj, name)          # no __getattr__ fallback: really implemented
+        ours = _own_attribute(obj, name)                  # really implemented
     except AttributeError:
         pytest.fail(f"embedded {type(obj).__name__} lacks carla.{carla_class.__name__}.{name}")
     assert _is_method(real) == _is_method(ours), (
         f"{role}.{name}: carla has a {'method' if _is_method(real) else 'property'}, embedded does not")
-    if not _is_method(real) or isinstance(obj, carla_class):
-        return
+    if not _is_method(real) or not hasattr(ours, "__code__"):
+        return                                    # carla's own (Boost.Python) implementation
     ours_params = [p for p in inspect.signature(getattr(obj, name)).parameters.values()
                    if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = sum(p.default is inspect.Parameter.empty for p in ours_params)
@@ -188,6 +237,10 @@ CLIENT_PACKAGES = ("carla_client", "control", "launch", "perception")
 #: returned it) -> role in CARLA_API. Matched against the whole name, leading "_" stripped.
 RECEIVER_ROLES = [
     (r"client", "Client"),
+    (r"tm|traffic_manager|get_trafficmanager\(.*\)", "TrafficManager"),
+    (r"traffic_light|tl", "TrafficLight"),
+    (r"walker|pedestrian", "Walker"),
+    (r"walker_(controller|ai)|ai_controller", "WalkerAIController"),
     (r"world|get_world\(\)", "World"),
     (r"(w|carla_|town_)?map|get_map\(\)", "Map"),
     (r"(ego_)?(vehicle|car|ego)|hero", "Vehicle"),
@@ -209,7 +262,7 @@ RECEIVER_ROLES = [
 #: roles played by objects the embedded simulator re-implements (the rest are real carla objects)
 _REIMPLEMENTED = ("Client", "World", "Vehicle", "Spectator", "CameraSensor", "LaneInvasionSensor", "Image",
                   "LaneInvasionEvent", "BlueprintLibrary", "ActorBlueprint", "ActorAttribute", "ActorList",
-                  "WorldSnapshot")
+                  "WorldSnapshot", "TrafficManager", "TrafficLight", "Walker", "WalkerAIController")
 _NOT_CARLA = re.compile(r"_?(log|logger|logging|args|parser|np|cv2|os|sys|path|Path|pygame)")
 
 
@@ -260,7 +313,7 @@ CLIENT_USES, CARLA_MODULE_USES = _client_attribute_uses()
 
 def _has(obj, name: str) -> bool:
     try:
-        inspect.getattr_static(obj, name)           # really implemented, not the __getattr__ fallback
+        _own_attribute(obj, name)                   # really implemented, not a fallback or stand-in
         return True
     except AttributeError:
         return False

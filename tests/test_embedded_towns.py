@@ -175,3 +175,62 @@ def test_procedural_lanes_have_markings_and_sidewalks(embedded01):
     assert wp.get_right_lane().lane_type == carla.LaneType.Sidewalk
     other = embedded01.get_waypoint(carla.Location(x=-40.0, y=-1.75))
     assert other.left_lane_marking.type == carla.LaneMarkingType.Broken
+
+
+def test_any_xodr_on_the_search_path_loads_by_name(no_maps):
+    maps = no_maps / "maps"
+    maps.mkdir()
+    (maps / "MyTown.xodr").write_text(generate("Embedded01"))
+    (maps / "Town10HD.xodr").write_text(generate("Embedded01"))
+    assert "/Game/Carla/Maps/MyTown" in Client().get_available_maps()
+    for name in ("MyTown", "/Game/Carla/Maps/mytown", "Town10HD_Opt"):
+        world = Client().load_world(name)
+        assert world.get_map().get_spawn_points() and world.get_actors().filter("*traffic_light*")
+    assert Client().load_world("mytown").get_map().name == "Carla/Maps/MyTown"
+
+
+def test_a_carla_town_without_a_file_or_download_says_so(no_maps):
+    with pytest.raises(TownNotFoundError, match="Town07.xodr not found.*no pinned download"):
+        Client().load_world("Town07")
+    with pytest.raises(UnknownTownError, match="Town99.xodr in \\$CARLA_MAPS_DIR"):
+        Client().load_world("Town99")
+
+
+def test_generate_opendrive_world_from_text():
+    client = Client()
+    world = client.generate_opendrive_world(generate("Embedded01"), carla.OpendriveGenerationParameters())
+    settings = world.get_settings()
+    settings.synchronous_mode, settings.fixed_delta_seconds = True, 0.05
+    world.apply_settings(settings)
+    car = world.spawn_actor(world.get_blueprint_library().find("vehicle.audi.a2"),
+                            world.get_map().get_spawn_points()[3])
+    car.set_autopilot(True)
+    start = car.get_location()
+    for _ in range(100):
+        world.tick()
+    assert client.get_world() is world and car.get_location().distance(start) > 10.0
+
+
+@needs_shared
+def test_cars_on_hills_take_the_road_elevation():
+    client = Client()
+    world = client.load_world("Town03")
+    settings = world.get_settings()
+    settings.synchronous_mode, settings.fixed_delta_seconds = True, 0.05
+    world.apply_settings(settings)
+    carla_map = world.get_map()
+    def slope(t):
+        return abs((carla_map.get_waypoint(t.location).transform.rotation.pitch + 180.0) % 360.0 - 180.0)
+    hill = max(carla_map.get_spawn_points(), key=slope)
+    assert slope(hill) > 2.0                                              # Town03's ramps
+    car = world.spawn_actor(world.get_blueprint_library().find("vehicle.tesla.model3"), hill)
+    car.set_autopilot(True)
+    client.get_trafficmanager().ignore_lights_percentage(car, 100)
+    heights, pitches = [], []
+    for _ in range(200):
+        world.tick()
+        t = car.get_transform()
+        road = carla_map.get_waypoint(t.location).transform
+        heights.append(abs(t.location.z - road.location.z))
+        pitches.append(abs(t.rotation.pitch))
+    assert max(heights) < 0.3 and max(pitches) > 1.0

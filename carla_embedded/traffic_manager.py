@@ -1,0 +1,440 @@
+"""The Traffic Manager: ``client.get_trafficmanager(port)`` and the autopilot that drives NPC cars.
+
+``TrafficManager`` keeps CARLA 0.9.14's method names. One exists per port in the process (as a
+TM server per port on a machine), created on first use by ``get_trafficmanager`` or
+``vehicle.set_autopilot(True, port)``.
+
+The autopilot (``Autopilot``, one per world) runs inside ``world.tick`` before the cars move, for
+all autopilot cars at once with numpy:
+
+* route: each car keeps ``ROUTE_POINTS`` lane-centre waypoints ``ROUTE_STEP_M`` apart ahead of it,
+  extended with ``waypoint.next`` and a random branch at junctions (the TM's seeded generator);
+* steering: pure pursuit on the route point ``lookahead`` ahead (2 m + 0.4 s of travel);
+* speed: the road's speed limit (``Vehicle.get_speed_limit``) lowered by the percentage speed
+  difference (CARLA's default 30 %), or ``set_desired_speed``; capped on curves so the lateral
+  acceleration stays under ``LATERAL_ACCEL``;
+* following: the Intelligent Driver Model against the nearest vehicle or walker on the route
+  ahead (any actor within ``CORRIDOR_M`` of a route point) and against the stop line of a red
+  light (or a yellow one it can still stop for) on the route;
+* ``ignore_*_percentage``: the chance, drawn each tick per car, that it ignores that kind of
+  obstacle. Cars that ignore each other collide (the world stops both and reports the contact).
+
+Accepted and recorded, with no effect (documented, harmless): ``set_synchronous_mode`` (the
+autopilot always runs inside the world's tick, which is what synchronous mode guarantees),
+hybrid physics and its radius (every car is already kinematic), dormant-vehicle respawn (no car
+is ever dormant), ``ignore_signs_percentage`` (no stop/yield signs are modelled), lane-change
+settings and ``auto_lane_change`` (NPC cars keep their lane), vehicle lights, OSM mode and lane
+offsets. ``force_lane_change``, ``set_path``, ``set_route``, ``get_next_action`` and
+``get_all_actions`` raise ``UnsupportedFeatureError``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import carla
+
+from .errors import CarlaSurface, UnsupportedFeatureError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8000
+ROUTE_STEP_M = 2.0
+ROUTE_POINTS = 24
+CORRIDOR_M = 1.6                     # half width of the band along the route where an actor blocks it
+LATERAL_ACCEL = 2.5                  # m/s^2 on curves
+IDM_ACCEL = 2.0                      # m/s^2, comfortable acceleration
+IDM_DECEL = 3.0                      # m/s^2, comfortable deceleration
+IDM_HEADWAY_S = 1.2
+DEFAULT_DISTANCE_M = 2.0             # CARLA TM's default minimum distance to the car ahead
+DEFAULT_SPEED_DIFFERENCE = 30.0      # CARLA TM: cars drive 30 % under the limit by default
+_LIGHT_STOP_MARGIN_M = 1.0
+
+_MANAGERS: dict[int, "TrafficManager"] = {}
+
+
+def get_traffic_manager(client, port: int = DEFAULT_PORT) -> "TrafficManager":
+    if port not in _MANAGERS:
+        _MANAGERS[port] = TrafficManager(port)
+    return _MANAGERS[port]
+
+
+def _percentage(value: float, what: str) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and -100.0 <= value <= 100.0):
+        raise ValueError(f"{what}={value!r} must be a percentage in [-100, 100]")
+    return value
+
+
+class TrafficManager(CarlaSurface):
+    """carla.TrafficManager of the embedded simulator (see the module docstring for what is modelled)."""
+
+    _carla_class = carla.TrafficManager
+
+    def __init__(self, port: int = DEFAULT_PORT):
+        self._port = int(port)
+        self._rng = np.random.default_rng()
+        self._global_distance = DEFAULT_DISTANCE_M
+        self._global_speed_difference = DEFAULT_SPEED_DIFFERENCE
+        self._per_vehicle: dict[int, dict] = {}
+        self._version = 0
+        self._no_collision_pairs: set[tuple[int, int]] = set()
+        self.recorded: dict[str, object] = {"synchronous_mode": False}
+
+    def __repr__(self):
+        return f"TrafficManager(port={self._port})"
+
+    def _vehicle(self, actor) -> dict:
+        self._version += 1                     # the autopilot re-reads its cached settings
+        return self._per_vehicle.setdefault(actor.id, {})
+
+    def _setting(self, actor_id: int, name: str, default):
+        return self._per_vehicle.get(actor_id, {}).get(name, default)
+
+    # -- identity and global settings --------------------------------------------------------
+    def get_port(self) -> int:
+        return self._port
+
+    def set_synchronous_mode(self, mode_switch: bool = True) -> None:
+        self.recorded["synchronous_mode"] = bool(mode_switch)
+
+    def set_random_device_seed(self, value: int = 0) -> None:
+        self._rng = np.random.default_rng(int(value))
+
+    def set_global_distance_to_leading_vehicle(self, distance: float) -> None:
+        if not (math.isfinite(distance) and distance >= 0):
+            raise ValueError(f"distance={distance!r} must be >= 0 m")
+        self._global_distance = float(distance)
+        self._version += 1
+
+    def global_percentage_speed_difference(self, percentage: float) -> None:
+        self._global_speed_difference = _percentage(percentage, "percentage")
+        self._version += 1
+
+    # -- per-vehicle settings ----------------------------------------------------------------
+    def distance_to_leading_vehicle(self, actor, distance: float) -> None:
+        if not (math.isfinite(distance) and distance >= 0):
+            raise ValueError(f"distance={distance!r} must be >= 0 m")
+        self._vehicle(actor)["distance"] = float(distance)
+
+    def vehicle_percentage_speed_difference(self, actor, percentage: float) -> None:
+        self._vehicle(actor)["speed_difference"] = _percentage(percentage, "percentage")
+        self._vehicle(actor).pop("desired_speed", None)
+
+    def set_desired_speed(self, actor, speed: float) -> None:
+        """Target speed in km/h, whatever the limit (as CARLA)."""
+        if not (math.isfinite(speed) and speed >= 0):
+            raise ValueError(f"speed={speed!r} must be >= 0 km/h")
+        self._vehicle(actor)["desired_speed"] = float(speed)
+
+    def ignore_lights_percentage(self, actor, perc: float) -> None:
+        self._vehicle(actor)["ignore_lights"] = _percentage(perc, "perc") / 100.0
+
+    def ignore_vehicles_percentage(self, actor, perc: float) -> None:
+        self._vehicle(actor)["ignore_vehicles"] = _percentage(perc, "perc") / 100.0
+
+    def ignore_walkers_percentage(self, actor, perc: float) -> None:
+        self._vehicle(actor)["ignore_walkers"] = _percentage(perc, "perc") / 100.0
+
+    def ignore_signs_percentage(self, actor, perc: float) -> None:
+        self._vehicle(actor)["ignore_signs"] = _percentage(perc, "perc") / 100.0   # recorded: no signs
+
+    def collision_detection(self, reference_actor, other_actor, detect_collision: bool) -> None:
+        pair = (reference_actor.id, other_actor.id)
+        if detect_collision:
+            self._no_collision_pairs.discard(pair)
+        else:
+            self._no_collision_pairs.add(pair)
+
+    # -- recorded, no effect (see module docstring) ------------------------------------------
+    def auto_lane_change(self, actor, enable: bool) -> None:
+        self._vehicle(actor)["auto_lane_change"] = bool(enable)
+
+    def random_left_lanechange_percentage(self, actor, percentage: float) -> None:
+        self._vehicle(actor)["random_left_lanechange"] = _percentage(percentage, "percentage")
+
+    def random_right_lanechange_percentage(self, actor, percentage: float) -> None:
+        self._vehicle(actor)["random_right_lanechange"] = _percentage(percentage, "percentage")
+
+    def keep_slow_lane_rule_percentage(self, actor, perc: float) -> None:
+        self._vehicle(actor)["keep_slow_lane"] = _percentage(perc, "perc")
+
+    def update_vehicle_lights(self, actor, do_update: bool) -> None:
+        self._vehicle(actor)["update_lights"] = bool(do_update)
+
+    def vehicle_lane_offset(self, actor, offset: float) -> None:
+        self._vehicle(actor)["lane_offset"] = float(offset)
+
+    def global_lane_offset(self, offset: float) -> None:
+        self.recorded["global_lane_offset"] = float(offset)
+
+    def set_hybrid_physics_mode(self, enabled: bool = False) -> None:
+        self.recorded["hybrid_physics_mode"] = bool(enabled)
+
+    def set_hybrid_physics_radius(self, r: float = 50.0) -> None:
+        self.recorded["hybrid_physics_radius"] = float(r)
+
+    def set_respawn_dormant_vehicles(self, mode_switch: bool = False) -> None:
+        self.recorded["respawn_dormant_vehicles"] = bool(mode_switch)
+
+    def set_boundaries_respawn_dormant_vehicles(self, lower_bound: float = 25.0, upper_bound: float = 100.0) -> None:
+        self.recorded["respawn_boundaries"] = (float(lower_bound), float(upper_bound))
+
+    def set_osm_mode(self, mode_switch: bool = True) -> None:
+        self.recorded["osm_mode"] = bool(mode_switch)
+
+    def shut_down(self) -> None:
+        """Forget every setting (autopilot cars keep driving with the defaults, as after a TM restart)."""
+        self._per_vehicle.clear()
+        self._no_collision_pairs.clear()
+        self._version += 1
+
+    # -- not modelled ------------------------------------------------------------------------
+    def force_lane_change(self, actor, direction: bool) -> None:
+        raise UnsupportedFeatureError("TrafficManager.force_lane_change", "NPC cars keep their lane")
+
+    def set_path(self, actor, path, empty_buffer: bool = True) -> None:
+        raise UnsupportedFeatureError("TrafficManager.set_path")
+
+    def set_route(self, actor, path, empty_buffer: bool = True) -> None:
+        raise UnsupportedFeatureError("TrafficManager.set_route")
+
+    def get_next_action(self, actor):
+        raise UnsupportedFeatureError("TrafficManager.get_next_action")
+
+    def get_all_actions(self, actor):
+        raise UnsupportedFeatureError("TrafficManager.get_all_actions")
+
+
+@dataclass
+class _Npc:
+    vehicle: object
+    port: int
+    route: list = field(default_factory=list)            # waypoints ahead
+    xy: list = field(default_factory=list)               # their (x, y): reading waypoint.transform is slow
+    poses: list = field(default_factory=list)            # their (x, y, z, yaw, pitch, waypoint), for the car's z/pitch
+    lights: list = field(default_factory=list)           # index of the light whose stop line is at route[k], or -1
+    limits: list = field(default_factory=list)           # speed limit at route[k], km/h
+
+
+class _Control:
+    """The autopilot's control: VehicleControl's fields without building a carla object per car and tick
+    (``Vehicle.get_control`` still returns a real ``carla.VehicleControl``)."""
+
+    __slots__ = ("throttle", "steer", "brake", "hand_brake", "reverse", "manual_gear_shift", "gear")
+
+    def __init__(self, throttle: float, steer: float, brake: float):
+        self.throttle, self.steer, self.brake = throttle, steer, brake
+        self.hand_brake = self.reverse = self.manual_gear_shift = False
+        self.gear = 0
+
+
+_STATE_CODE = {carla.TrafficLightState.Red: 0, carla.TrafficLightState.Yellow: 1,
+               carla.TrafficLightState.Green: 2, carla.TrafficLightState.Off: 3,
+               carla.TrafficLightState.Unknown: 3}
+
+
+class Autopilot:
+    """Drives every autopilot car of one world (see the module docstring)."""
+
+    def __init__(self, world):
+        self._world = world
+        self._npcs: dict[int, _Npc] = {}
+        self._cache_key = None
+        self._cache = None
+
+    def __len__(self) -> int:
+        return len(self._npcs)
+
+    def register(self, vehicle, port: int) -> None:
+        get_traffic_manager(None, port)
+        npc = _Npc(vehicle, port)
+        wp = self._world.get_map().get_waypoint(vehicle.get_location())
+        if wp is None:
+            raise RuntimeError(f"set_autopilot: vehicle {vehicle.id} is not near any driving lane")
+        self._append(npc, wp)
+        self._npcs[vehicle.id] = npc
+
+    def unregister(self, vehicle) -> None:
+        self._npcs.pop(vehicle.id, None)
+
+    def is_registered(self, vehicle) -> bool:
+        return vehicle.id in self._npcs
+
+    def _append(self, npc: _Npc, wp) -> None:
+        light = self._world._light_for_stop(wp)
+        t = wp.transform
+        loc, rot = t.location, t.rotation
+        npc.xy.append((loc.x, loc.y))
+        npc.poses.append((loc.x, loc.y, loc.z, rot.yaw, rot.pitch, wp))
+        npc.route.append(wp)
+        npc.lights.append(-1 if light is None else light._index)
+        npc.limits.append(self._world.get_map().speed_limit(wp.road_id, wp.s))
+
+    def _extend(self, npc: _Npc, rng) -> None:
+        while len(npc.route) < ROUTE_POINTS:
+            options = npc.route[-1].next(ROUTE_STEP_M)
+            if not options:
+                break                                       # dead end: the car stops there
+            self._append(npc, options[int(rng.integers(len(options)))] if len(options) > 1 else options[0])
+
+    def update(self, dt: float) -> None:
+        """Set every autopilot car's control for the coming step (all cars at once)."""
+        npcs = [n for n in self._npcs.values() if n.vehicle.is_alive]
+        if len(npcs) != len(self._npcs):
+            self._npcs = {n.vehicle.id: n for n in npcs}
+        if not npcs:
+            return
+        n = len(npcs)
+        state = np.array([(v._state.x, v._state.y, v._state.yaw, v._state.speed) for v in (m.vehicle for m in npcs)])
+        pos, yaw, speed = state[:, :2], np.radians(state[:, 2]), np.maximum(state[:, 3], 0.0)
+        heading = np.stack([np.cos(yaw), np.sin(yaw)], axis=1)
+        # -- per-car settings and limits: cached until a car or a TM setting changes --------
+        managers = [get_traffic_manager(None, npc.port) for npc in npcs]
+        key = (tuple(npc.vehicle.id for npc in npcs), tuple((id(tm), tm._version) for tm in set(managers)),
+               tuple(id(npc.vehicle._params) for npc in npcs))
+        if key != self._cache_key:
+            self._cache_key, self._cache = key, self._settings(npcs, managers)
+        v_set, diff, s0, ignore, geometry = self._cache
+        draws = managers[0]._rng.random((n, 3))
+        ignored = draws < ignore
+        # -- route upkeep: drop points behind the car, extend ahead -----------------------
+        route = np.full((n, ROUTE_POINTS, 2), np.nan)
+        light_idx = np.full((n, ROUTE_POINTS), -1, dtype=np.int64)
+        limits = np.empty(n)
+        for i, (npc, tm) in enumerate(zip(npcs, managers)):
+            pts, xy = npc.route, npc.xy
+            hx, hy, px, py = heading[i, 0], heading[i, 1], pos[i, 0], pos[i, 1]
+            while len(pts) > 1 and (xy[0][0] - px) * hx + (xy[0][1] - py) * hy <= 0.5:
+                del pts[0], xy[0], npc.poses[0], npc.lights[0], npc.limits[0]
+            self._extend(npc, tm._rng)
+            k = len(pts)
+            route[i, :k] = xy
+            light_idx[i, :k] = npc.lights
+            limits[i] = npc.limits[0]
+            npc.vehicle._road_hint = npc.poses[0]
+        valid = ~np.isnan(route[:, :, 0])
+        # arc length from the car along its route (inf past the route's end)
+        first = np.hypot(route[:, 0, 0] - pos[:, 0], route[:, 0, 1] - pos[:, 1])
+        seg = np.hypot(*np.moveaxis(np.diff(route, axis=1), 2, 0))
+        arc = np.concatenate([first[:, None], first[:, None] + np.nancumsum(seg, axis=1)], axis=1)
+        arc = np.where(valid, arc, np.inf)
+        # -- steering: pure pursuit ----------------------------------------------------------
+        lookahead = 2.0 + 0.4 * speed
+        last = valid.sum(axis=1) - 1
+        idx = np.where((arc >= lookahead[:, None]).any(axis=1) & np.isfinite(arc).any(axis=1),
+                       np.argmax(arc >= lookahead[:, None], axis=1), last)
+        idx = np.minimum(idx, last)
+        rows = np.arange(n)
+        target = route[rows, idx]
+        dx, dy = target[:, 0] - pos[:, 0], target[:, 1] - pos[:, 1]
+        lateral = -heading[:, 1] * dx + heading[:, 0] * dy
+        dist2 = np.maximum(dx * dx + dy * dy, 1e-6)
+        wheelbase, max_steer, max_accel, top, brake_decel, rolling, drag, half_length = geometry.T
+        steer = np.clip(np.arctan(2.0 * wheelbase * lateral / dist2) / np.radians(max_steer), -1.0, 1.0)
+        # -- target speed: limit, TM percentage or desired speed, curves ---------------------
+        v0 = np.where(np.isnan(v_set), limits * (1.0 - diff / 100.0), v_set) / 3.6
+        direction = np.arctan2(np.diff(route[:, :, 1], axis=1), np.diff(route[:, :, 0], axis=1))
+        turn = np.abs((np.diff(direction, axis=1) + np.pi) % (2 * np.pi) - np.pi)       # rad per step
+        near = arc[:, 1:-1] < 8.0 + 2.0 * speed[:, None]
+        curvature = np.max(np.where(near & np.isfinite(turn), turn, 0.0), axis=1, initial=0.0) / ROUTE_STEP_M
+        v0 = np.maximum(np.minimum(v0, np.sqrt(LATERAL_ACCEL / np.maximum(curvature, 1e-4))), 0.1)
+        # -- obstacles on the route: vehicles and walkers ----------------------------------
+        gap, lead_speed = self._obstacles(npcs, pos, heading, route, arc, half_length, ignored)
+        # -- red lights (and yellow ones the car can still stop for) -----------------------
+        codes = self._world._light_codes()
+        if codes.size:
+            code = np.where(light_idx >= 0, codes[np.maximum(light_idx, 0)], 2)
+            stop_gap = arc - half_length[:, None] - _LIGHT_STOP_MARGIN_M
+            stop = (code == 0) | ((code == 1) & (stop_gap > (speed ** 2 / (2 * IDM_DECEL))[:, None]))
+            stop &= (light_idx >= 0) & (stop_gap > -1.0) & ~ignored[:, 0:1]
+            has = stop.any(axis=1)
+            k = np.argmax(stop, axis=1)
+            light_gap = np.where(has, np.maximum(stop_gap[rows, k], 0.01), np.inf)
+            closer = light_gap < gap
+            gap = np.where(closer, light_gap, gap)
+            lead_speed = np.where(closer, 0.0, lead_speed)
+        # -- IDM ------------------------------------------------------------------------------
+        dv = speed - lead_speed
+        s_star = s0 + np.maximum(0.0, speed * IDM_HEADWAY_S + speed * dv / (2.0 * math.sqrt(IDM_ACCEL * IDM_DECEL)))
+        accel = IDM_ACCEL * (1.0 - (speed / v0) ** 4 - (s_star / np.maximum(gap, 0.01)) ** 2)
+        accel = np.where(last < 1, -IDM_DECEL, accel)            # dead end ahead
+        resist = rolling + drag * speed * speed
+        fade = np.maximum(0.05, 1.0 - speed / top)
+        throttle = np.clip((accel + resist) / (max_accel * fade), 0.0, 1.0)
+        brake = np.clip(-(accel + resist) / brake_decel, 0.0, 1.0)
+        brake = np.where((speed < 0.3) & (accel < 0), 1.0, brake)
+        throttle = np.where(brake > 0, 0.0, throttle)
+        for npc, t, st, b in zip(npcs, throttle.tolist(), steer.tolist(), brake.tolist()):
+            npc.vehicle._control = _Control(t, st, b)
+
+    @staticmethod
+    def _settings(npcs, managers) -> tuple:
+        """(desired km/h or NaN, speed difference %, min gap m, ignore chances (lights, vehicles,
+        walkers), car limits) per car, as arrays."""
+        n = len(npcs)
+        v_set, diff, s0, ignore = np.empty(n), np.empty(n), np.empty(n), np.empty((n, 3))
+        for i, (npc, tm) in enumerate(zip(npcs, managers)):
+            own = tm._per_vehicle.get(npc.vehicle.id, {})
+            v_set[i] = own.get("desired_speed", np.nan)
+            diff[i] = own.get("speed_difference", tm._global_speed_difference)
+            s0[i] = own.get("distance", tm._global_distance)
+            ignore[i] = own.get("ignore_lights", 0.0), own.get("ignore_vehicles", 0.0), own.get("ignore_walkers", 0.0)
+        geometry = np.array([(p.wheelbase, p.max_steer_deg, p.max_accel, p.top_speed, p.max_brake_decel,
+                              p.rolling_resistance, p.drag_coefficient, npc.vehicle._spec.extent[0])
+                             for p, npc in ((m.vehicle._params, m) for m in npcs)])
+        return v_set, diff, s0, ignore, geometry
+
+    def _obstacles(self, npcs, pos, heading, route, arc, half_length, ignored):
+        """(gap m, speed m/s along the route) of the nearest vehicle or walker on each car's route.
+
+        Broad phase on the (car, actor) distance matrix, then the route-point test only for the
+        few pairs close enough to matter."""
+        n = len(npcs)
+        gap = np.full(n, 1e9)
+        lead_speed = np.zeros(n)
+        others = self._world._moving_actors()
+        if not others:
+            return gap, lead_speed
+        info = np.array([a._planar() for a in others])           # x, y, vx, vy, half length, is walker, id
+        opos, ovel, olen = info[:, 0:2], info[:, 2:4], info[:, 4]
+        is_walker = info[:, 5] > 0
+        ids = info[:, 6]
+        own = np.array([npc.vehicle.id for npc in npcs], dtype=np.float64)
+        rel = opos[None, :, :] - pos[:, None, :]                 # (n, M)
+        reach = ROUTE_POINTS * ROUTE_STEP_M + CORRIDOR_M + 3.0
+        near = ((rel ** 2).sum(axis=2) < reach * reach) & ((rel * heading[:, None, :]).sum(axis=2) > 0.0)
+        near &= ids[None, :] != own[:, None]
+        near &= ~(ignored[:, 1:2] & ~is_walker[None, :]) & ~(ignored[:, 2:3] & is_walker[None, :])
+        pairs = set()
+        for npc in npcs:
+            pairs |= {p for p in get_traffic_manager(None, npc.port)._no_collision_pairs if p[0] == npc.vehicle.id}
+        if pairs:
+            index = {int(i): j for j, i in enumerate(ids)}
+            rows = {npc.vehicle.id: r for r, npc in enumerate(npcs)}
+            for a, b in pairs:
+                if a in rows and b in index:
+                    near[rows[a], index[b]] = False
+        ci, cj = np.nonzero(near)
+        if ci.size == 0:
+            return gap, lead_speed
+        d2 = ((route[ci] - opos[cj][:, None, :]) ** 2).sum(axis=2)          # (P, K)
+        hit = (d2 < CORRIDOR_M ** 2) & np.isfinite(arc[ci])
+        blocking = hit.any(axis=1)
+        if not blocking.any():
+            return gap, lead_speed
+        ci, cj, hit = ci[blocking], cj[blocking], hit[blocking]
+        k_first = np.argmax(hit, axis=1)
+        along = arc[ci, k_first] - olen[cj] - half_length[ci]
+        np.minimum.at(gap, ci, along)
+        best = along <= gap[ci]                                   # the pair that set each car's gap
+        ci, cj, k = ci[best], cj[best], np.minimum(k_first[best], ROUTE_POINTS - 2)
+        seg = route[ci, k + 1] - route[ci, k]
+        norm = np.hypot(seg[:, 0], seg[:, 1])
+        ok = np.isfinite(norm) & (norm > 0)
+        along_speed = np.where(ok, (ovel[cj] * np.nan_to_num(seg)).sum(axis=1) / np.where(ok, norm, 1.0), 0.0)
+        lead_speed[ci] = np.maximum(along_speed, 0.0)
+        return gap, lead_speed
