@@ -102,6 +102,9 @@ class CollectConfig(SimConfig):
     episode_length: float = field(default=300.0, metadata=arg(
         "metres of route per episode before a new spawn point and weather"))
     delta_seconds: float = field(default=0.05, metadata=arg("fixed simulation step, s", flag="--delta"))
+    traffic: int = field(default=0, metadata=arg(
+        "NPC vehicles driven by the Traffic Manager in every job's town (labels stay map-true)"))
+    walkers: int = field(default=0, metadata=arg("NPC walkers on the sidewalks"))
     vehicle: str = "vehicle.*"
     follower: FollowerParams = TOWN
     camera_on_demand: bool = True
@@ -134,6 +137,8 @@ class CollectConfig(SimConfig):
         if self.episode_length <= self.label.lookahead_m:
             raise ValueError(f"--episode-length ({self.episode_length} m) must exceed the lookahead "
                              f"({self.label.lookahead_m} m)")
+        if self.traffic < 0 or self.walkers < 0:
+            raise ValueError(f"--traffic and --walkers must be >= 0, got {self.traffic} and {self.walkers}")
         if not 0 < self.delta_seconds <= 0.1:
             raise ValueError(f"--delta must be in (0, 0.1] s (CARLA's physics limit), got {self.delta_seconds}")
 
@@ -463,7 +468,7 @@ def run_job(config: CollectConfig, job: Job, client, on_saved=lambda label: None
     original_weather = world.get_weather()
     episode = 0
     try:
-        with CarlaSyncMode(world, fixed_delta_seconds=config.delta_seconds):
+        with CarlaSyncMode(world, fixed_delta_seconds=config.delta_seconds), _traffic(client, world, config, job):
             failures = 0
             while not run.done():
                 weather = config.weather[(episode + job.index + job.run_index) % len(config.weather)]
@@ -486,6 +491,17 @@ def run_job(config: CollectConfig, job: Job, client, on_saved=lambda label: None
         result.episodes = episode
         result.timings = dict(run.timer.totals)
     return result
+
+
+def _traffic(client, world, config: CollectConfig, job: Job):
+    """The job's NPCs (Traffic Manager, identical calls on a CARLA server), alive for all its episodes."""
+    if not (config.traffic or config.walkers):
+        return contextlib.nullcontext()
+    from .traffic import Traffic, TrafficConfig
+
+    return Traffic(client, world, TrafficConfig(vehicles=config.traffic, walkers=config.walkers,
+                                                seed=config.seed * 1000 + job.run_index * 100 + job.index,
+                                                tm_port=config.tm_port))
 
 
 def _turn_probability(job: Job, saved: Counter) -> float:

@@ -44,6 +44,8 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("speed_mean_kmh", "speed km/h", ".1f"),
     ("route_time_s", "time s", ".1f"),
     ("steer_rate_mean_per_s", "steer rate 1/s", ".2f"),
+    ("collisions", "collisions", ".1f"),
+    ("red_lights", "red lights", ".1f"),
     ("gate_accuracy", "gate acc", ".1%"),
     ("gate_switches_per_km", "switches/km", ".1f"),
     ("inference_p50_ms", "infer p50 ms", ".1f"),
@@ -116,6 +118,8 @@ class EvalConfig(SimConfig):
     video_gate: str | None = field(default=None, metadata=arg(
         "gate whose first episode is recorded (default: the first gate)"))
     config_dir: str = field(default=str(CONFIG_DIR), metadata=arg("directory of <Town>.yaml settings"))
+    traffic: int = field(default=0, metadata=arg("NPC vehicles driven by the Traffic Manager in every episode"))
+    walkers: int = field(default=0, metadata=arg("NPC walkers on the sidewalks"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -189,7 +193,7 @@ def run_evaluation(cfg: EvalConfig) -> EvalResult:
                         town=town, model=cfg.model, sim=cfg.sim, host=cfg.host, port=cfg.port, timeout=cfg.timeout,
                         backend=cfg.backend, gate=gate, weather=ts.weather[ep % len(ts.weather)],
                         duration=ts.max_duration_s, display=False, seed=int(ts.seeds[ep]), res=cfg.res, fov=cfg.fov,
-                        camera_override=cfg.camera_override, fps=ts.fps,
+                        camera_override=cfg.camera_override, fps=ts.fps, traffic=cfg.traffic, walkers=cfg.walkers,
                         route_length_m=ts.route_length_m, expert_params=dict(ts.experts), realtime=False,
                         hud=record, minimap=record, extend_route=False,
                         record=str(out / "videos" / f"{town}_{gate}.mp4") if record else None)

@@ -12,6 +12,7 @@ camera frame), ``infer`` (classifier), ``control`` (ground truth + gate + expert
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -105,6 +106,9 @@ class DriveConfig(SimConfig):
     hud: bool = field(default=True, metadata=arg("start with the HUD hidden", negative="--no-hud"))
     minimap: bool = True
     warmup: int = field(default=10, metadata=arg("classifier warm-up inferences before the first tick"))
+    traffic: int = field(default=0, metadata=arg("NPC vehicles driven by the Traffic Manager"))
+    walkers: int = field(default=0, metadata=arg("NPC walkers on the sidewalks"))
+    tm_port: int = field(default=8000, metadata=arg("Traffic Manager port"))
     max_route_deviation_m: float = 30.0
     blocked_s: float = 30.0
     extend_route: bool = True
@@ -130,6 +134,8 @@ class DriveConfig(SimConfig):
         _weather(self.weather)
         if self.model and not Path(self.model).exists():
             raise ValueError(f"--model {self.model!r}: no such file")
+        if self.traffic < 0 or self.walkers < 0:
+            raise ValueError(f"--traffic and --walkers must be >= 0, got {self.traffic} and {self.walkers}")
         if self.fov is not None and not 0 < self.fov < 180:
             raise ValueError(f"--fov must be in (0, 180) deg, got {self.fov:g}")
         bad = set(self.expert_params) - {CURVE, STRAIGHT}
@@ -313,6 +319,7 @@ class _Drive:
         self.predict, self.timer = predict, timer
         self.invasions: list[int] = []
         self.records: list[TickRecord] = []
+        self.monitor = None  # carla_client.infractions.InfractionMonitor
         ego.sensors["sensor.other.lane_invasion"].listen(lambda event: self.invasions.append(event.frame))
         experts = {name: create_expert(name, route, vehicle=ego.vehicle, dt=cfg.dt, **cfg.expert_params.get(name, {}))
                    for name in (STRAIGHT, CURVE)}
@@ -345,6 +352,8 @@ class _Drive:
             obs = Observation(tf, vel, timestamp=t, frame=frame_id, image=raw, command=self.path.command_at(s0))
             step: MoEStep = self.moe.run_step(obs, p_curve, truth)
             vehicle.apply_control(step.control)
+            if self.monitor is not None:
+                self.monitor.update()
             on_road = self.ctx.map.get_waypoint(tf.location, project_to_road=False,
                                                 lane_type=carla.LaneType.Driving) is not None
         n_inv = sum(1 for f in self.invasions if f <= frame_id)
@@ -468,6 +477,36 @@ def _ticks(drive: _Drive, view: _View, on_tick: TickHook | None) -> str:
                 drive.timer.wait()
 
 
+def _traffic(ctx: WorldContext, cfg: DriveConfig, ego_start):
+    """NPCs through the Traffic Manager for this episode (none by default), kept clear of the ego's start."""
+    if not (cfg.traffic or cfg.walkers):
+        return contextlib.nullcontext()
+    from carla_client.traffic import Traffic, TrafficConfig
+    return Traffic(ctx.client, ctx.world, TrafficConfig(vehicles=cfg.traffic, walkers=cfg.walkers, seed=cfg.seed,
+                                                        tm_port=cfg.tm_port), avoid=[ego_start])
+
+
+def _infractions(ctx: WorldContext, cfg: DriveConfig, vehicle):
+    """Collisions (where the simulator has the sensor) and red-light runs, Leaderboard penalties."""
+    from carla_client.infractions import COLLISION_BLUEPRINT, InfractionMonitor
+    has_sensor = bool(ctx.world.get_blueprint_library().filter(COLLISION_BLUEPRINT))
+    if not has_sensor:
+        log.warning("no %s blueprint: collisions are not counted (red lights are)", COLLISION_BLUEPRINT)
+    return InfractionMonitor(ctx.world, vehicle, collisions=has_sensor)
+
+
+def _add_infractions(metrics: dict, monitor) -> None:
+    """Infraction counts into the metrics; the driving score takes their Leaderboard penalties."""
+    if monitor is None:
+        return
+    counts = monitor.counts()
+    metrics["infractions"] = counts
+    metrics["collisions"] = sum(v for k, v in counts.items() if k.startswith("collision"))
+    metrics["red_lights"] = counts.get("red_light", 0)
+    metrics["infraction_penalty"] = monitor.penalty()
+    metrics["driving_score"] = metrics["driving_score"] * monitor.penalty()
+
+
 def _route_for(ctx: WorldContext, cfg: DriveConfig):
     """The seeded route, long enough for the requested frames/duration when ``extend_route``."""
     length = cfg.route_length_m
@@ -507,9 +546,12 @@ def run_episode(ctx: WorldContext, cfg: DriveConfig, classifier=None, on_tick: T
     interrupted, end_reason = False, "running"
     start = route[0][0].transform
     spec = EgoSpec(cfg.vehicle, contract.camera, ("sensor.other.lane_invasion",))
+    monitor = None
     try:
-        with spawn_ego(ctx.world, spec, [carla.Transform(start.location, carla.Rotation(yaw=start.rotation.yaw))]) as ego:
+        with spawn_ego(ctx.world, spec, [carla.Transform(start.location, carla.Rotation(yaw=start.rotation.yaw))]) as ego, \
+                _traffic(ctx, cfg, start.location), _infractions(ctx, cfg, ego.vehicle) as monitor:
             drive = _Drive(ctx, cfg, ego, route, path, contract, predict, timer)
+            drive.monitor = monitor
             view = _View(ctx, cfg, route, contract.camera, gate_order)
             end_reason = _ticks(drive, view, on_tick)
     except KeyboardInterrupt:
@@ -525,7 +567,8 @@ def run_episode(ctx: WorldContext, cfg: DriveConfig, classifier=None, on_tick: T
         videos = view.recorder.videos if view is not None else []
         metrics = _drive_metrics(cfg, records, path.length, timer, videos, end_reason)
         metrics.update({"camera": contract.camera.to_json(), "label": contract.label.to_json(),
-                        "camera_override": overridden})
+                        "camera_override": overridden, "traffic": {"vehicles": cfg.traffic, "walkers": cfg.walkers}})
+        _add_infractions(metrics, monitor)
         metrics_path = Path(cfg.metrics) if cfg.metrics else None
         if metrics_path is not None:
             metrics_path.parent.mkdir(parents=True, exist_ok=True)
