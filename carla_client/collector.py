@@ -36,6 +36,7 @@ from .config import SimConfig, arg
 from .connection import connect, sim_kind
 from .episode import EgoSpec, StopRule, ensure_town, resolve_town, spawn_ego
 from .follower import TOWN, FollowerParams, RouteFollower
+from .workers import LOCK_NAME, CollectorLock, QuotaAuthority, check_lock_held, die_with_parent
 from .labels import JunctionChoices, label_at, route_dependent
 from .planner import GlobalRoutePlanner, RoadOption
 from .route import RoutePath
@@ -109,6 +110,8 @@ class CollectConfig(SimConfig):
     follower: FollowerParams = TOWN
     camera_on_demand: bool = True
     progress: bool = True
+    adopt: bool = field(default=False, metadata=arg(
+        "collect into a non-empty --out that is not a collector dataset (its files are kept, never deleted)"))
 
     def __post_init__(self):
         super().__post_init__()
@@ -239,9 +242,9 @@ def collect(config: CollectConfig, client=None) -> CollectResult:
     if client is None:
         client = connect(config.sim, config.host, config.ports[0], config.timeout)
     towns = [resolve_town(client, t) for t in config.towns]
-    with _exclusive(config.out):
+    with CollectorLock(config.out):   # one collector per dataset; its workers check the parent still holds it
         writer = DatasetWriter(config.out, config.image_format, config.jpeg_quality)
-        reconciled = writer.prepare()
+        reconciled = writer.prepare(adopt=config.adopt)
         have = writer.counts()
         target = config.frames // 2
         need = {c: max(0, target - have.get(c, 0)) for c in CLASSES}
@@ -268,20 +271,6 @@ def collect(config: CollectConfig, client=None) -> CollectResult:
                          contact_sheet=sheet, reconciled=reconciled,
                          skipped=sum((r.skipped for r in results), Counter()), junction_policy=config.junction_policy,
                          flagged=sum((r.flagged for r in results), Counter()))
-
-
-@contextlib.contextmanager
-def _exclusive(out: Path):
-    """One collector per dataset directory at a time (its workers share the parent's claim)."""
-    fd = os.open(Path(out) / ".collect.lock", os.O_CREAT | os.O_RDWR)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"another collector is writing to {out}; wait for it or use another --out") from None
-        yield
-    finally:
-        os.close(fd)
 
 
 def _label_json_for(config: CollectConfig) -> dict:
@@ -363,8 +352,12 @@ class _Bar:
 def _run_workers(config: CollectConfig, jobs: list[Job], bar: _Bar) -> list[JobResult]:
     ctx = mp.get_context("spawn")  # carla's client starts C++ threads: never fork after them
     events = ctx.Queue()
+    # one authority for the class quotas: after any crash a rerun ends exactly at the target
+    guard = QuotaGuard(QuotaAuthority(ctx, {c: sum(j.quota[c] for j in jobs) for c in CLASSES}),
+                       str(Path(config.out) / LOCK_NAME))
     per_worker = [[j for j in jobs if j.index % config.workers == k] for k in range(config.workers)]
-    procs = [ctx.Process(target=_worker_main, args=(config, wj, events), name=f"collect-worker-{k}")
+    procs = [ctx.Process(target=_worker_main, args=(config, wj, events, guard, os.getpid()),
+                         name=f"collect-worker-{k}")
              for k, wj in enumerate(per_worker) if wj]
     for p in procs:
         p.start()
@@ -398,7 +391,25 @@ def _run_workers(config: CollectConfig, jobs: list[Job], bar: _Bar) -> list[JobR
     return results
 
 
-def _worker_main(config: CollectConfig, jobs: list[Job], events) -> None:
+@dataclass(frozen=True)
+class QuotaGuard:
+    """What a worker process checks before each save: the parent still holds the dataset's lock, and
+    the shared quota authority grants the frame (workers die with their parent: ``die_with_parent``)."""
+
+    quota: object      # carla_client.workers.QuotaAuthority
+    lock_path: str
+
+    def claim(self, label: str) -> bool:
+        check_lock_held(self.lock_path)
+        return self.quota.claim(label)
+
+    def release(self, label: str) -> None:
+        self.quota.release(label)
+
+
+def _worker_main(config: CollectConfig, jobs: list[Job], events, guard: QuotaGuard | None = None,
+                 parent_pid: int | None = None) -> None:
+    die_with_parent(parent_pid)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     client = None
@@ -406,7 +417,7 @@ def _worker_main(config: CollectConfig, jobs: list[Job], events) -> None:
         for job in jobs:
             try:
                 client = client or connect(config.sim, config.host, job.port, config.timeout)
-                result = run_job(config, job, client, on_saved=lambda label: events.put(("saved", label)))
+                result = run_job(config, job, client, on_saved=lambda label: events.put(("saved", label)), guard=guard)
             except KeyboardInterrupt:
                 events.put(("error", "interrupted"))
                 return
@@ -441,6 +452,7 @@ class JobRun:
     timer: SectionTimer
     on_saved: object
     ego: EgoSpec
+    guard: QuotaGuard | None = None
     saved: Counter = field(default_factory=Counter)
 
     def quota_left(self, label: str) -> bool:
@@ -450,8 +462,11 @@ class JobRun:
         return not any(self.quota_left(c) for c in CLASSES)
 
 
-def run_job(config: CollectConfig, job: Job, client, on_saved=lambda label: None) -> JobResult:
-    """Drive episodes in ``job.town`` until the job's quota is met; restores the world on any exit."""
+def run_job(config: CollectConfig, job: Job, client, on_saved=lambda label: None,
+            guard: QuotaGuard | None = None) -> JobResult:
+    """Drive episodes in ``job.town`` until the job's quota is met; restores the world on any exit.
+
+    ``guard`` (worker processes) is asked before every save of a class frame."""
     result = JobResult(sim=sim_kind(client))
     world, settings_before_load = ensure_town(client, job.town)
     wmap = world.get_map()
@@ -463,7 +478,7 @@ def run_job(config: CollectConfig, job: Job, client, on_saved=lambda label: None
         starts=list(wmap.get_spawn_points()) or [w.transform for w in planner.spawn_waypoints(10.0)],
         rng=np.random.default_rng([config.seed, job.run_index, job.index]),
         writer=DatasetWriter(config.out, config.image_format, config.jpeg_quality), result=result,
-        timer=SectionTimer(), on_saved=on_saved, ego=EgoSpec(config.vehicle, config.camera()))
+        timer=SectionTimer(), on_saved=on_saved, ego=EgoSpec(config.vehicle, config.camera()), guard=guard)
     presets = weather_presets()
     original_weather = world.get_weather()
     episode = 0
@@ -687,8 +702,17 @@ def _save(run: JobRun, st: EpisodeState, image, evidence, tf, state, control, fl
         "command": RoadOption(st.path.command_at(st.follower.progress)).name,
         "recovery": "1" if st.perturbation.recovering else "0", "route_dependent": "1" if flagged else "0",
     }
-    with timer("write"), _signals_deferred():
-        writer.write_frame(encoded, row)
+    claimed = run.guard is not None and not flagged
+    if claimed and not run.guard.claim(label):
+        run.saved[label] = run.job.quota[label]  # the authority says this class is full
+        return
+    try:
+        with timer("write"), _signals_deferred():
+            writer.write_frame(encoded, row)
+    except BaseException:
+        if claimed:
+            run.guard.release(label)
+        raise
     st.last_saved_at = st.odometer
     st.n_saved += 1
     if flagged:

@@ -20,6 +20,7 @@ from dataclasses import fields
 
 from carla_client.cli import add_carla_args
 from carla_client.config import SimConfig, add_dataclass_args, from_args
+from datasets.io_safety import check_output_path, cli_errors
 from launch.loop import DriveConfig, run_drive
 
 
@@ -50,13 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args)
+        check_output_path(cfg.metrics, "--metrics")
+        check_output_path(cfg.record, "--record", is_dir=not str(cfg.record or "").endswith(".mp4"))
     except ValueError as e:
         parser.error(str(e))
-    try:
+    with cli_errors(debug=args.verbose, prog="carla-drive"):
         result = run_drive(cfg)
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     m = result.metrics
     print(f"{cfg.town} gate={cfg.gate}: {m['ticks']} ticks ({result.end_reason}), route completion "
           f"{m['route_completion']:.1%}, driving score {m['driving_score']:.3f}, gate accuracy "

@@ -25,6 +25,7 @@ import numpy as np
 
 from carla_client.cli import add_carla_args
 from carla_client.config import SimConfig, add_dataclass_args, arg, from_args, parse_res
+from datasets.io_safety import check_output_path, cli_errors, write_json_atomic
 from control.gates import create_gate, gate_names, gates_of_kind
 from launch.loop import DriveConfig, _backend_choices, load_classifier, open_world, run_episode
 from launch.metrics import LEADERBOARD_1_0, DriveTrace
@@ -221,10 +222,10 @@ def run_evaluation(cfg: EvalConfig) -> EvalResult:
         bar.close()
     summary = summarise(episodes)
     metrics_path = out / "metrics.json"
-    metrics_path.write_text(json.dumps({
+    write_json_atomic(metrics_path, {
         "config": asdict(cfg), "interrupted": interrupted, "penalty_table": asdict(LEADERBOARD_1_0),
         "towns": {t: asdict(s) for t, s in settings.items()},
-        "summary": summary, "episodes": episodes}, indent=2, default=str))
+        "summary": summary, "episodes": episodes})
     plots = {town: plot_trajectories(town, {g: traces[(town, g)] for g in cfg.gates if (town, g) in traces},
                                      out / f"trajectories_{town}.png", backgrounds.get(town))
              for town in cfg.towns if town in backgrounds}
@@ -393,13 +394,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = from_args(EvalConfig, args)
+        check_output_path(cfg.out, "--out", is_dir=True)
     except ValueError as e:
         parser.error(str(e))
-    try:
+    with cli_errors(debug=args.verbose, prog="carla-evaluate"):
         result = run_evaluation(cfg)
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     print((result.report_path.read_text().split("## What the comparison shows")[1].split("\n## ")[0]).strip())
     print(f"\nreport:  {result.report_path}\nmetrics: {result.metrics_path}")
     for town, v in result.videos.items():

@@ -33,6 +33,7 @@ from carla_client.episode import StopRule
 from carla_client.labels import label_at
 from carla_client.route import RoutePath
 from carla_client.sync import CarlaSyncMode
+from datasets.io_safety import write_json_atomic
 from datasets.schema import Contract
 from control.experts import Observation, create_expert
 from control.gates import CURVE, STRAIGHT, create_gate, gate_names
@@ -570,9 +571,8 @@ def run_episode(ctx: WorldContext, cfg: DriveConfig, classifier=None, on_tick: T
                         "camera_override": overridden, "traffic": {"vehicles": cfg.traffic, "walkers": cfg.walkers}})
         _add_infractions(metrics, monitor)
         metrics_path = Path(cfg.metrics) if cfg.metrics else None
-        if metrics_path is not None:
-            metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            metrics_path.write_text(json.dumps(metrics, indent=2, default=_json_default))
+        if metrics_path is not None:  # strict JSON (NaN -> null), atomic: also on SIGTERM / Ctrl-C
+            write_json_atomic(metrics_path, json.loads(json.dumps(metrics, default=_json_default)))
     return DriveResult(metrics=metrics, records=records, videos=videos, metrics_path=metrics_path,
                        interrupted=interrupted, end_reason=end_reason)
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets.io_safety import check_output_path, cli_errors
+
 from perception.formats import check_options, format_by_arg, format_for_path
 from perception.meta import ModelMeta, load_checkpoint
 
@@ -299,13 +301,12 @@ def main(argv: list[str] | None = None) -> int:
                            engine=args.engine, workspace=args.workspace, max_batch=args.max_batch, opset=args.opset,
                            exporter=args.exporter, frames=args.frames, parity_frames=args.parity_frames,
                            seed=args.seed)
+        check_output_path(cfg.out, "--out")
+        check_output_path(cfg.engine, "--engine")
     except ValueError as e:
         parser.error(str(e))
-    try:
+    with cli_errors(debug=args.verbose, prog="carla-export", extra=(RuntimeError, ImportError)):
         result = export(cfg)
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
-        print(f"export failed: {e}", file=sys.stderr)
-        return 2
     m = result.meta
     print(f"wrote {result.onnx} ({result.onnx.stat().st_size / 1e6:.1f} MB): {m.arch}, {m.precision}, "
           f"{'dynamic' if m.dynamic_batch else 'static'} batch, input {m.img_size}x{m.img_size} {m.color_order}, "

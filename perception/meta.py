@@ -20,6 +20,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from datasets.io_safety import check_img_size
 from datasets.preprocess import COLOR_ORDERS
 from datasets.schema import CLASSES, CameraSpec, Contract, LabelParams
 
@@ -74,8 +75,7 @@ class ModelMeta:
         object.__setattr__(self, "img_size", int(self.img_size))
         if len(self.classes) < 2 or "curve" not in self.classes:
             raise ValueError(f"classes must include 'curve', got {self.classes}")
-        if self.img_size < 8:
-            raise ValueError(f"img_size must be >= 8 px, got {self.img_size}")
+        check_img_size(self.img_size, "the model's img_size")   # metadata is input: bounded like the CLI
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"mean/std must be 3 values with std > 0, got mean={self.mean} std={self.std}")
         if self.color_order not in COLOR_ORDERS:

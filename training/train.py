@@ -56,13 +56,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from datasets.io_safety import check_output_path, check_img_size, cli_errors
 from datasets.dataset import (DatasetError, FrameCache, FrameDataset, FrameTable, build_cache, check_classes,
                               load_contract, load_frames)
 from datasets.presets import ClassificationPresetEval, ClassificationPresetTrain
 from datasets.schema import CLASSES, Contract, ContractError, describe_differences
 from datasets.splits import SplitConfig, load_split, make_split
 from training import ddp
-from training.checkpoint import read_checkpoint, save_checkpoint
+from training.checkpoint import capture_rng_state, read_checkpoint, restore_rng_state, save_checkpoint
 from training.metrics import classification_metrics
 from training.models import create_model, data_config, get_spec, list_models
 
@@ -126,6 +127,7 @@ class TrainConfig:
             (0.0 <= self.dropout < 1.0, f"--dropout {self.dropout}: must be in [0, 1)"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be >= 1"),
             (self.img_size >= 16, f"--img-size {self.img_size}: must be >= 16"),
+            (check_img_size(self.img_size, "--img-size") > 0, ""),
             (self.freeze_epochs >= 0, f"--freeze-epochs {self.freeze_epochs}: must be >= 0"),
             (self.unfreeze_blocks >= -1, f"--unfreeze-blocks {self.unfreeze_blocks}: must be >= 0, or -1 for all"),
             (self.workers >= 0, f"--workers {self.workers}: must be >= 0"),
@@ -588,6 +590,8 @@ def _train(cfg: TrainConfig, info: ddp.DistInfo, resume_ckpt: dict | None) -> Tr
     data = build_data(cfg, rt, out, resume_ckpt)
     model, model_config = build_model(cfg, rt, data.contract)
     state = FitState.start(cfg, model, resume_ckpt, out)
+    if resume_ckpt is not None:   # the next epoch draws what it would have drawn without the interruption
+        restore_rng_state(resume_ckpt.get("rng"), *_rng_streams(data))
     writer = None
     if info.is_main:
         from training.plots import summary_writer
@@ -825,7 +829,12 @@ def _end_epoch(run: TrainRun, state: FitState, row: dict, optimizer: torch.optim
         save_checkpoint(run.out / "weights" / "best.pt", model, run.model_config, epoch, val)
     save_checkpoint(run.out / "weights" / "last.pt", model, run.model_config, epoch, val,
                     optimizer=optimizer.state_dict(), stage=stage, history=state.history,
-                    early_stop=state.stopper.state())
+                    early_stop=state.stopper.state(), rng=capture_rng_state(*_rng_streams(run.data)))
+
+
+def _rng_streams(data: TrainData) -> tuple[dict, object]:
+    """The random streams an epoch draws from (shuffle order + worker seeds, augmentation), for --resume."""
+    return {"sampler": data.train_loader.generator}, getattr(data.datasets["train"], "transform", None)
 
 
 # --- report
@@ -883,13 +892,12 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         cfg = config_from_args(args)
+        check_output_path(cfg.out, "--out", is_dir=True)
     except ValueError as e:
         parser.error(str(e))
     try:
-        result = train(cfg)
-    except (DatasetError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        with cli_errors(debug=False, prog="carla-train"):   # Ctrl-C: one line; last.pt is written atomically
+            result = train(cfg)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
