@@ -2,7 +2,8 @@
 
 ``ActorAttribute``/``ActorBlueprint``/``BlueprintLibrary`` mirror the carla classes of the same
 name (carla's cannot be constructed from Python). Only what the simulator really implements is
-listed: three cars, ``sensor.camera.rgb`` and ``sensor.other.lane_invasion``. A script asking
+listed: three cars, ``sensor.other.lane_invasion`` and the sensors of ``sensors.py`` (cameras
+RGB/depth/semantic segmentation, collision, obstacle, GNSS, IMU, lidar, radar). A script asking
 for anything else gets carla's error for a missing blueprint (``IndexError`` from ``find``) or
 an empty ``filter`` result, like on a server without that asset.
 """
@@ -215,6 +216,11 @@ def _car(maker: str, model: str, extent, params: VehicleParams, generation: int,
         VehicleSpec(tuple(extent), params, mass, wheel_radius))
 
 
+def _sensor_blueprints() -> list[ActorBlueprint]:
+    from .sensors import sensor_blueprints      # sensors.py builds on this module: import when needed
+    return sensor_blueprints()
+
+
 def default_blueprints() -> list[ActorBlueprint]:
     """The blueprints every embedded world offers (a fresh list: callers may mutate it)."""
     return [
@@ -225,13 +231,7 @@ def default_blueprints() -> list[ActorBlueprint]:
         _car("audi", "a2", (1.86, 0.90, 0.78),
              VehicleParams(wheelbase=2.41, rear_axle_offset=1.2, max_accel=2.6, top_speed=48.0), 1,
              mass=1030.0, wheel_radius=0.31),
-        ActorBlueprint(
-            "sensor.camera.rgb", ("sensor", "camera", "rgb"),
-            [ActorAttribute("image_size_x", _TYPE.Int, 800, is_modifiable=True),
-             ActorAttribute("image_size_y", _TYPE.Int, 600, is_modifiable=True),
-             ActorAttribute("fov", _TYPE.Float, 90.0, is_modifiable=True),
-             ActorAttribute("sensor_tick", _TYPE.Float, 0.0, is_modifiable=True),
-             _role_name("front")]),
+        *_sensor_blueprints(),
         ActorBlueprint(
             "sensor.other.lane_invasion", ("sensor", "other", "lane_invasion"),
             [_role_name("front")]),

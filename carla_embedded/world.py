@@ -19,7 +19,7 @@ import numpy as np
 
 import carla
 
-from .actors import Actor, ActorList, LaneInvasionSensor, RgbCamera, Sensor, Spectator, Vehicle
+from .actors import Actor, ActorList, LaneInvasionSensor, Sensor, Spectator, Vehicle
 from .blueprints import ActorBlueprint, BlueprintLibrary, default_blueprints
 from .errors import CarlaSurface, UnsupportedFeatureError
 
@@ -166,6 +166,12 @@ class ActorSnapshot:
         return self._acceleration
 
 
+def _sensor_classes() -> dict:
+    """Blueprint id -> class of the sensors in ``sensors.py`` (imported when first spawned)."""
+    from .sensors import SENSOR_CLASSES
+    return SENSOR_CLASSES
+
+
 def _footprint(transform: carla.Transform, extent) -> np.ndarray:
     """4x2 corners of a box on the ground plane."""
     yaw = math.radians(transform.rotation.yaw)
@@ -293,9 +299,8 @@ class World(CarlaSurface):
                     raise RuntimeError(f"Spawn failed because of collision at spawn position "
                                        f"({transform.location.x:.1f}, {transform.location.y:.1f}) with {other!r}")
             actor = Vehicle(self, actor_id, blueprint.id, transform, attributes, blueprint.vehicle_spec)
-        elif blueprint.id == "sensor.camera.rgb":
-            actor = RgbCamera(self, actor_id, blueprint.id, transform, attributes, attach_to)
-            self._renderer()                    # build the town raster now, not during the first tick
+        elif blueprint.id in _sensor_classes():
+            actor = _sensor_classes()[blueprint.id](self, actor_id, blueprint.id, transform, attributes, attach_to)
         elif blueprint.id == "sensor.other.lane_invasion":
             actor = LaneInvasionSensor(self, actor_id, blueprint.id, transform, attributes, attach_to)
         else:
