@@ -309,7 +309,7 @@ def _labels_unrolled(renderer, boxes, origin, pitch, yaw, width, height, f, need
         pid = np.take(ids.ravel(), flat)
         p = np.take(planes, pid, axis=0)                                    # each pixel's face plane
         u, v = (flat % width).astype(np.float32), (flat // width).astype(np.float32)
-        inv = p[:, 0] + p[:, 1] * ((u + 0.5 - cx) / f) - p[:, 2] * ((v + 0.5 - cy) / f)   # 1/depth
+        inv = p[:, 0] + p[:, 1] * ((u - cx) / f) - p[:, 2] * ((v - cy) / f)   # 1/depth (centres at integers, as cv2)
         with np.errstate(divide="ignore"):
             np.put(depth, flat, np.clip(1.0 / np.maximum(inv, 1.0 / DEPTH_FAR_M), _NEAR, DEPTH_FAR_M))
         np.put(tags, flat, np.take(face_tags, pid))
@@ -533,7 +533,7 @@ class RgbCamera(_Camera):
         pixels = self._world._renderer().render(transform, self.width, self.height, self.fov, self._world._weather,
                                                 boxes=self._boxes().draw_boxes())
         if self._gamma_lut is not None:
-            cv2.LUT(pixels[..., :3], self._gamma_lut, dst=pixels[..., :3])
+            cv2.LUT(pixels, self._gamma_lut, dst=pixels)              # alpha 255 stays 255
         return Image(frame, elapsed, transform, self.fov, pixels)
 
 
