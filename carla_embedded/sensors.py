@@ -95,13 +95,11 @@ def labels_to_cityscapes(tags: np.ndarray) -> np.ndarray:
 
 def encode_depth(depth_m: np.ndarray) -> np.ndarray:
     """Planar depth (m) -> BGRA uint8 with CARLA's encoding: (R + G*256 + B*65536) / (2^24 - 1) * 1000 m."""
-    n = np.round(np.clip(depth_m, 0.0, DEPTH_FAR_M) * ((2 ** 24 - 1) / DEPTH_FAR_M)).astype(np.uint32)
-    out = np.empty(depth_m.shape + (4,), np.uint8)
-    out[..., 0] = (n >> 16) & 255          # B
-    out[..., 1] = (n >> 8) & 255           # G
-    out[..., 2] = n & 255                  # R
-    out[..., 3] = 255
-    return out
+    clipped = cv2.max(cv2.min(np.asarray(depth_m, np.float32), DEPTH_FAR_M), 0.0)
+    n = cv2.multiply(clipped, (2 ** 24 - 1) / DEPTH_FAR_M, dtype=cv2.CV_32S)     # rounded to nearest
+    n += np.int32(-(1 << 24))                          # bits 24..31 set: alpha 255 (two's complement)
+    rgba = n.view(np.uint8).reshape(n.shape + (4,))    # little-endian bytes: R, G, B, A
+    return cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA)
 
 
 def decode_depth(bgra: np.ndarray) -> np.ndarray:
@@ -284,10 +282,9 @@ def _labels_unrolled(renderer, boxes, origin, pitch, yaw, width, height, f, need
         kr = np.array([[1 / r.resolution, 0, -r.x0 / r.resolution], [0, 1 / r.resolution, -r.y0 / r.resolution],
                        [0, 0, 1.0]])
         shift = np.array([[1.0, 0, 0], [0, 1.0, v_ground], [0, 0, 1.0]])
-        material = cv2.warpPerspective(r.material, kr @ (g @ a) @ shift, (width, height - v_ground),
-                                       flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                                       borderMode=cv2.BORDER_CONSTANT, borderValue=int(Material.GROUND))
-        cv2.LUT(material, _MATERIAL_TAG, dst=tags[v_ground:])
+        cv2.warpPerspective(_tag_raster(renderer), kr @ (g @ a) @ shift, (width, height - v_ground),
+                            dst=tags[v_ground:], flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=TAG_TERRAIN)
     faces = _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width)
     if not need_depth:
         for _, poly, tag, _ in faces:
@@ -321,6 +318,25 @@ for _kind, _tag in _KIND_TAG.items():
     _KIND_TAG_LUT[_kind] = _tag
 
 
+def _scenery_tags(renderer):
+    """Per scenery box: its tag and the painter's distance bias (trunks behind their crowns); cached."""
+    cached = renderer.__dict__.get("_sensor_box_tags")
+    if cached is None:
+        kind = renderer.scenery.box_kind
+        cached = (_KIND_TAG_LUT[kind.astype(np.uint8)], np.where(kind == KIND_TRUNK, 0.5, 0.0))
+        renderer.__dict__["_sensor_box_tags"] = cached
+    return cached
+
+
+def _tag_raster(renderer) -> np.ndarray:
+    """The town raster's materials as semantic tags (built once per renderer)."""
+    cached = renderer.__dict__.get("_sensor_tag_raster")
+    if cached is None:
+        cached = cv2.LUT(renderer.raster.material, _MATERIAL_TAG)
+        renderer.__dict__["_sensor_tag_raster"] = cached
+    return cached
+
+
 def _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width) -> list:
     """Every visible face far to near: (distance, int32 polygon in 1/8 px, tag, plane (a, b, c)) with
     1/depth = a + b (u - cx)/f - c (v - cy)/f. Culling and ordering as the RGB renderer's."""
@@ -330,11 +346,10 @@ def _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width) -> list:
     ground = np.array([0.0, 0.0, zg])
     faces: list = []
 
-    def add_boxes(corners_rel, normals, box_tags, bias):
+    def add_boxes(corners_rel, normals, box_tags, bias, centre_rel, radius):
         if not len(corners_rel):
             return
-        centre = corners_rel.mean(axis=1) + ground
-        radius = np.linalg.norm(corners_rel[:, 0] - corners_rel[:, 6], axis=1) / 2
+        centre = centre_rel + ground
         cam = _to_camera(centre, origin, rot)
         d = np.linalg.norm(centre - origin, axis=1)
         sel = np.nonzero((d < dd + radius) & (cam[:, 0] > -radius) &
@@ -354,19 +369,21 @@ def _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width) -> list:
         polys = np.ascontiguousarray(np.round(np.clip(_cam_to_uv(fcam, f, cx, cy), -1e5, 1e5) * 8), np.int32)
         dist = (d[sel] + bias[sel]).tolist()
         tag_list = box_tags[sel].tolist()
-        for j, fi in zip(*np.nonzero(visible & ~clipped)):
-            faces.append((dist[j], polys[j, fi], tag_list[j], plane[j, fi]))
-        for j, fi in zip(*np.nonzero(visible & clipped)):
+        js, fis = np.nonzero(visible & ~clipped)
+        for j, fi, poly, pl in zip(js.tolist(), fis.tolist(), polys[js, fis], plane[js, fis]):
+            faces.append((dist[j], poly, tag_list[j], pl))
+        for j, fi in zip(*(a.tolist() for a in np.nonzero(visible & clipped))):
             poly = _clip_near(fcam[j, fi], _NEAR)
             if len(poly) >= 3:
                 pts = np.round(np.clip(_cam_to_uv(poly, f, cx, cy), -1e5, 1e5) * 8).astype(np.int32)
                 faces.append((dist[j], pts, tag_list[j], plane[j, fi]))
 
     if len(sc.box_kind):
-        add_boxes(sc.box_corners, sc.box_normals, _KIND_TAG_LUT[sc.box_kind.astype(np.uint8)],
-                  np.where(sc.box_kind == KIND_TRUNK, 0.5, 0.0))
+        tags_, bias = _scenery_tags(renderer)
+        add_boxes(sc.box_corners, sc.box_normals, tags_, bias, sc.box_centre, sc.box_radius)
     if len(boxes.corners):
-        add_boxes(boxes.corners, boxes.normals, boxes.tags, np.zeros(len(boxes.corners)))
+        add_boxes(boxes.corners, boxes.normals, boxes.tags, np.zeros(len(boxes.corners)), boxes.corners.mean(axis=1),
+                  np.linalg.norm(boxes.corners[:, 0] - boxes.corners[:, 6], axis=1) / 2)
     if len(sc.sphere_radius):                                    # tree crowns: discs facing the camera
         c = sc.sphere_centre + ground
         cam = _to_camera(c, origin, rot)
