@@ -121,9 +121,10 @@ _DEFAULT_EXTENT = {"walker": (0.25, 0.25, 0.9), "traffic_light": (0.15, 0.15, 2.
 
 @dataclass
 class ActorBoxes:
-    """Other actors as oriented boxes: ``corners`` (N,8,3) world corners with z relative to the
-    actor's ground (z = 0 where it stands), ``normals`` (N,5,3), ``tags`` (N,), ``colour`` (N,3) BGR,
-    ``dynamic`` (N,) vehicles and walkers, ``actors`` the actor objects."""
+    """Other actors as oriented boxes (a car: body and cabin, so one actor may own several):
+    ``corners`` (N,8,3) world corners with z relative to the actor's ground (z = 0 where it stands),
+    ``normals`` (N,5,3), ``tags`` (N,), ``colour`` (N,3) BGR, ``dynamic`` (N,) vehicles and walkers,
+    ``actors`` the owning actor of each box."""
 
     actors: list
     corners: np.ndarray
@@ -143,11 +144,31 @@ class ActorBoxes:
                           self.colour[idx], self.dynamic[idx])
 
 
-def _local_corners(extent, centre) -> np.ndarray:
-    """(8,3) box corners in the actor's frame, standing on its ground (z from 0 to 2 * extent.z):
+def _local_corners(extent, centre, z0: float = 0.0) -> np.ndarray:
+    """(8,3) box corners in the actor's frame, from ``z0`` above its ground up to ``z0 + 2 * extent.z``:
     actors are placed on the renderer's ground plane whatever their own z."""
     ex, ey, ez = extent
-    return np.column_stack([_UNIT[:, 0] * ex + centre[0], _UNIT[:, 1] * ey + centre[1], (_UNIT[:, 2] + 1.0) * ez])
+    return np.column_stack([_UNIT[:, 0] * ex + centre[0], _UNIT[:, 1] * ey + centre[1],
+                            z0 + (_UNIT[:, 2] + 1.0) * ez])
+
+
+_GLASS = (52, 46, 42)              # BGR of a car's cabin (windows)
+_BODY_SHARE = 0.62                 # share of a car's height below the windows
+
+
+def _parts(category: str, extent, centre, colour) -> list:
+    """(local corners, colour) of the boxes an actor is drawn with: a car is a body plus a narrower
+    cabin, a default traffic light a pole plus its head; anything else one box."""
+    ex, ey, ez = extent
+    if category == "vehicle":
+        body = _BODY_SHARE * ez
+        cabin = ((0.55 * ex, 0.88 * ey, (1.0 - _BODY_SHARE) * ez), (centre[0] - 0.1 * ex, centre[1]))
+        return [(_local_corners((ex, ey, body), centre), colour),
+                (_local_corners(cabin[0], cabin[1], 2.0 * body), _GLASS)]
+    if category == "traffic_light" and extent == _DEFAULT_EXTENT["traffic_light"]:
+        return [(_local_corners((0.08, 0.08, ez), centre), colour),
+                (_local_corners((0.2, 0.2, 0.45), centre, 2.0 * ez - 0.9), (30, 30, 30))]
+    return [(_local_corners(extent, centre), colour)]
 
 
 def _category(type_id: str) -> str | None:
@@ -197,14 +218,15 @@ def actor_boxes(world, exclude=()) -> ActorBoxes:
         yaw = math.radians(t.rotation.yaw)
         c, s = math.cos(yaw), math.sin(yaw)
         rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])   # columns: forward, right, up (yaw only)
-        corners = _local_corners(extent, centre) @ rot.T + np.array([t.location.x, t.location.y, 0.0])
         if category == "vehicle":
             tag = _BASE_TYPE_TAG.get(str(actor.attributes.get("base_type", "car")).lower(), TAG_CAR)
         else:
             tag = {"walker": TAG_PEDESTRIANS, "traffic_light": TAG_TRAFFIC_LIGHT, "traffic": TAG_TRAFFIC_SIGNS,
                    "static": TAG_STATIC}[category]
-        rows.append((actor, corners, _LOCAL_NORMALS @ rot.T, tag, _colour(actor, category),
-                     category in ("vehicle", "walker")))
+        offset = np.array([t.location.x, t.location.y, 0.0])
+        for local, colour in _parts(category, extent, centre, _colour(actor, category)):
+            rows.append((actor, local @ rot.T + offset, _LOCAL_NORMALS @ rot.T, tag, colour,
+                         category in ("vehicle", "walker")))
     if not rows:
         return ActorBoxes([], np.zeros((0, 8, 3)), np.zeros((0, 5, 3)), np.zeros(0, np.uint8), np.zeros((0, 3)),
                           np.zeros(0, bool))
@@ -292,7 +314,7 @@ def _labels_unrolled(renderer, boxes, origin, pitch, yaw, width, height, f, need
         return tags, None
     # Depth: paint face ids (0 = ground/sky), then look up each pixel's face tag and plane at once.
     ids = np.zeros((height, width), np.int32)
-    planes = np.zeros((len(faces) + 1, 3), np.float32)
+    planes = np.zeros((len(faces) + 1, 5), np.float32)
     face_tags = np.zeros(len(faces) + 1, np.uint8)
     for i, (_, poly, tag, plane) in enumerate(faces, start=1):
         cv2.fillConvexPoly(ids, poly, i, cv2.LINE_8, 3)
@@ -308,7 +330,9 @@ def _labels_unrolled(renderer, boxes, origin, pitch, yaw, width, height, f, need
         u, v = (flat % width).astype(np.float32), (flat // width).astype(np.float32)
         inv = p[:, 0] + p[:, 1] * ((u - cx) / f) - p[:, 2] * ((v - cy) / f)   # 1/depth (centres at integers, as cv2)
         with np.errstate(divide="ignore"):
-            np.put(depth, flat, np.clip(1.0 / np.maximum(inv, 1.0 / DEPTH_FAR_M), _NEAR, DEPTH_FAR_M))
+            face_depth = 1.0 / np.maximum(inv, 1.0 / DEPTH_FAR_M)
+        # Edge pixels may lie just outside their face: keep them within the face's own depth range.
+        np.put(depth, flat, np.clip(face_depth, p[:, 3], p[:, 4]))
         np.put(tags, flat, np.take(face_tags, pid))
     return tags, depth
 
@@ -338,8 +362,8 @@ def _tag_raster(renderer) -> np.ndarray:
 
 
 def _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width) -> list:
-    """Every visible face far to near: (distance, int32 polygon in 1/8 px, tag, plane (a, b, c)) with
-    1/depth = a + b (u - cx)/f - c (v - cy)/f. Culling and ordering as the RGB renderer's."""
+    """Every visible face far to near: (distance, int32 polygon in 1/8 px, tag, (a, b, c, zmin, zmax)) with
+    1/depth = a + b (u - cx)/f - c (v - cy)/f within [zmin, zmax]. Culling and ordering as the RGB renderer's."""
     sc = renderer.scenery
     half_w = width / (2 * f)
     dd = renderer.draw_distance
@@ -365,6 +389,8 @@ def _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width) -> list:
         k = np.einsum("nfk,nfk->nf", n, fcam[:, :, 0])
         with np.errstate(divide="ignore", invalid="ignore"):
             plane = np.nan_to_num(n / k[..., None])
+        z_range = np.maximum(np.stack([fcam[..., 0].min(axis=2), fcam[..., 0].max(axis=2)], axis=-1), _NEAR)
+        plane = np.concatenate([plane, z_range], axis=-1)          # (n,5,5): a, b, c, depth min, depth max
         clipped = np.any(fcam[..., 0] <= _NEAR, axis=2)
         polys = np.ascontiguousarray(np.round(np.clip(_cam_to_uv(fcam, f, cx, cy), -1e5, 1e5) * 8), np.int32)
         dist = (d[sel] + bias[sel]).tolist()
@@ -398,7 +424,7 @@ def _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width) -> list:
             discs = np.ascontiguousarray(np.clip(discs, -8e5, 8e5), np.int32)
             z = np.maximum(cam[sel, 0] - 0.5 * rad[sel], _NEAR)
             for j in range(len(sel)):
-                faces.append((d[sel[j]], discs[j], TAG_VEGETATION, np.array([1.0 / z[j], 0.0, 0.0])))
+                faces.append((d[sel[j]], discs[j], TAG_VEGETATION, np.array([1.0 / z[j], 0.0, 0.0, z[j], z[j]])))
     if len(sc.cone_radius):                                      # conifers: triangles
         b = sc.cone_base + ground
         apex = b.copy()
@@ -415,7 +441,7 @@ def _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width) -> list:
             pts = np.ascontiguousarray(np.round(np.clip(_cam_to_uv(tri, f, cx, cy), -1e5, 1e5) * 8), np.int32)
             z = np.maximum(cam_b[sel, 0], _NEAR)
             for j in range(len(sel)):
-                faces.append((d[sel[j]], pts[j], TAG_VEGETATION, np.array([1.0 / z[j], 0.0, 0.0])))
+                faces.append((d[sel[j]], pts[j], TAG_VEGETATION, np.array([1.0 / z[j], 0.0, 0.0, z[j], z[j]])))
     faces.sort(key=lambda t: -t[0])
     return faces
 
@@ -940,6 +966,8 @@ class CollisionSensor(_TickedSensor):
             if hit is None:
                 continue
             key = owner if isinstance(owner, tuple) else owner.id
+            if key in contacts:                                       # another box of the same actor
+                continue
             contacts.add(key)
             normal = np.array([hit[1][0], hit[1][1], 0.0])            # from the parent towards the other
             closing = float((v_self - vel) @ normal)

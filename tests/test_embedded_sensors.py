@@ -238,8 +238,10 @@ def test_nearer_vehicle_hides_the_one_behind(world, ego):
     world.tick()
     tags, depth = pixels(sem[-1])[..., 2], decode_depth(pixels(dep[-1]))
     car = tags == TAG_CAR
-    near_rear = 16.0 - 2.40 - (5.0 + 1.5)                      # rear of the near car minus camera x
-    assert car.any() and depth[car].max() < near_rear + 1.6    # no pixel of the far car shows
+    near_rear, near_front = 16.0 - 2.40 - (5.0 + 1.5), 16.0 + 2.40 - (5.0 + 1.5)   # minus the camera's x
+    far_rear = 30.0 - 1.86 - (5.0 + 1.5)
+    assert car.any() and depth[car].min() == pytest.approx(near_rear, abs=0.05)
+    assert depth[car].max() < near_front < far_rear              # no pixel of the far car shows
 
 
 def test_walkers_and_traffic_lights_held_by_the_world_appear(world, ego):
