@@ -18,8 +18,10 @@ Code written against ``carla`` runs unchanged on it; only the client object diff
 
 Towns: Town01-Town05 (OpenDRIVE files found via ``$CARLA_MAPS_DIR``, ``$CARLA_ROOT``, the
 user cache or a pinned download; see ``towns``) and the file-free procedural ``Embedded01``.
+Sensors (``sensors.py``): RGB, depth and semantic cameras, collision, obstacle, GNSS, IMU, lane
+invasion, lidar and radar, all over the same scene, other actors included.
 What the simulator does not implement raises ``UnsupportedFeatureError`` saying so.
-Benchmark: ``python -m carla_embedded.bench``.
+Benchmarks: ``python -m carla_embedded.bench``, ``python -m carla_embedded.bench_sensors``.
 """
 from .actors import ActorList, Image, LaneInvasionEvent
 from .blueprints import ActorAttribute, ActorBlueprint, BlueprintLibrary
