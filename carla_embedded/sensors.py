@@ -1,5 +1,7 @@
-"""The sensors of the embedded world: cameras (RGB, depth, semantic segmentation), collision,
-obstacle, GNSS, IMU, lidar and radar, with CARLA 0.9.14's blueprint ids, attributes and data types.
+"""The sensors of the embedded world: cameras (RGB, depth, semantic and instance segmentation),
+collision, obstacle, GNSS, IMU, lidar and radar, with CARLA 0.9.14's blueprint ids, attributes and
+data types. ``sensor.camera.dvs``, ``.optical_flow`` and ``.normals`` are listed (scripts such as
+manual_control.py look them up at start) but spawning them raises ``UnsupportedFeatureError``.
 
 Every sensor sees the same scene the RGB renderer draws (``render.py``'s flat-ground model):
 
@@ -255,8 +257,9 @@ def _road_z(world, location: carla.Location) -> float:
 # Labels and depth: the same scene as the RGB image
 # ------------------------------------------------------------------------------------------
 def render_labels(renderer, boxes: ActorBoxes, camera_transform: carla.Transform, width: int, height: int,
-                  fov: float, need_depth: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Semantic tags (H,W) uint8 and, if ``need_depth``, planar depth (H,W) float32 metres.
+                  fov: float, need_depth: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Semantic tags (H,W) uint8 and, if ``need_depth``, planar depth (H,W) float32 metres and instance
+    ids (H,W) uint16 (the actor id for actors, fixed ids from 30000 up for scenery, 0 for ground/sky).
 
     Same geometry as ``Renderer.render``: ground homography, scenery and actor boxes within the draw
     distance, painted far to near (so occlusion matches the RGB image); faces get their exact planar
@@ -271,13 +274,15 @@ def render_labels(renderer, boxes: ActorBoxes, camera_transform: carla.Transform
     c, s = abs(math.cos(math.radians(roll))), abs(math.sin(math.radians(roll)))
     wp = int(math.ceil(width * c + height * s)) + 2
     hp = int(math.ceil(width * s + height * c)) + 2
-    tags, depth = _labels_unrolled(renderer, boxes, origin, rot.pitch, rot.yaw, wp, hp, f, need_depth)
+    tags, depth, instance = _labels_unrolled(renderer, boxes, origin, rot.pitch, rot.yaw, wp, hp, f, need_depth)
     m = cv2.getRotationMatrix2D((wp / 2.0, hp / 2.0), roll, 1.0)
     m[:, 2] += (width / 2.0 - wp / 2.0, height / 2.0 - hp / 2.0)
     tags = cv2.warpAffine(tags, m, (width, height), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
     if depth is not None:
         depth = cv2.warpAffine(depth, m, (width, height), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
-    return tags, depth
+        instance = cv2.warpAffine(instance, m, (width, height), flags=cv2.INTER_NEAREST,
+                                  borderMode=cv2.BORDER_REPLICATE)
+    return tags, depth, instance
 
 
 def _labels_unrolled(renderer, boxes, origin, pitch, yaw, width, height, f, need_depth):
@@ -311,10 +316,10 @@ def _labels_unrolled(renderer, boxes, origin, pitch, yaw, width, height, f, need
     if not need_depth:
         for _, poly, tag, _ in faces:
             cv2.fillConvexPoly(tags, poly, tag, cv2.LINE_8, 3)
-        return tags, None
+        return tags, None, None
     # Depth: paint face ids (0 = ground/sky), then look up each pixel's face tag and plane at once.
     ids = np.zeros((height, width), np.int32)
-    planes = np.zeros((len(faces) + 1, 5), np.float32)
+    planes = np.zeros((len(faces) + 1, 6), np.float32)
     face_tags = np.zeros(len(faces) + 1, np.uint8)
     for i, (_, poly, tag, plane) in enumerate(faces, start=1):
         cv2.fillConvexPoly(ids, poly, i, cv2.LINE_8, 3)
@@ -334,9 +339,13 @@ def _labels_unrolled(renderer, boxes, origin, pitch, yaw, width, height, f, need
         # Edge pixels may lie just outside their face: keep them within the face's own depth range.
         np.put(depth, flat, np.clip(face_depth, p[:, 3], p[:, 4]))
         np.put(tags, flat, np.take(face_tags, pid))
-    return tags, depth
+    instance = np.zeros((height, width), np.uint16)
+    if len(flat):
+        np.put(instance, flat, p[:, 5].astype(np.uint16))
+    return tags, depth, instance
 
 
+_STATIC_IDS, _CROWN_IDS, _CONE_IDS = 30000, 45000, 55000     # instance ids of scenery boxes, crowns, cones
 _KIND_TAG_LUT = np.zeros(256, np.uint8)
 for _kind, _tag in _KIND_TAG.items():
     _KIND_TAG_LUT[_kind] = _tag
@@ -370,7 +379,7 @@ def _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width) -> list:
     ground = np.array([0.0, 0.0, zg])
     faces: list = []
 
-    def add_boxes(corners_rel, normals, box_tags, bias, centre_rel, radius):
+    def add_boxes(corners_rel, normals, box_tags, bias, centre_rel, radius, inst):
         if not len(corners_rel):
             return
         centre = centre_rel + ground
@@ -390,7 +399,8 @@ def _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width) -> list:
         with np.errstate(divide="ignore", invalid="ignore"):
             plane = np.nan_to_num(n / k[..., None])
         z_range = np.maximum(np.stack([fcam[..., 0].min(axis=2), fcam[..., 0].max(axis=2)], axis=-1), _NEAR)
-        plane = np.concatenate([plane, z_range], axis=-1)          # (n,5,5): a, b, c, depth min, depth max
+        ids = np.broadcast_to(inst[sel].astype(np.float64)[:, None, None], z_range.shape[:2] + (1,))
+        plane = np.concatenate([plane, z_range, ids], axis=-1)     # (n,5,6): a, b, c, depth min, max, instance
         clipped = np.any(fcam[..., 0] <= _NEAR, axis=2)
         polys = np.ascontiguousarray(np.round(np.clip(_cam_to_uv(fcam, f, cx, cy), -1e5, 1e5) * 8), np.int32)
         dist = (d[sel] + bias[sel]).tolist()
@@ -406,10 +416,12 @@ def _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width) -> list:
 
     if len(sc.box_kind):
         tags_, bias = _scenery_tags(renderer)
-        add_boxes(sc.box_corners, sc.box_normals, tags_, bias, sc.box_centre, sc.box_radius)
+        add_boxes(sc.box_corners, sc.box_normals, tags_, bias, sc.box_centre, sc.box_radius,
+                  _STATIC_IDS + np.arange(len(sc.box_kind)))
     if len(boxes.corners):
         add_boxes(boxes.corners, boxes.normals, boxes.tags, np.zeros(len(boxes.corners)), boxes.corners.mean(axis=1),
-                  np.linalg.norm(boxes.corners[:, 0] - boxes.corners[:, 6], axis=1) / 2)
+                  np.linalg.norm(boxes.corners[:, 0] - boxes.corners[:, 6], axis=1) / 2,
+                  np.array([a.id for a in boxes.actors]) % 65536)
     if len(sc.sphere_radius):                                    # tree crowns: discs facing the camera
         c = sc.sphere_centre + ground
         cam = _to_camera(c, origin, rot)
@@ -424,7 +436,8 @@ def _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width) -> list:
             discs = np.ascontiguousarray(np.clip(discs, -8e5, 8e5), np.int32)
             z = np.maximum(cam[sel, 0] - 0.5 * rad[sel], _NEAR)
             for j in range(len(sel)):
-                faces.append((d[sel[j]], discs[j], TAG_VEGETATION, np.array([1.0 / z[j], 0.0, 0.0, z[j], z[j]])))
+                faces.append((d[sel[j]], discs[j], TAG_VEGETATION,
+                              np.array([1.0 / z[j], 0.0, 0.0, z[j], z[j], _CROWN_IDS + sel[j]])))
     if len(sc.cone_radius):                                      # conifers: triangles
         b = sc.cone_base + ground
         apex = b.copy()
@@ -441,7 +454,8 @@ def _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width) -> list:
             pts = np.ascontiguousarray(np.round(np.clip(_cam_to_uv(tri, f, cx, cy), -1e5, 1e5) * 8), np.int32)
             z = np.maximum(cam_b[sel, 0], _NEAR)
             for j in range(len(sel)):
-                faces.append((d[sel[j]], pts[j], TAG_VEGETATION, np.array([1.0 / z[j], 0.0, 0.0, z[j], z[j]])))
+                faces.append((d[sel[j]], pts[j], TAG_VEGETATION,
+                              np.array([1.0 / z[j], 0.0, 0.0, z[j], z[j], _CONE_IDS + sel[j]])))
     faces.sort(key=lambda t: -t[0])
     return faces
 
@@ -486,6 +500,9 @@ _GNSS = tuple((f"noise_{k}_{s}", _F, 0.0) for k in ("alt", "lat", "lon") for s i
 _IMU = tuple((f"noise_accel_stddev_{a}", _F, 0.0) for a in "xyz") + tuple(
     (f"noise_gyro_{k}_{a}", _F, 0.0) for k in ("bias", "stddev") for a in "xyz") + (
     ("noise_seed", _I, 0), ("sensor_tick", _F, 0.0))
+_DVS = (("positive_threshold", _F, 0.3), ("negative_threshold", _F, 0.3), ("sigma_positive_threshold", _F, 0.0),
+        ("sigma_negative_threshold", _F, 0.0), ("refractory_period_ns", _I, 0), ("use_log", _B, "true"),
+        ("log_eps", _F, 0.001))
 _OBSTACLE = (("distance", _F, 5.0), ("hit_radius", _F, 0.5), ("only_dynamics", _B, "false"),
              ("debug_linetrace", _B, "false"), ("sensor_tick", _F, 0.0))
 
@@ -501,6 +518,12 @@ def sensor_blueprints() -> list[ActorBlueprint]:
     return [_blueprint("sensor.camera.rgb", _CAMERA_COMMON + _RGB_EXTRA),
             _blueprint("sensor.camera.depth", _CAMERA_COMMON),
             _blueprint("sensor.camera.semantic_segmentation", _CAMERA_COMMON),
+            _blueprint("sensor.camera.instance_segmentation", _CAMERA_COMMON),
+            # Listed so scripts that look all camera blueprints up at start (manual_control.py) run;
+            # spawning them raises UnsupportedFeatureError naming the blueprint.
+            _blueprint("sensor.camera.dvs", _CAMERA_COMMON + _RGB_EXTRA + _DVS),
+            _blueprint("sensor.camera.optical_flow", _CAMERA_COMMON),
+            _blueprint("sensor.camera.normals", _CAMERA_COMMON),
             _blueprint("sensor.other.collision", ()),
             _blueprint("sensor.other.obstacle", _OBSTACLE),
             _blueprint("sensor.other.gnss", _GNSS),
@@ -541,18 +564,18 @@ class _Camera(_BaseCamera):
         self._callback(self._capture(frame, timestamp.elapsed_seconds, transform))
 
     def _labels(self, transform, need_depth: bool):
-        """Tags (and depth) of this frame, shared by every camera at the same pose and size."""
+        """Tags (and depth, instance ids) of this frame, shared by every camera at the same pose and size."""
         key = (self._world._frame, _pose(transform), self.width, self.height, self.fov)
         cache = getattr(self._world, "_label_cache", None)
         if cache is not None and cache[0] == key and (cache[2] is not None or not need_depth):
-            return cache[1], cache[2]
+            return cache[1], cache[2], cache[3]
         # One pass for the semantic and depth cameras of a rig: paint depth too if a depth camera listens.
-        need_depth = need_depth or any(isinstance(a, DepthCamera) and a.is_listening()
+        need_depth = need_depth or any(isinstance(a, (DepthCamera, InstanceCamera)) and a.is_listening()
                                        for a in self._world._actors.values())
-        tags, depth = render_labels(self._world._renderer(), self._boxes(), transform, self.width, self.height,
-                                    self.fov, need_depth)
-        self._world._label_cache = (key, tags, depth)
-        return tags, depth
+        tags, depth, instance = render_labels(self._world._renderer(), self._boxes(), transform, self.width,
+                                              self.height, self.fov, need_depth)
+        self._world._label_cache = (key, tags, depth, instance)
+        return tags, depth, instance
 
 
 def _pose(t: carla.Transform) -> tuple:
@@ -627,7 +650,7 @@ class DepthCamera(_Camera):
     """sensor.camera.depth: planar depth of the RGB scene, CARLA's 24-bit encoding, 1000 m far plane."""
 
     def _capture(self, frame, elapsed, transform):
-        _, depth = self._labels(transform, need_depth=True)
+        _, depth, _ = self._labels(transform, need_depth=True)
         return DepthImage(frame, elapsed, transform, self.fov, encode_depth(depth))
 
 
@@ -635,9 +658,23 @@ class SemanticCamera(_Camera):
     """sensor.camera.semantic_segmentation: CARLA 0.9.14 tags in the red channel (G = B = 0, A = 255)."""
 
     def _capture(self, frame, elapsed, transform):
-        tags, _ = self._labels(transform, need_depth=False)
+        tags, _, _ = self._labels(transform, need_depth=False)
         pixels = np.zeros((self.height, self.width, 4), np.uint8)
         pixels[..., 2] = tags
+        pixels[..., 3] = 255
+        return SemanticImage(frame, elapsed, transform, self.fov, pixels)
+
+
+class InstanceCamera(_Camera):
+    """sensor.camera.instance_segmentation: the tag in red, the object's id in green (low byte) and
+    blue (high byte): actor ids for actors, fixed ids from 30000 up for scenery, 0 for ground and sky."""
+
+    def _capture(self, frame, elapsed, transform):
+        tags, _, instance = self._labels(transform, need_depth=True)
+        pixels = np.empty((self.height, self.width, 4), np.uint8)
+        pixels[..., 2] = tags
+        pixels[..., 1] = instance & 255
+        pixels[..., 0] = instance >> 8
         pixels[..., 3] = 255
         return SemanticImage(frame, elapsed, transform, self.fov, pixels)
 
@@ -1207,6 +1244,7 @@ SENSOR_CLASSES = {
     "sensor.camera.rgb": RgbCamera,
     "sensor.camera.depth": DepthCamera,
     "sensor.camera.semantic_segmentation": SemanticCamera,
+    "sensor.camera.instance_segmentation": InstanceCamera,
     "sensor.other.collision": CollisionSensor,
     "sensor.other.obstacle": ObstacleSensor,
     "sensor.other.gnss": GnssSensor,

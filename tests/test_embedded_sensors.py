@@ -445,6 +445,25 @@ def test_radar_detects_the_car_ahead_and_its_closing_speed(world, ego):
     assert isinstance(detection, carla.RadarDetection) and detection.depth == pytest.approx(float(d[0, 3]))
 
 
+def test_instance_camera_gives_tag_and_actor_id(world, ego):
+    _, images = camera(world, ego, "sensor.camera.instance_segmentation")
+    other = spawn(world, "vehicle.audi.a2", on_lane(world, 20.0))
+    world.tick()
+    px = pixels(images[-1])
+    car = px[..., 2] == TAG_CAR
+    ids = px[..., 1].astype(int) + 256 * px[..., 0].astype(int)
+    assert car.any() and (ids[car] == other.id).all()
+    assert (ids[px[..., 2] == TAG_SKY] == 0).all()
+
+
+@pytest.mark.parametrize("bp_id", ["sensor.camera.dvs", "sensor.camera.optical_flow", "sensor.camera.normals"])
+def test_listed_but_unsupported_cameras_say_so(world, ego, bp_id):
+    bp = world.get_blueprint_library().find(bp_id)                # manual_control.py looks them up at start
+    bp.set_attribute("image_size_x", "320")
+    with pytest.raises(UnsupportedFeatureError, match=bp_id):
+        world.spawn_actor(bp, CAM, attach_to=ego)
+
+
 def test_sensors_needing_a_parent_say_so(world):
     for bp_id in ("sensor.other.collision", "sensor.other.obstacle"):
         with pytest.raises(ValueError, match="attach_to"):

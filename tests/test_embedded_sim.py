@@ -376,7 +376,7 @@ def test_blueprint_library_like_carla(world):
     with pytest.raises(IndexError, match="number_of_wheels"):
         vehicles[0].set_attribute("number_of_wheels", "3")
     with pytest.raises(IndexError, match="sensor.camera.rgb"):
-        library.find("sensor.camera.instance_segmentation")       # not implemented
+        library.find("sensor.other.rss")                           # not implemented
     assert vehicles[0].get_attribute("color").recommended_values
     assert library.filter("walker.*").__len__() == 0
 
