@@ -199,11 +199,28 @@ def _colour(actor, category: str) -> tuple:
 
 
 def actor_boxes(world, exclude=()) -> ActorBoxes:
-    """Every visible actor of ``world`` (except those in ``exclude``) as a box, see :class:`ActorBoxes`."""
+    """Every visible actor of ``world`` (except those in ``exclude``) as boxes, see :class:`ActorBoxes`.
+
+    Built once per frame (and actor count) and shared by every sensor of that frame: all of them see
+    the world as it was when the frame's sensors ran, as in CARLA. Actors moved between ticks are
+    seen from the next tick on.
+    """
+    key = (world._frame, world._elapsed, len(world._actors))
+    cached = world.__dict__.get("_sensor_actor_boxes")
+    if cached is None or cached[0] != key:
+        cached = (key, _build_actor_boxes(world))
+        world.__dict__["_sensor_actor_boxes"] = cached
+    boxes = cached[1]
     skip = {a.id for a in exclude if a is not None}
+    if skip and len(boxes.actors):
+        boxes = boxes.select(np.array([a.id not in skip for a in boxes.actors], bool))
+    return boxes
+
+
+def _build_actor_boxes(world) -> ActorBoxes:
     rows = []
     for actor in list(world._actors.values()):
-        if actor.id in skip or not actor.is_alive:
+        if not actor.is_alive:
             continue
         category = _category(actor.type_id)
         if category is None:
