@@ -960,11 +960,14 @@ class _TickedSensor(Sensor):
     """A sensor that measures every ``sensor_tick`` seconds while listened to."""
 
     needs_parent = False
+    needs_scene = True               # False: no scene geometry needed (GNSS, IMU)
 
     def __init__(self, world, actor_id, type_id, transform, attributes, parent):
         if self.needs_parent and parent is None:
             raise ValueError(f"{type_id} must be spawned with attach_to=<actor>")
         super().__init__(world, actor_id, type_id, transform, attributes, parent)
+        if self.needs_scene:
+            world._renderer()        # build the town's scenery now, not during the first tick
         self._sensor_tick = float(attributes.get("sensor_tick", 0.0))
         if self._sensor_tick < 0:
             raise ValueError(f"sensor_tick={self._sensor_tick} must be >= 0 seconds")
@@ -1118,6 +1121,8 @@ class GnssSensor(_TickedSensor):
     """sensor.other.gnss: ``map.transform_to_geolocation`` of the sensor, plus CARLA's noise model
     (latitude/longitude noise in degrees, altitude in m: bias + N(0, stddev), seeded by ``noise_seed``)."""
 
+    needs_scene = False
+
     def _measure(self, frame, elapsed, transform, dt):
         geo = self._world.get_map().transform_to_geolocation(transform.location)
         noise = [self._float(f"noise_{k}_bias") + self._rng.normal(0.0, self._float(f"noise_{k}_stddev"))
@@ -1131,6 +1136,8 @@ class ImuSensor(_TickedSensor):
     """sensor.other.imu: accelerometer (parent's acceleration + gravity, m/s^2), gyroscope (parent's
     angular velocity, rad/s), both in the sensor's frame (x forward, y right, z up), and compass
     (rad from north = -y, clockwise: yaw 0 -> pi/2). Noise: N(0, stddev) per axis, gyro bias added."""
+
+    needs_scene = False
 
     def _measure(self, frame, elapsed, transform, dt):
         r = transform.rotation
