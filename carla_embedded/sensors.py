@@ -65,7 +65,8 @@ def _label(name: str) -> int:
     return int(getattr(carla.CityObjectLabel, name))
 
 
-TAG_NONE, TAG_ROADS, TAG_SIDEWALKS, TAG_BUILDINGS = _label("NONE"), _label("Roads"), _label("Sidewalks"), _label("Buildings")
+TAG_NONE, TAG_ROADS, TAG_SIDEWALKS = _label("NONE"), _label("Roads"), _label("Sidewalks")
+TAG_BUILDINGS = _label("Buildings")
 TAG_POLES, TAG_TRAFFIC_LIGHT, TAG_TRAFFIC_SIGNS = _label("Poles"), _label("TrafficLight"), _label("TrafficSigns")
 TAG_VEGETATION, TAG_TERRAIN, TAG_SKY = _label("Vegetation"), _label("Terrain"), _label("Sky")
 TAG_PEDESTRIANS, TAG_CAR, TAG_TRUCK, TAG_BUS = _label("Pedestrians"), _label("Car"), _label("Truck"), _label("Bus")
@@ -735,7 +736,8 @@ class ObstacleDetectionEvent(_SensorData):
         self.distance = distance
 
     def __repr__(self):
-        return f"ObstacleDetectionEvent(frame={self.frame}, other_actor={self.other_actor!r}, distance={self.distance:.2f})"
+        return (f"ObstacleDetectionEvent(frame={self.frame}, other_actor={self.other_actor!r}, "
+                f"distance={self.distance:.2f})")
 
 
 class GnssMeasurement(_SensorData):
@@ -1196,8 +1198,10 @@ class LidarSensor(_TickedSensor):
     def __init__(self, *args):
         super().__init__(*args)
         self._channels = int(self._attributes["channels"])
-        if not 1 <= self._channels <= 256 or self._float("range") <= 0 or int(self._attributes["points_per_second"]) < 0:
-            raise ValueError(f"lidar channels={self._channels} must be 1..256, range > 0, points_per_second >= 0")
+        pps = int(self._attributes["points_per_second"])
+        if not 1 <= self._channels <= 256 or self._float("range") <= 0 or pps < 0:
+            raise ValueError(f"lidar channels={self._channels}, range={self._float('range')}, points_per_second={pps}: "
+                             f"channels must be 1..256, range > 0 m, points_per_second >= 0")
         self._angle = 0.0
 
     def _measure(self, frame, elapsed, transform, dt):

@@ -475,3 +475,23 @@ def test_rgb_images_reject_depth_conversion(world, ego):
     world.tick()
     with pytest.raises(UnsupportedFeatureError, match="Image.convert"):
         images[-1].convert(carla.ColorConverter.Depth)
+
+
+def test_lidar_rejects_bad_attributes(world, ego):
+    with pytest.raises(ValueError, match="channels=0"):
+        spawn(world, "sensor.lidar.ray_cast", carla.Transform(), ego, channels=0)
+
+
+def test_sensor_bench_runs_every_case():
+    from carla_embedded.bench_sensors import CASES, SensorBenchConfig, run_sensor_bench
+
+    times = run_sensor_bench(SensorBenchConfig(town="Embedded01", resolution=(64, 48), block=2, rounds=1, parked=2))
+    assert set(times) == set(CASES) and all(len(t) == 2 and (t > 0).all() for t in times.values())
+
+
+def test_sensor_bench_cli_rejects_bad_input(capsys):
+    from carla_embedded.bench_sensors import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--res", "wide"])
+    assert exit_info.value.code == 2 and "'wide'" in capsys.readouterr().err
