@@ -392,9 +392,12 @@ class Renderer:
 
     # ------------------------------------------------------------------ frame
     def _ground_z(self, origin: np.ndarray) -> float:
-        wp = self._map.get_waypoint(carla.Location(x=float(origin[0]), y=float(origin[1]), z=float(origin[2])),
-                                    project_to_road=True)
-        return float(wp.transform.location.z) if wp is not None else 0.0
+        """Height of the road nearest ``origin``; the last answer is kept (cameras of one rig share it)."""
+        key = (float(origin[0]), float(origin[1]), float(origin[2]))
+        if getattr(self, "_ground_z_last", (None,))[0] != key:
+            wp = self._map.get_waypoint(carla.Location(x=key[0], y=key[1], z=key[2]), project_to_road=True)
+            self._ground_z_last = (key, float(wp.transform.location.z) if wp is not None else 0.0)
+        return self._ground_z_last[1]
 
     def _render_unrolled(self, origin, pitch, yaw, width, height, f, look: _Look, boxes=None) -> np.ndarray:
         light = look.lighting

@@ -388,6 +388,16 @@ def _tag_raster(renderer) -> np.ndarray:
     return cached
 
 
+_CIRCLE = np.stack([np.cos(np.linspace(0, 2 * np.pi, 16, endpoint=False)),
+                    np.sin(np.linspace(0, 2 * np.pi, 16, endpoint=False))], axis=1)
+
+
+def _append_flat(faces: list, dist, polys, z, ids) -> None:
+    """Vegetation drawn as flat shapes at one depth ``z`` each (crowns, conifers)."""
+    planes = np.column_stack([1.0 / z, np.zeros_like(z), np.zeros_like(z), z, z, ids])
+    faces.extend(zip(dist.tolist(), polys, [TAG_VEGETATION] * len(z), planes))
+
+
 def _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width) -> list:
     """Every visible face far to near: (distance, int32 polygon in 1/8 px, tag, (a, b, c, zmin, zmax)) with
     1/depth = a + b (u - cx)/f - c (v - cy)/f within [zmin, zmax]. Culling and ordering as the RGB renderer's."""
@@ -417,7 +427,7 @@ def _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width) -> list:
         with np.errstate(divide="ignore", invalid="ignore"):
             plane = np.nan_to_num(n / k[..., None])
         z_range = np.maximum(np.stack([fcam[..., 0].min(axis=2), fcam[..., 0].max(axis=2)], axis=-1), _NEAR)
-        ids = np.broadcast_to(inst[sel].astype(np.float64)[:, None, None], z_range.shape[:2] + (1,))
+        ids = np.repeat(inst[sel].astype(np.float64)[:, None, None], 5, axis=1)
         plane = np.concatenate([plane, z_range, ids], axis=-1)     # (n,5,6): a, b, c, depth min, max, instance
         clipped = np.any(fcam[..., 0] <= _NEAR, axis=2)
         polys = np.ascontiguousarray(np.round(np.clip(_cam_to_uv(fcam, f, cx, cy), -1e5, 1e5) * 8), np.int32)
@@ -449,13 +459,10 @@ def _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width) -> list:
         if len(sel):
             uv = _cam_to_uv(cam[sel], f, cx, cy)
             pr = f * rad[sel] / cam[sel, 0]
-            ang = np.linspace(0, 2 * np.pi, 16, endpoint=False)
-            discs = np.round((uv[:, None, :] + pr[:, None, None] * np.stack([np.cos(ang), np.sin(ang)], 1)) * 8)
+            discs = np.round((uv[:, None, :] + pr[:, None, None] * _CIRCLE) * 8)
             discs = np.ascontiguousarray(np.clip(discs, -8e5, 8e5), np.int32)
             z = np.maximum(cam[sel, 0] - 0.5 * rad[sel], _NEAR)
-            for j in range(len(sel)):
-                faces.append((d[sel[j]], discs[j], TAG_VEGETATION,
-                              np.array([1.0 / z[j], 0.0, 0.0, z[j], z[j], _CROWN_IDS + sel[j]])))
+            _append_flat(faces, d[sel], discs, z, _CROWN_IDS + sel)
     if len(sc.cone_radius):                                      # conifers: triangles
         b = sc.cone_base + ground
         apex = b.copy()
@@ -471,9 +478,7 @@ def _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width) -> list:
             tri = np.stack([cam_a[sel], cam_b[sel] - side, cam_b[sel] + side], axis=1)
             pts = np.ascontiguousarray(np.round(np.clip(_cam_to_uv(tri, f, cx, cy), -1e5, 1e5) * 8), np.int32)
             z = np.maximum(cam_b[sel, 0], _NEAR)
-            for j in range(len(sel)):
-                faces.append((d[sel[j]], pts[j], TAG_VEGETATION,
-                              np.array([1.0 / z[j], 0.0, 0.0, z[j], z[j], _CONE_IDS + sel[j]])))
+            _append_flat(faces, d[sel], pts, z, _CONE_IDS + sel)
     faces.sort(key=lambda t: -t[0])
     return faces
 
