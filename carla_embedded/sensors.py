@@ -346,23 +346,33 @@ def _labels_unrolled(renderer, boxes, origin, pitch, yaw, width, height, f, need
     ground_depth[:v_ground] = DEPTH_FAR_M
     depth = np.empty((height, width), np.float32)
     depth[:] = ground_depth[:, None]
-    flat = np.flatnonzero(ids)                                              # pixels covered by a face
-    if len(flat):
-        pid = np.take(ids.ravel(), flat)
-        p = np.take(planes, pid, axis=0)                                    # each pixel's face plane
-        u, v = (flat % width).astype(np.float32), (flat // width).astype(np.float32)
-        inv = p[:, 0] + p[:, 1] * ((u - cx) / f) - p[:, 2] * ((v - cy) / f)   # 1/depth (centres at integers, as cv2)
-        with np.errstate(divide="ignore"):
-            face_depth = 1.0 / np.maximum(inv, 1.0 / DEPTH_FAR_M)
-        # Edge pixels may lie just outside their face: keep them within the face's own depth range.
-        np.put(depth, flat, np.clip(face_depth, p[:, 3], p[:, 4]))
-        np.put(tags, flat, np.take(face_tags, pid))
     instance = np.zeros((height, width), np.uint16)
-    if len(flat):
-        np.put(instance, flat, p[:, 5].astype(np.uint16))
+    covered = ids > 0                                                        # pixels of some face
+    if covered.any():
+        pid = ids[covered]
+        p = np.take(planes, pid, axis=0)                                     # each pixel's face plane
+        u_grid, v_grid = _pixel_grids(width, height, cx, cy, f)
+        inv = p[:, 0] + p[:, 1] * u_grid[covered] - p[:, 2] * v_grid[covered]   # 1/depth
+        np.maximum(inv, np.float32(1.0 / DEPTH_FAR_M), out=inv)
+        # Edge pixels may lie just outside their face: keep them within the face's own depth range.
+        depth[covered] = np.clip(np.float32(1.0) / inv, p[:, 3], p[:, 4])
+        tags[covered] = np.take(face_tags, pid)
+        instance[covered] = p[:, 5]
     return tags, depth, instance
 
 
+def _pixel_grids(width: int, height: int, cx: float, cy: float, f: float):
+    """(u - cx)/f and (v - cy)/f for every pixel (centres at integers, as cv2), float32, cached."""
+    key = (width, height, cx, cy, f)
+    if _GRIDS.get("key") != key:
+        u = ((np.arange(width, dtype=np.float32) - cx) / f)[None, :]
+        v = ((np.arange(height, dtype=np.float32) - cy) / f)[:, None]
+        _GRIDS.update(key=key, grids=(np.broadcast_to(u, (height, width)).copy(),
+                                      np.broadcast_to(v, (height, width)).copy()))
+    return _GRIDS["grids"]
+
+
+_GRIDS: dict = {}
 _STATIC_IDS, _CROWN_IDS, _CONE_IDS = 30000, 45000, 55000     # instance ids of scenery boxes, crowns, cones
 _KIND_TAG_LUT = np.zeros(256, np.uint8)
 for _kind, _tag in _KIND_TAG.items():
