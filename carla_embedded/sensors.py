@@ -14,6 +14,11 @@ Every sensor sees the same scene the RGB renderer draws (``render.py``'s flat-gr
   bounding box as a static box. Actors are found by their ``type_id`` (``vehicle.*``, ``walker.*``,
   ``traffic.traffic_light*``, ``traffic.*``, ``static.*``), so actors added later appear too.
 
+Cameras paint this scene far to near by object distance, exactly as the RGB image is painted (so
+labels and depth match the RGB pixels; objects are not z-tested against each other, and the flat
+ground never hides an object); each face's depth is its exact per-pixel planar depth. Hills are
+flat here as in the RGB image. Lidar and radar cast rays against the same boxes and ground plane.
+
 Semantic tags are CARLA 0.9.14's (the Cityscapes-aligned table of ``carla.CityObjectLabel``: Roads 1,
 Sidewalks 2, Buildings 3, Poles 6, TrafficLight 7, Vegetation 9, Terrain 10, Sky 11, Pedestrians 12,
 Car 14, RoadLines 24; 0.9.13 and older used Road 7, Vehicles 10, ...). Depth is CARLA's planar depth
