@@ -913,30 +913,41 @@ def _ray_boxes(origin: np.ndarray, dirs: np.ndarray, corners: np.ndarray, max_t:
     return best_t, best_i
 
 
+def _near(centres: np.ndarray, radius: np.ndarray, centre: np.ndarray, reach: float, cone) -> np.ndarray:
+    """Indices of boxes (bounding spheres) within ``reach`` of ``centre`` and, if given, inside ``cone``."""
+    rel = centres - centre
+    dist = np.linalg.norm(rel, axis=1)
+    keep = dist < reach + radius
+    if cone is not None:
+        axis, half = cone
+        angle = np.arccos(np.clip(rel @ axis / np.maximum(dist, 1e-9), -1.0, 1.0))
+        slack = np.arcsin(np.clip(radius / np.maximum(dist, 1e-9), 0.0, 1.0))
+        keep &= (angle <= half + slack) | (dist <= radius)
+    return np.nonzero(keep)[0]
+
+
 def _scene_boxes(world, sensor, ground_z: float, centre: np.ndarray, reach: float, only_dynamics=False,
                  cone=None):
     """Actor and scenery boxes near ``centre`` in world z: (corners (N,8,3), velocity (N,3), owners).
 
     ``cone`` = (unit axis (3,), half angle rad): keep only boxes that may lie within it (ray sensors).
     """
+    lift = np.array([0.0, 0.0, ground_z])
     boxes = actor_boxes(world, exclude=(sensor._parent, sensor))
-    if only_dynamics and len(boxes.actors):
-        boxes = boxes.select(boxes.dynamic)
-    corners = [boxes.corners + np.array([0.0, 0.0, ground_z])]
+    keep = np.ones(len(boxes.actors), bool) if not only_dynamics else boxes.dynamic.copy()
+    if len(boxes.actors):
+        mask = np.zeros(len(boxes.actors), bool)
+        mask[_near(boxes.corners.mean(axis=1) + lift, np.linalg.norm(boxes.corners[:, 0] - boxes.corners[:, 6], axis=1)
+                   / 2, centre, reach, cone)] = True
+        keep &= mask
+    boxes = boxes.select(keep)
+    corners = [boxes.corners + lift]
     owners = list(boxes.actors)
     velocities = [np.array([_vec(a.get_velocity()) for a in owners], np.float64).reshape(-1, 3)]
     if not only_dynamics:
         sc = world._renderer().scenery
-        rel = sc.box_centre + np.array([0.0, 0.0, ground_z]) - centre
-        dist = np.linalg.norm(rel, axis=1)
-        keep = dist < reach + sc.box_radius
-        if cone is not None:
-            axis, half = cone
-            angle = np.arccos(np.clip(rel @ axis / np.maximum(dist, 1e-9), -1.0, 1.0))
-            slack = np.arcsin(np.clip(sc.box_radius / np.maximum(dist, 1e-9), 0.0, 1.0))
-            keep &= (angle <= half + slack) | (dist <= sc.box_radius)
-        near = np.nonzero(keep)[0]
-        corners.append(sc.box_corners[near] + np.array([0.0, 0.0, ground_z]))
+        near = _near(sc.box_centre + lift, sc.box_radius, centre, reach, cone)
+        corners.append(sc.box_corners[near] + lift)
         owners += [("static", int(i)) for i in near]
         velocities.append(np.zeros((len(near), 3)))
     return np.concatenate(corners).reshape(-1, 8, 3), np.concatenate(velocities), owners
