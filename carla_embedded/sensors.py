@@ -165,18 +165,17 @@ _BODY_SHARE = 0.62                 # share of a car's height below the windows
 
 
 def _parts(category: str, extent, centre, colour) -> list:
-    """(local corners, colour) of the boxes an actor is drawn with: a car is a body plus a narrower
-    cabin, a default traffic light a pole plus its head; anything else one box."""
+    """The boxes an actor is drawn with, as (ex, ey, ez, x, y, z0, colour) in its frame: a car is a
+    body plus a narrower cabin, a default traffic light a pole plus its head; anything else one box."""
     ex, ey, ez = extent
     if category == "vehicle":
         body = _BODY_SHARE * ez
-        cabin = ((0.55 * ex, 0.88 * ey, (1.0 - _BODY_SHARE) * ez), (centre[0] - 0.1 * ex, centre[1]))
-        return [(_local_corners((ex, ey, body), centre), colour),
-                (_local_corners(cabin[0], cabin[1], 2.0 * body), _GLASS)]
-    if category == "traffic_light" and extent == _DEFAULT_EXTENT["traffic_light"]:
-        return [(_local_corners((0.08, 0.08, ez), centre), colour),
-                (_local_corners((0.2, 0.2, 0.45), centre, 2.0 * ez - 0.9), (30, 30, 30))]
-    return [(_local_corners(extent, centre), colour)]
+        return [(ex, ey, body, centre[0], centre[1], 0.0, colour),
+                (0.55 * ex, 0.88 * ey, ez - body, centre[0] - 0.1 * ex, centre[1], 2.0 * body, _GLASS)]
+    if category == "traffic_light" and tuple(extent) == _DEFAULT_EXTENT["traffic_light"]:
+        return [(0.08, 0.08, ez, centre[0], centre[1], 0.0, colour),
+                (0.2, 0.2, 0.45, centre[0], centre[1], 2.0 * ez - 0.9, (30, 30, 30))]
+    return [(ex, ey, ez, centre[0], centre[1], 0.0, colour)]
 
 
 def _category(type_id: str) -> str | None:
@@ -193,10 +192,10 @@ def _category(type_id: str) -> str | None:
     return None                    # sensors, spectator, controllers: nothing to see
 
 
-def _colour(actor, category: str) -> tuple:
+def _colour(attributes: dict, category: str) -> tuple:
     if category == "vehicle":
         try:
-            r, g, b = (int(v) for v in str(actor.attributes.get("color", "128,128,128")).split(","))
+            r, g, b = (int(v) for v in str(attributes.get("color", "128,128,128")).split(","))
             return (b, g, r)
         except ValueError:
             return (128, 128, 128)
@@ -224,7 +223,8 @@ def actor_boxes(world, exclude=()) -> ActorBoxes:
 
 
 def _build_actor_boxes(world) -> ActorBoxes:
-    rows = []
+    """Per actor only reads its state; the corners of every part are computed at once."""
+    owners, params, poses, tags, dynamic = [], [], [], [], []
     for actor in list(world._actors.values()):
         if not actor.is_alive:
             continue
@@ -233,31 +233,41 @@ def _build_actor_boxes(world) -> ActorBoxes:
             continue
         bbox = actor.bounding_box
         extent = (bbox.extent.x, bbox.extent.y, bbox.extent.z)
-        centre = (bbox.location.x, bbox.location.y, bbox.location.z)
+        centre = (bbox.location.x, bbox.location.y)
         if min(extent) <= 0.0:
             default = _DEFAULT_EXTENT.get(category)
             if default is None:
                 continue
-            extent, centre = default, (0.0, 0.0, default[2])
-        t = actor.get_transform()
-        yaw = math.radians(t.rotation.yaw)
-        c, s = math.cos(yaw), math.sin(yaw)
-        rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])   # columns: forward, right, up (yaw only)
+            extent, centre = default, (0.0, 0.0)
+        attributes = actor.attributes
         if category == "vehicle":
-            tag = _BASE_TYPE_TAG.get(str(actor.attributes.get("base_type", "car")).lower(), TAG_CAR)
+            tag = _BASE_TYPE_TAG.get(str(attributes.get("base_type", "car")).lower(), TAG_CAR)
         else:
             tag = {"walker": TAG_PEDESTRIANS, "traffic_light": TAG_TRAFFIC_LIGHT, "traffic": TAG_TRAFFIC_SIGNS,
                    "static": TAG_STATIC}[category]
-        offset = np.array([t.location.x, t.location.y, 0.0])
-        for local, colour in _parts(category, extent, centre, _colour(actor, category)):
-            rows.append((actor, local @ rot.T + offset, _LOCAL_NORMALS @ rot.T, tag, colour,
-                         category in ("vehicle", "walker")))
-    if not rows:
+        t = actor.get_transform()
+        pose = (t.location.x, t.location.y, math.radians(t.rotation.yaw))
+        for part in _parts(category, extent, centre, _colour(attributes, category)):
+            owners.append(actor)
+            params.append(part)
+            poses.append(pose)
+            tags.append(tag)
+            dynamic.append(category in ("vehicle", "walker"))
+    if not owners:
         return ActorBoxes([], np.zeros((0, 8, 3)), np.zeros((0, 5, 3)), np.zeros(0, np.uint8), np.zeros((0, 3)),
                           np.zeros(0, bool))
-    actors, corners, normals, tags, colours, dynamic = zip(*rows)
-    return ActorBoxes(list(actors), np.array(corners), np.array(normals), np.array(tags, np.uint8),
-                      np.array(colours, np.float64), np.array(dynamic, bool))
+    size = np.array([q[:6] for q in params], np.float64)                 # ex, ey, ez, x, y, z0
+    pose = np.array(poses, np.float64)
+    lx = _UNIT[None, :, 0] * size[:, None, 0] + size[:, None, 3]          # (P,8) in the actor's frame
+    ly = _UNIT[None, :, 1] * size[:, None, 1] + size[:, None, 4]
+    lz = size[:, None, 5] + (_UNIT[None, :, 2] + 1.0) * size[:, None, 2]
+    c, s = np.cos(pose[:, 2])[:, None], np.sin(pose[:, 2])[:, None]
+    corners = np.stack([pose[:, None, 0] + c * lx - s * ly, pose[:, None, 1] + s * lx + c * ly, lz], axis=-1)
+    n = _LOCAL_NORMALS[None]                                             # yaw-only rotation of the normals
+    normals = np.stack([c * n[..., 0] - s * n[..., 1], s * n[..., 0] + c * n[..., 1],
+                        np.broadcast_to(n[..., 2], c.shape[:1] + (5,))], axis=-1)
+    return ActorBoxes(owners, corners, normals, np.array(tags, np.uint8),
+                      np.array([q[6] for q in params], np.float64), np.array(dynamic, bool))
 
 
 def _sees_parent(sensor) -> bool:
