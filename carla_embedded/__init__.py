@@ -23,8 +23,10 @@ the file-free procedural ``Embedded01``.
 Traffic as in CARLA: ``client.get_trafficmanager(port)``, ``vehicle.set_autopilot(True, port)``,
 traffic lights at junctions, walkers with ``controller.ai.walker``, and ``client.apply_batch_sync``
 with ``carla.command.SpawnActor(...).then(SetAutopilot(FutureActor, True, port))``.
+Sensors (``sensors.py``): RGB, depth and semantic cameras, collision, obstacle, GNSS, IMU, lane
+invasion, lidar and radar, all over the same scene, other actors included.
 What the simulator does not implement raises ``UnsupportedFeatureError`` saying so.
-Benchmark: ``python -m carla_embedded.bench``.
+Benchmarks: ``python -m carla_embedded.bench``, ``python -m carla_embedded.bench_sensors``.
 """
 from .actors import ActorList, Image, LaneInvasionEvent
 from .blueprints import ActorAttribute, ActorBlueprint, BlueprintLibrary

@@ -4,8 +4,8 @@
 name (carla's cannot be constructed from Python). Listed: CARLA 0.9.14's vehicle catalogue
 (cars, trucks, vans, a bus, motorcycles and bicycles, with its ids, generations, base types and
 bounding boxes; every one drives with the kinematic model, sized and limited per class), its
-pedestrians ``walker.pedestrian.0001``-``0049``, ``controller.ai.walker`` and the sensors the
-simulator implements. Tags are the id's parts, as in CARLA, so ``filter('vehicle')`` matches
+pedestrians ``walker.pedestrian.0001``-``0049``, ``controller.ai.walker`` and the sensors of ``sensors.py`` (cameras RGB/depth/semantic/instance
+segmentation, collision, obstacle, GNSS, IMU, lidar, radar). Tags are the id's parts, as in CARLA, so ``filter('vehicle')`` matches
 every vehicle. A script asking for anything else gets carla's error for a missing blueprint
 (``IndexError`` from ``find``) or an empty ``filter`` result, like on a server without that asset.
 """
@@ -325,16 +325,15 @@ def _walker(number: int) -> ActorBlueprint:
         walker_extent=CHILD_EXTENT if child else WALKER_EXTENT)
 
 
+def _sensor_blueprints() -> list[ActorBlueprint]:
+    from .sensors import sensor_blueprints      # sensors.py builds on this module: import when needed
+    return sensor_blueprints()
+
+
 def default_blueprints() -> list[ActorBlueprint]:
     """The blueprints every embedded world offers (a fresh list: callers may mutate it)."""
     return [_vehicle(bp_id) for bp_id in VEHICLE_CATALOGUE] + [
-        ActorBlueprint(
-            "sensor.camera.rgb", ("sensor", "camera", "rgb"),
-            [ActorAttribute("image_size_x", _TYPE.Int, 800, is_modifiable=True),
-             ActorAttribute("image_size_y", _TYPE.Int, 600, is_modifiable=True),
-             ActorAttribute("fov", _TYPE.Float, 90.0, is_modifiable=True),
-             ActorAttribute("sensor_tick", _TYPE.Float, 0.0, is_modifiable=True),
-             _role_name("front")]),
+        *_sensor_blueprints(),
         ActorBlueprint(
             "sensor.other.lane_invasion", ("sensor", "other", "lane_invasion"),
             [_role_name("front")]),

@@ -191,6 +191,25 @@ class _Look:
     glow: np.ndarray
 
 
+@dataclass
+class ExtraBoxes:
+    """Boxes drawn with the scenery (other actors), same layout as :class:`~carla_embedded.scenery.Scenery`'s.
+
+    ``corners`` (N,8,3) with z relative to the ground plane, ``normals`` (N,5,3) and ``colour`` (N,5,3) BGR
+    albedo per face of :data:`~carla_embedded.scenery.BOX_FACES`; ``centre``/``face_centre``/``radius`` derived.
+    """
+
+    corners: np.ndarray
+    normals: np.ndarray
+    colour: np.ndarray
+
+    def __post_init__(self):
+        self.centre = self.corners.mean(axis=1) if len(self.corners) else np.zeros((0, 3))
+        self.face_centre = self.corners[:, BOX_FACES].mean(axis=2) if len(self.corners) else np.zeros((0, 5, 3))
+        self.radius = (np.linalg.norm(self.corners[:, 0] - self.corners[:, 6], axis=1) / 2
+                       if len(self.corners) else np.zeros(0))
+
+
 def _weather_key(w: carla.WeatherParameters) -> tuple:
     return tuple(round(float(getattr(w, k)), 3) for k in (
         "cloudiness", "precipitation", "precipitation_deposits", "wetness", "fog_density", "fog_distance",
@@ -221,8 +240,12 @@ class Renderer:
 
     # ------------------------------------------------------------------ public
     def render(self, camera_transform: carla.Transform, width: int, height: int, fov_deg: float,
-               weather: carla.WeatherParameters) -> np.ndarray:
-        """A new (height, width, 4) uint8 BGRA image seen by a camera at ``camera_transform`` (world)."""
+               weather: carla.WeatherParameters, boxes: Optional["ExtraBoxes"] = None) -> np.ndarray:
+        """A new (height, width, 4) uint8 BGRA image seen by a camera at ``camera_transform`` (world).
+
+        ``boxes``: other actors (vehicles, walkers, traffic lights) drawn with the scenery, see
+        :class:`ExtraBoxes`.
+        """
         if not (isinstance(width, (int, np.integer)) and isinstance(height, (int, np.integer))
                 and width > 0 and height > 0):
             raise ValueError(f"image size {width!r}x{height!r} must be positive integers")
@@ -234,12 +257,12 @@ class Renderer:
         f = focal_length(width, fov_deg)
         roll = float(rot.roll)
         if abs(roll) < 1e-3:
-            bgr = self._render_unrolled(origin, rot.pitch, rot.yaw, width, height, f, look)
+            bgr = self._render_unrolled(origin, rot.pitch, rot.yaw, width, height, f, look, boxes)
         else:
             c, s = abs(math.cos(math.radians(roll))), abs(math.sin(math.radians(roll)))
             wp = int(math.ceil(width * c + height * s)) + 2
             hp = int(math.ceil(width * s + height * c)) + 2
-            big = self._render_unrolled(origin, rot.pitch, rot.yaw, wp, hp, f, look)
+            big = self._render_unrolled(origin, rot.pitch, rot.yaw, wp, hp, f, look, boxes)
             # Image rotation by the roll about the principal point (see module docstring).
             m = cv2.getRotationMatrix2D((wp / 2.0, hp / 2.0), roll, 1.0)
             m[:, 2] += (width / 2.0 - wp / 2.0, height / 2.0 - hp / 2.0)
@@ -369,11 +392,14 @@ class Renderer:
 
     # ------------------------------------------------------------------ frame
     def _ground_z(self, origin: np.ndarray) -> float:
-        wp = self._map.get_waypoint(carla.Location(x=float(origin[0]), y=float(origin[1]), z=float(origin[2])),
-                                    project_to_road=True)
-        return float(wp.transform.location.z) if wp is not None else 0.0
+        """Height of the road nearest ``origin``; the last answer is kept (cameras of one rig share it)."""
+        key = (float(origin[0]), float(origin[1]), float(origin[2]))
+        if getattr(self, "_ground_z_last", (None,))[0] != key:
+            wp = self._map.get_waypoint(carla.Location(x=key[0], y=key[1], z=key[2]), project_to_road=True)
+            self._ground_z_last = (key, float(wp.transform.location.z) if wp is not None else 0.0)
+        return self._ground_z_last[1]
 
-    def _render_unrolled(self, origin, pitch, yaw, width, height, f, look: _Look) -> np.ndarray:
+    def _render_unrolled(self, origin, pitch, yaw, width, height, f, look: _Look, boxes=None) -> np.ndarray:
         light = look.lighting
         rot = rotation_matrix(pitch, yaw, 0.0)
         fwd, right, up = rot[:, 0], rot[:, 1], rot[:, 2]
@@ -396,7 +422,7 @@ class Renderer:
             self._draw_sky(out[:v_ground], pitch, yaw, width, cx, cy, f, look)
         if v_ground < height:
             self._draw_ground(out, v_ground, dist, origin, zg, cam_h, rot, cx, cy, f, look)
-        self._draw_objects(out, origin, zg, rot, cx, cy, f, look)
+        self._draw_objects(out, origin, zg, rot, cx, cy, f, look, boxes)
         if light.rain > 0.02:
             self._draw_rain(out, origin, light)
         return out
@@ -457,8 +483,8 @@ class Renderer:
             band = out[v_ground + s0:v_ground + s1]
             cv2.addWeighted(band, a_, fog_rows[: s1 - s0], b_, 0.0, dst=band)
 
-    def _draw_objects(self, out, origin, zg, rot, cx, cy, f, look: _Look) -> None:
-        """Painter's algorithm over every visible face/crown/lamp within ``draw_distance``."""
+    def _draw_objects(self, out, origin, zg, rot, cx, cy, f, look: _Look, boxes=None) -> None:
+        """Painter's algorithm over every visible face/crown/lamp (and actor box) within ``draw_distance``."""
         sc = self.scenery
         light = look.lighting
         width = out.shape[1]
@@ -467,39 +493,16 @@ class Renderer:
         fog = np.asarray(light.fog_colour)
         half_w = width / (2 * f)
         draws: list = []  # (distance, drawing function, args)
-        fill = cv2.fillConvexPoly
 
-        # ---- boxes: buildings, trunks, poles, lamp heads
+        # ---- boxes: buildings, trunks, poles, lamp heads; then other actors
         if len(sc.box_kind):
-            c = sc.box_centre + ground
-            cam = _to_camera(c, origin, rot)
-            d = np.linalg.norm(c - origin, axis=1)
-            radius = sc.box_radius
-            sel = np.nonzero((d < dd + radius) & (cam[:, 0] > -radius) &
-                             (np.abs(cam[:, 1]) < cam[:, 0] * half_w + radius + 1))[0]
-            if len(sel):
-                corners = sc.box_corners[sel] + ground
-                ccam = _to_camera(corners, origin, rot)  # (n,8,3)
-                uv = np.clip(_cam_to_uv(ccam, f, cx, cy), -1e5, 1e5)
-                centres = sc.box_face_centre[sel] + ground
-                normals = sc.box_normals[sel]
-                visible = np.einsum("nfk,nfk->nf", normals, origin - centres) > 0
-                shade = light.ambient + light.diffuse * np.clip(normals @ np.array(light.sun_dir), 0, None)
-                shade = shade * _FACE_CONTRAST  # keeps edges readable when there is no direct sun
-                colour = (sc.box_colour[sel] @ light.colour_matrix.T) * (shade / light.flat_shade)[..., None]
-                al, be = light.row_blend(d[sel])
-                colour = np.clip(colour * al[:, None, None] + fog * be[:, None, None], 0, 255)
-                face_depth = ccam[:, BOX_FACES, 0]  # (n,5,4)
-                clipped = np.any(face_depth <= _NEAR, axis=2)
-                polys = np.ascontiguousarray(np.round(uv[:, BOX_FACES] * 8), dtype=np.int32)  # (n,5,4,2)
-                dist = d[sel] + np.where(sc.box_kind[sel] == KIND_TRUNK, 0.5, 0.0)
-                for j, fi in zip(*np.nonzero(visible & ~clipped)):
-                    draws.append((dist[j], fill, (polys[j, fi], tuple(colour[j, fi].tolist()), cv2.LINE_AA, 3)))
-                for j, fi in zip(*np.nonzero(visible & clipped)):
-                    poly = _clip_near(ccam[j, BOX_FACES[fi]])
-                    if len(poly) >= 3:
-                        pts = np.round(np.clip(_cam_to_uv(poly, f, cx, cy), -1e5, 1e5) * 8).astype(np.int32)
-                        draws.append((dist[j], fill, (pts, tuple(colour[j, fi].tolist()), cv2.LINE_AA, 3)))
+            self._box_draws(draws, sc.box_corners, sc.box_centre, sc.box_face_centre, sc.box_normals, sc.box_colour,
+                            sc.box_radius, np.where(sc.box_kind == KIND_TRUNK, 0.5, 0.0), ground, origin, rot,
+                            cx, cy, f, light, half_w)
+        if boxes is not None and len(boxes.corners):
+            self._box_draws(draws, boxes.corners, boxes.centre, boxes.face_centre, boxes.normals, boxes.colour,
+                            boxes.radius, np.zeros(len(boxes.corners)), ground, origin, rot, cx, cy, f, light,
+                            half_w)
 
         # ---- tree crowns: a shaded disc with a sunlit highlight
         if len(sc.sphere_radius):
@@ -563,6 +566,42 @@ class Renderer:
         draws.sort(key=lambda t: -t[0])
         for _, func, args in draws:
             func(out, *args)
+
+    def _box_draws(self, draws, corners_all, centre_all, face_centre_all, normals_all, colour_all, radius_all,
+                   dist_bias, ground, origin, rot, cx, cy, f, light: Lighting, half_w) -> None:
+        """Append the visible faces of boxes (z relative to the ground plane) to the painter's list."""
+        fog = np.asarray(light.fog_colour)
+        fill = cv2.fillConvexPoly
+        c = centre_all + ground
+        cam = _to_camera(c, origin, rot)
+        d = np.linalg.norm(c - origin, axis=1)
+        radius = radius_all
+        sel = np.nonzero((d < self.draw_distance + radius) & (cam[:, 0] > -radius) &
+                         (np.abs(cam[:, 1]) < cam[:, 0] * half_w + radius + 1))[0]
+        if not len(sel):
+            return
+        corners = corners_all[sel] + ground
+        ccam = _to_camera(corners, origin, rot)  # (n,8,3)
+        uv = np.clip(_cam_to_uv(ccam, f, cx, cy), -1e5, 1e5)
+        centres = face_centre_all[sel] + ground
+        normals = normals_all[sel]
+        visible = np.einsum("nfk,nfk->nf", normals, origin - centres) > 0
+        shade = light.ambient + light.diffuse * np.clip(normals @ np.array(light.sun_dir), 0, None)
+        shade = shade * _FACE_CONTRAST  # keeps edges readable when there is no direct sun
+        colour = (colour_all[sel] @ light.colour_matrix.T) * (shade / light.flat_shade)[..., None]
+        al, be = light.row_blend(d[sel])
+        colour = np.clip(colour * al[:, None, None] + fog * be[:, None, None], 0, 255)
+        face_depth = ccam[:, BOX_FACES, 0]  # (n,5,4)
+        clipped = np.any(face_depth <= _NEAR, axis=2)
+        polys = np.ascontiguousarray(np.round(uv[:, BOX_FACES] * 8), dtype=np.int32)  # (n,5,4,2)
+        dist = d[sel] + dist_bias[sel]
+        for j, fi in zip(*np.nonzero(visible & ~clipped)):
+            draws.append((dist[j], fill, (polys[j, fi], tuple(colour[j, fi].tolist()), cv2.LINE_AA, 3)))
+        for j, fi in zip(*np.nonzero(visible & clipped)):
+            poly = _clip_near(ccam[j, BOX_FACES[fi]])
+            if len(poly) >= 3:
+                pts = np.round(np.clip(_cam_to_uv(poly, f, cx, cy), -1e5, 1e5) * 8).astype(np.int32)
+                draws.append((dist[j], fill, (pts, tuple(colour[j, fi].tolist()), cv2.LINE_AA, 3)))
 
     def _fog_image(self, shape, colour) -> np.ndarray:
         key = (shape, tuple(np.clip(colour, 0, 255).astype(np.uint8).tolist()))

@@ -26,7 +26,7 @@ import numpy as np
 
 import carla
 
-from .actors import Actor, ActorList, LaneInvasionSensor, RgbCamera, Sensor, Spectator, Vehicle
+from .actors import Actor, ActorList, LaneInvasionSensor, Sensor, Spectator, Vehicle
 from .blueprints import ActorBlueprint, BlueprintLibrary, default_blueprints
 from .errors import CarlaSurface, UnsupportedFeatureError
 from .towns import road_speed_limits
@@ -187,6 +187,12 @@ class ActorSnapshot:
 
     def get_acceleration(self):
         return self._acceleration
+
+
+def _sensor_classes() -> dict:
+    """Blueprint id -> class of the sensors in ``sensors.py`` (imported when first spawned)."""
+    from .sensors import SENSOR_CLASSES
+    return SENSOR_CLASSES
 
 
 def _footprint(transform: carla.Transform, extent) -> np.ndarray:
@@ -399,9 +405,10 @@ class World(CarlaSurface, carla.World):
             actor = Walker(self, actor_id, blueprint.id, transform, attributes, blueprint.walker_extent)
         elif blueprint.id == "controller.ai.walker":
             actor = WalkerAIController(self, actor_id, blueprint.id, transform, attributes, attach_to)
-        elif blueprint.id == "sensor.camera.rgb":
-            actor = RgbCamera(self, actor_id, blueprint.id, transform, attributes, attach_to)
-            self._renderer()                    # build the town raster now, not during the first tick
+        elif blueprint.id in _sensor_classes():
+            actor = _sensor_classes()[blueprint.id](self, actor_id, blueprint.id, transform, attributes, attach_to)
+            if blueprint.id == "sensor.camera.rgb":
+                self._renderer()                # build the town raster now, not during the first tick
         elif blueprint.id == "sensor.other.lane_invasion":
             actor = LaneInvasionSensor(self, actor_id, blueprint.id, transform, attributes, attach_to)
         else:

@@ -25,6 +25,7 @@ import carla
 from carla_embedded import Client
 from carla_embedded.actors import LaneInvasionEvent
 from carla_embedded.errors import CarlaSurface
+from carla_embedded.sensors import CollisionEvent
 
 _ACTOR = ["id", "type_id", "attributes", "parent", "is_alive", "bounding_box", "get_world", "get_transform",
           "get_location", "get_velocity", "get_angular_velocity", "get_acceleration", "set_transform",
@@ -87,6 +88,34 @@ CARLA_API: dict[str, tuple[type, list[str]]] = {
                             "raw_data", "save_to_disk", "convert"]),
     "LaneInvasionEvent": (carla.LaneInvasionEvent, ["frame", "frame_number", "timestamp", "transform", "actor",
                                                     "crossed_lane_markings"]),
+    "DepthCamera": (carla.Sensor, _SENSOR),
+    "SemanticCamera": (carla.Sensor, _SENSOR),
+    "CollisionSensor": (carla.Sensor, _SENSOR),
+    "ObstacleSensor": (carla.Sensor, _SENSOR),
+    "GnssSensor": (carla.Sensor, _SENSOR),
+    "ImuSensor": (carla.Sensor, _SENSOR),
+    "LidarSensor": (carla.Sensor, _SENSOR),
+    "RadarSensor": (carla.Sensor, _SENSOR),
+    "DepthImage": (carla.Image, ["frame", "frame_number", "timestamp", "transform", "width", "height", "fov",
+                                 "raw_data", "save_to_disk", "convert"]),
+    "SemanticImage": (carla.Image, ["frame", "frame_number", "timestamp", "transform", "width", "height", "fov",
+                                    "raw_data", "save_to_disk", "convert"]),
+    "CollisionEvent": (carla.CollisionEvent, ["frame", "frame_number", "timestamp", "transform", "actor",
+                                              "other_actor", "normal_impulse"]),
+    "ObstacleDetectionEvent": (carla.ObstacleDetectionEvent, ["frame", "frame_number", "timestamp", "transform",
+                                                              "actor", "other_actor", "distance"]),
+    "GnssMeasurement": (carla.GnssMeasurement, ["frame", "frame_number", "timestamp", "transform", "latitude",
+                                                "longitude", "altitude"]),
+    "IMUMeasurement": (carla.IMUMeasurement, ["frame", "frame_number", "timestamp", "transform", "accelerometer",
+                                              "gyroscope", "compass"]),
+    "LidarMeasurement": (carla.LidarMeasurement, ["frame", "frame_number", "timestamp", "transform", "channels",
+                                                  "horizontal_angle", "raw_data", "get_point_count",
+                                                  "save_to_disk"]),
+    "LidarDetection": (carla.LidarDetection, ["point", "intensity"]),
+    "RadarMeasurement": (carla.RadarMeasurement, ["frame", "frame_number", "timestamp", "transform", "raw_data",
+                                                  "get_detection_count"]),
+    "RadarDetection": (carla.RadarDetection, ["velocity", "azimuth", "altitude", "depth"]),
+    "GeoLocation": (carla.GeoLocation, ["latitude", "longitude", "altitude"]),
     "BlueprintLibrary": (carla.BlueprintLibrary, ["filter", "find", "filter_by_attribute"]),
     "ActorBlueprint": (carla.ActorBlueprint, ["id", "tags", "has_attribute", "get_attribute", "set_attribute",
                                               "has_tag", "match_tags"]),
@@ -124,7 +153,24 @@ def embedded():
     walker = world.spawn_actor(library.find("walker.pedestrian.0001"),
                                carla.Transform(world.get_random_location_from_navigation()))
     walker_ai = world.spawn_actor(library.find("controller.ai.walker"), carla.Transform(), attach_to=walker)
+    ahead = world.get_map().get_waypoint(car.get_location()).next(10.0)[0].transform
+    world.spawn_actor(library.find("vehicle.audi.a2"), carla.Transform(ahead.location + carla.Location(z=0.5),
+                                                                       ahead.rotation))
+    sensors, data = {}, {}
+    for role, bp_id, extra in [
+            ("DepthCamera", "sensor.camera.depth", {"image_size_x": "64", "image_size_y": "48"}),
+            ("SemanticCamera", "sensor.camera.semantic_segmentation", {"image_size_x": "64", "image_size_y": "48"}),
+            ("CollisionSensor", "sensor.other.collision", {}),
+            ("ObstacleSensor", "sensor.other.obstacle", {"distance": "30"}),
+            ("GnssSensor", "sensor.other.gnss", {}), ("ImuSensor", "sensor.other.imu", {}),
+            ("LidarSensor", "sensor.lidar.ray_cast", {}), ("RadarSensor", "sensor.other.radar", {})]:
+        bp = library.find(bp_id)
+        for name, value in extra.items():
+            bp.set_attribute(name, value)
+        sensors[role] = world.spawn_actor(bp, carla.Transform(carla.Location(x=1.0, z=1.0)), attach_to=car)
+        sensors[role].listen(lambda d, role=role: data.setdefault(role, []).append(d))
     world.tick()
+    lidar, radar = data["LidarSensor"][-1], data["RadarSensor"][-1]
     waypoint = world.get_map().get_waypoint(car.get_location())
     objects = {
         "Client": client, "World": world, "Map": world.get_map(), "Waypoint": waypoint,
@@ -138,6 +184,12 @@ def embedded():
         "WheelPhysicsControl": car.get_physics_control().wheels[0],
         "TrafficManager": client.get_trafficmanager(), "TrafficLight": world.get_actors().filter("*traffic_light*")[0],
         "Walker": walker, "WalkerAIController": walker_ai,
+        **sensors, "DepthImage": data["DepthCamera"][-1], "SemanticImage": data["SemanticCamera"][-1],
+        "CollisionEvent": CollisionEvent(1, 0.05, car.get_transform(), car, car, carla.Vector3D()),
+        "ObstacleDetectionEvent": data["ObstacleSensor"][-1], "GnssMeasurement": data["GnssSensor"][-1],
+        "IMUMeasurement": data["ImuSensor"][-1], "LidarMeasurement": lidar, "LidarDetection": lidar[0],
+        "RadarMeasurement": radar, "RadarDetection": radar[0],
+        "GeoLocation": world.get_map().transform_to_geolocation(car.get_location()),
     }
     yield objects
     camera.stop()
@@ -261,6 +313,10 @@ RECEIVER_ROLES = [
 ]
 #: roles played by objects the embedded simulator re-implements (the rest are real carla objects)
 _REIMPLEMENTED = ("Client", "World", "Vehicle", "Spectator", "CameraSensor", "LaneInvasionSensor", "Image",
+                  "DepthCamera", "SemanticCamera", "CollisionSensor", "ObstacleSensor", "GnssSensor", "ImuSensor",
+                  "LidarSensor", "RadarSensor", "DepthImage", "SemanticImage", "CollisionEvent",
+                  "ObstacleDetectionEvent", "GnssMeasurement", "IMUMeasurement", "LidarMeasurement",
+                  "RadarMeasurement",
                   "LaneInvasionEvent", "BlueprintLibrary", "ActorBlueprint", "ActorAttribute", "ActorList",
                   "WorldSnapshot", "TrafficManager", "TrafficLight", "Walker", "WalkerAIController")
 _NOT_CARLA = re.compile(r"_?(log|logger|logging|args|parser|np|cv2|os|sys|path|Path|pygame)")
