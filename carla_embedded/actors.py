@@ -371,7 +371,9 @@ class Vehicle(Actor, carla.Vehicle):
         return (s.x, s.y, s.speed * math.cos(yaw), s.speed * math.sin(yaw), self._spec.extent[0], 0.0, self._id)
 
     def _stop_dead(self) -> None:
-        """A contact: the car stops where it is (the world reports the collision)."""
+        """A contact: the car stops where it is (the world reports the collision). The velocity it hit
+        with is kept for this tick's collision sensor (``_impact_velocity``), which measures the impulse."""
+        self._impact_velocity = self.get_velocity()
         s = self._state
         self._state = VehicleState(s.x, s.y, s.yaw, 0.0, 0.0, s.accel)
 

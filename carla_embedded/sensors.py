@@ -1056,7 +1056,10 @@ class CollisionSensor(_TickedSensor):
         centre = mine.mean(axis=0)
         reach = float(np.linalg.norm(mine[0, :2] - mine[6, :2])) / 2 + 1.0
         corners, velocities, owners = _scene_boxes(self._world, self, 0.0, centre, reach)
-        v_self = np.array(_vec(parent.get_velocity()))
+        impact = getattr(parent, "_impact_velocity", None)      # the world stopped it on contact this tick
+        v_self = np.array(_vec(impact if impact is not None else parent.get_velocity()))
+        if impact is not None:
+            parent._impact_velocity = None
         mass = _mass(parent)
         contacts, events = set(), []
         for box, vel, owner in zip(corners, velocities, owners):

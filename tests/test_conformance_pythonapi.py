@@ -4,8 +4,8 @@ The programs in ``<repo>/../shared/carla_pythonapi/examples`` run in a subproces
 ``tests/pythonapi_runner.py``: only ``carla.Client`` is resolved to ``carla_embedded.Client``,
 pygame is headless, and after a bounded number of frames the runner presses "Ctrl-C" so the
 program runs its own clean-up. The agents (``BasicAgent``, ``BehaviorAgent``) drive in-process.
-Programs that need the sensors another branch adds (collision, depth, GNSS, IMU, semantic
-camera) are xfail(strict=False) here, so they start passing when both branches are merged.
+Every listed program runs: the ones that need collision, depth, GNSS, IMU and semantic cameras
+use ``carla_embedded.sensors``.
 """
 import json
 import os
@@ -25,7 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not (PYTHONAPI / "examples").is_dir(),
                                 reason=f"CARLA's PythonAPI programs are not at {PYTHONAPI} (<repo>/../shared)")
-NEEDS_SENSORS = pytest.mark.xfail(strict=False, reason="needs sensors branch (collision/depth/GNSS/IMU/semantic)")
 
 
 def run_program(name: str, tmp_path: Path, max_frames: int, *args: str, timeout: float = 240.0):
@@ -68,14 +67,12 @@ def test_dynamic_weather(tmp_path):
     assert report["frames"] == 60 and len(set(suns)) >= 10    # the weather kept changing, frame by frame
 
 
-@NEEDS_SENSORS
 def test_tutorial_saves_images(tmp_path):
     proc, _ = run_program("tutorial.py", tmp_path, 10 ** 6)
     assert "destroying actors" in proc.stdout
     assert len(list((tmp_path / "_out").glob("*.png"))) >= 20  # 5 s of asynchronous world at 20 Hz
 
 
-@NEEDS_SENSORS
 @pytest.mark.parametrize("agent", ["Basic", "Behavior"])
 def test_automatic_control_sync_reaches_its_destination(tmp_path, agent):
     proc, _ = run_program("automatic_control.py", tmp_path, 4000, "--sync", "--agent", agent, "--seed", "1",
@@ -83,7 +80,6 @@ def test_automatic_control_sync_reaches_its_destination(tmp_path, agent):
     assert "The target has been reached, stopping the simulation" in proc.stdout
 
 
-@NEEDS_SENSORS
 @pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
 def test_manual_control_headless(tmp_path, sync):
     run_program("manual_control.py", tmp_path, 100, *(["--sync"] if sync else []))
