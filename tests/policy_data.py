@@ -52,3 +52,40 @@ def make_policy_dataset(root, towns=("Town01", "Town02"), episodes: int = 3, fra
         "label": {"lookahead_m": 25.0, "curve_deg": 20.0, "straight_deg": 5.0, "junction_policy": "flag"},
         "sim": "embedded", "towns": list(towns), "synthetic": True}))
     return root
+
+
+def make_tiny_policy(path, seed: int = 0, camera=(160, 120), arch: str = "pilotnet", input_hw=(66, 200)) -> Path:
+    """An untrained policy checkpoint in the real format (contract with ``camera`` WxH), for plumbing tests.
+    The throttle bias is raised so the car moves."""
+    import torch
+
+    from training.checkpoint import save_checkpoint
+    from training.policy import create_policy
+    from training.train_policy import PolicyTrainConfig, _config
+    from datasets.schema import CameraSpec, Contract
+
+    torch.manual_seed(seed)
+    model = create_policy(arch, "none", hidden=16)
+    with torch.no_grad():
+        for b in model.branches:
+            b[-1].bias.copy_(torch.tensor([0.0, 1.0, -4.0]))
+    cfg = PolicyTrainConfig(arch=arch, input_hw=input_hw, hidden=16)
+    config = _config(cfg, Contract(CameraSpec(width=camera[0], height=camera[1])))
+    save_checkpoint(path, model, config, 0, {})
+    return Path(path)
+
+
+def make_tiny_classifier(path, seed: int = 0) -> Path:
+    """An untrained simple_cnn classifier checkpoint (.pt) at 64 px."""
+    import torch
+
+    from training.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model("simple_cnn", num_classes=2, dropout=0.0, weights="none").eval()
+    config = {"arch": "simple_cnn", "num_classes": 2, "classes": ["curve", "straight"], "img_size": 64,
+              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "color_order": "RGB",
+              "dropout": 0.0, "recipe": {}}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "config": config}, path)
+    return Path(path)
