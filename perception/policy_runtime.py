@@ -200,6 +200,41 @@ def latency(fn, frames: list[np.ndarray], warmup: int = 5) -> dict:
             "mean_ms": float(np.mean(ms)), "n": len(ms)}
 
 
+def bench(classifier: str | None, experts: Mapping[str, str], res: tuple[int, int] = (200, 150), n: int = 300,
+          threads: int = 1, backend: str = "onnxruntime", seed: int = 0) -> dict:
+    """Per-frame latency on this machine, variants interleaved frame by frame (a shared machine's load
+    hits them alike): classifier alone, the active expert alone (a one-expert stack), both experts in
+    one batched call, two separate expert calls, and classifier + batched experts (the MoE tick).
+
+    Returns ``{variant: {p50_ms, p99_ms, mean_ms, n}}``; frames are random BGRA at ``res`` (W, H).
+    """
+    rng = np.random.default_rng(seed)
+    frames = [rng.integers(0, 256, (res[1], res[0], 4), dtype=np.uint8) for _ in range(16)]
+    names = list(experts)
+    both = PolicyRuntime.load(dict(experts), backend, threads)
+    single = {k: PolicyRuntime.load({k: experts[k]}, backend, threads) for k in names}
+    variants = {f"expert {names[0]} alone": lambda f: single[names[0]].predict(f, 30.0, "LANEFOLLOW"),
+                f"{len(names)} experts batched": lambda f: both.predict(f, 30.0, "LANEFOLLOW"),
+                f"{len(names)} experts, separate calls": lambda f: [single[k].predict(f, 30.0, "LANEFOLLOW")
+                                                                    for k in names]}
+    if classifier:
+        from perception.classifier import CurveClassifier
+        cls = CurveClassifier.load(classifier, backend="onnxruntime", warmup=5)
+        variants["classifier"] = cls.predict
+        variants["classifier + active expert"] = lambda f: (cls.predict(f), single[names[0]].predict(f, 30.0, "LEFT"))
+        variants[f"classifier + {len(names)} experts batched"] = lambda f: (cls.predict(f), both.predict(f, 30.0, "LEFT"))
+    ms = {k: [] for k in variants}
+    for i in range(n + 10):
+        f = frames[i % len(frames)]
+        for k, fn in variants.items():
+            t0 = time.perf_counter()
+            fn(f)
+            if i >= 10:
+                ms[k].append((time.perf_counter() - t0) * 1000.0)
+    return {k: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99)),
+                "mean_ms": float(np.mean(v)), "n": len(v)} for k, v in ms.items()}
+
+
 def _parse_experts(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -212,10 +247,27 @@ def _parse_experts(items: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Export driving policies (stacked) to ONNX, check parity, time them")
-    p.add_argument("command", choices=("export",), help="what to do")
+    p.add_argument("command", choices=("export", "bench"), help="export (+ parity check) or bench (latency)")
     p.add_argument("--expert", action="append", default=[], metavar="NAME=PATH.pt", help="a policy checkpoint")
-    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--out", default=None, help="export: ONNX file to write")
+    p.add_argument("--classifier", default=None, help="bench: classifier model (.pt/.onnx)")
+    p.add_argument("--res", default="200x150", help="bench: camera WxH of the frames")
+    p.add_argument("--frames", type=int, default=300, help="bench: timed frames per variant")
+    p.add_argument("--threads", type=int, default=1, help="bench: intra-op threads of the policy runtime")
     args = p.parse_args(argv)
+    if args.command == "bench":
+        try:
+            w, h = (int(v) for v in args.res.lower().split("x"))
+            result = bench(args.classifier, _parse_experts(args.expert), (w, h), args.frames, args.threads)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for k, v in result.items():
+            print(f"{k:40s} p50 {v['p50_ms']:6.2f} ms  p99 {v['p99_ms']:6.2f} ms  (n={v['n']})")
+        return 0
+    if not args.out:
+        print("error: export needs --out FILE.onnx", file=sys.stderr)
+        return 2
     try:
         ckpts = _parse_experts(args.expert)
         path = export_policy_onnx(ckpts, args.out)
