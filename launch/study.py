@@ -223,8 +223,11 @@ def drive_cell(ctx, cfg: StudyConfig, cell: Cell, models: _Models, camera, recor
     if not spec.gated:
         for k in ("gate_accuracy", "gate_switches", "gate_switches_per_km"):
             metrics[k] = float("nan")
-    return {"cell": asdict(cell), "key": cell.key, "metrics": metrics, "timing": timing,
-            "videos": [str(v) for v in result.videos]}
+    rec = {"cell": asdict(cell), "key": cell.key, "metrics": metrics, "timing": timing,
+           "videos": [str(v) for v in result.videos]}
+    if cell.route == 0 and cell.weather == cfg.weathers[0]:  # one trajectory per town and policy for the plot
+        rec["trace"] = {"x": [round(r.x, 2) for r in result.records], "y": [round(r.y, 2) for r in result.records]}
+    return rec
 
 
 class _nullcontext:

@@ -240,7 +240,29 @@ def plot_summary(summary: dict, path: Path) -> Path:
     return path
 
 
-def render(config: dict, summary: dict, videos: dict) -> str:
+def plot_trajectories(records: list[dict], out: Path) -> dict[str, Path]:
+    """Per town, route 0 of the first weather: every policy's path (x, y), one colour each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    paths = {}
+    for town in sorted({r["cell"]["town"] for r in records if "trace" in r}):
+        fig, ax = plt.subplots(figsize=(6, 6))
+        for r in records:
+            if r["cell"]["town"] == town and "trace" in r:
+                ax.plot(r["trace"]["x"], r["trace"]["y"], lw=1.2, label=r["cell"]["policy"])
+        ax.set_aspect("equal")
+        ax.invert_yaxis()  # CARLA's y points down on a map seen from above
+        ax.legend(fontsize=8)
+        ax.set_title(f"{town}: route 0, every policy")
+        fig.tight_layout()
+        paths[town] = out / f"trajectories_{town}.png"
+        fig.savefig(paths[town], dpi=90)
+        plt.close(fig)
+    return paths
+
+
+def render(config: dict, summary: dict, videos: dict, trajectories: dict | None = None) -> str:
     pols = list(summary["policies"])
     n_cells = sum(v["route_completion"]["n"] for v in summary["policies"].values())
     lines = ["# MoE vs monolithic: driving study", "",
@@ -282,6 +304,8 @@ def render(config: dict, summary: dict, videos: dict) -> str:
     lines += ["", "## What the numbers show", ""] + [f"- {s}" for s in shown]
     lines += ["", "## What to try next", ""] + [f"- {s}" for s in nxt]
     lines += ["", "![metrics](metrics.png)", ""]
+    for town, path in sorted((trajectories or {}).items()):
+        lines += [f"![{town} trajectories]({path.name})", ""]
     if videos:
         lines += ["## Videos (route 0, first weather)", ""]
         for (town, role), (policy, path) in sorted(videos.items()):
@@ -302,8 +326,9 @@ def write_report(config: dict, records: list[dict], out: Path, videos: dict | No
     summary = summarise(records)
     (out / "summary.json").write_text(json.dumps({"config": config, **summary}, indent=1, default=float))
     plot_summary(summary, out / "metrics.png")
+    trajectories = plot_trajectories(records, out)
     path = out / "report.md"
-    path.write_text(render(config, summary, videos or {}))
+    path.write_text(render(config, summary, videos or {}, trajectories))
     return path
 
 

@@ -63,6 +63,7 @@ def test_tiny_study_end_to_end_and_shard_merge_equals_unsharded(models, tmp_path
     vision = [json.loads(p.read_text()) for p in cells if "moe_soft" in p.name]
     assert all(v["timing"]["policy_p99_ms"] > 0 for v in vision)          # experts ran and were timed
     assert "MoE-oracle vs monolithic" in report and "## What to try next" in report
+    assert (whole / "trajectories_Town02.png").stat().st_size > 5000 and "trajectories_Town02.png" in report
 
     for i in range(2):
         run_study(_cfg(models, tmp_path / f"shard{i}", shard=f"{i}/2"))
