@@ -15,7 +15,7 @@ WEATHERS=${WEATHERS:-ClearNoon,WetNoon}
 FRAMES=${FRAMES:-1500}          # per training town (curve/straight balanced by the collector)
 RES=${RES:-200x150}             # camera; PilotNet input 66x200, classifier 64 px
 RECOVERY=${RECOVERY:-0.1}       # steering perturbations per second
-EPOCHS=${EPOCHS:-15}
+EPOCHS=${EPOCHS:-10}
 CLS_EPOCHS=${CLS_EPOCHS:-8}
 ROUTES=${ROUTES:-3}
 ROUTE_LENGTH=${ROUTE_LENGTH:-200}
@@ -42,7 +42,7 @@ stamp "classifier trained"
 for subset in curve straight all; do
   name=$subset; [ "$subset" = all ] && name=monolithic
   run "$PY" -m training.train_policy --data "${DATA[@]}" --subset "$subset" --arch pilotnet --epochs "$EPOCHS" \
-      --patience 4 --batch-size 64 --out "$OUT/policy/$name"
+      --patience 3 --batch-size 64 --out "$OUT/policy/$name"
 done
 stamp "policies trained"
 
