@@ -95,13 +95,36 @@ def _clip(v: float, lo: float, hi: float, default: float) -> float:
     return min(hi, max(lo, v)) if math.isfinite(v) else default
 
 
-class VisionExpert:
-    """One output of a :class:`PolicyGroup` as an expert."""
+LONGITUDINAL = ("learned", "cruise")
+"""``learned``: throttle and brake from the network (end to end). ``cruise``: steering from the network,
+speed held at ``cruise_kmh`` by a proportional controller, which isolates the lateral skill (the
+study's deviation metrics) from a weak learned speed control."""
 
-    def __init__(self, name: str, group: PolicyGroup, slot: int) -> None:
+
+def cruise_control(speed_kmh: float, target_kmh: float, gain: float = 0.15) -> tuple[float, float]:
+    """(throttle, brake) holding ``target_kmh``: proportional, full throttle below, gentle brake above."""
+    err = target_kmh - speed_kmh
+    if err >= 0:
+        return min(1.0, 0.3 + gain * err), 0.0
+    return 0.0, min(1.0, -gain * err * 0.5) if err < -2.0 else 0.0
+
+
+class VisionExpert:
+    """One output of a :class:`PolicyGroup` as an expert.
+
+    Args:
+        longitudinal: see :data:`LONGITUDINAL`. cruise_kmh: the ``cruise`` target speed.
+    """
+
+    def __init__(self, name: str, group: PolicyGroup, slot: int, longitudinal: str = "learned",
+                 cruise_kmh: float = 20.0) -> None:
+        if longitudinal not in LONGITUDINAL:
+            raise ValueError(f"unknown longitudinal control {longitudinal!r}; valid: {', '.join(LONGITUDINAL)}")
         self.name = name
         self.group = group
         self.slot = slot
+        self.longitudinal = longitudinal
+        self.cruise_kmh = float(cruise_kmh)
 
     def run_step(self, obs: Observation) -> carla.VehicleControl:
         steer, throttle, brake = self.group.controls(obs)[self.slot]
@@ -109,6 +132,8 @@ class VisionExpert:
         if corrupt:
             log.warning("expert %s produced a non-finite control; braking", self.name)
             return carla.VehicleControl(throttle=0.0, steer=0.0, brake=1.0)
+        if self.longitudinal == "cruise":
+            throttle, brake = cruise_control(obs.speed_kmh, self.cruise_kmh)
         return carla.VehicleControl(throttle=_clip(throttle, 0.0, 1.0, 0.0), steer=_clip(steer, -1.0, 1.0, 0.0),
                                     brake=_clip(brake, 0.0, 1.0, 1.0))
 
@@ -123,9 +148,14 @@ class VisionExpertSet:
     expert of a drive for the same route object). ``last_group`` keeps the timing of the latest drive.
     """
 
-    def __init__(self, runtime, prefix: str = VISION_PREFIX, anticipation_m: float = DEFAULT_ANTICIPATION_M) -> None:
+    def __init__(self, runtime, prefix: str = VISION_PREFIX, anticipation_m: float = DEFAULT_ANTICIPATION_M,
+                 longitudinal: str = "learned", cruise_kmh: float = 20.0) -> None:
+        if longitudinal not in LONGITUDINAL:
+            raise ValueError(f"unknown longitudinal control {longitudinal!r}; valid: {', '.join(LONGITUDINAL)}")
         self.runtime = runtime
         self.prefix = prefix
+        self.longitudinal = longitudinal
+        self.cruise_kmh = cruise_kmh
         self.anticipation_m = anticipation_m
         self.last_group: PolicyGroup | None = None
         self._route_id: int | None = None
@@ -146,13 +176,13 @@ class VisionExpertSet:
         def factory(route, vehicle=None, dt: float = 0.05, **params):
             if params:
                 raise ValueError(f"vision expert {self.prefix + name!r} takes no parameters, got {sorted(params)}")
-            return VisionExpert(self.prefix + name, self.group_for(route), slot)
+            return VisionExpert(self.prefix + name, self.group_for(route), slot, self.longitudinal, self.cruise_kmh)
         return factory
 
 
-def register_vision_experts(runtime, prefix: str = VISION_PREFIX) -> VisionExpertSet:
+def register_vision_experts(runtime, prefix: str = VISION_PREFIX, **kw) -> VisionExpertSet:
     """Register ``vision_<name>`` for every expert of ``runtime`` (see :class:`VisionExpertSet`)."""
-    return VisionExpertSet(runtime, prefix)
+    return VisionExpertSet(runtime, prefix, **kw)
 
 
 @contextlib.contextmanager

@@ -94,13 +94,15 @@ class StudyConfig:
     host: str = "127.0.0.1"
     port: int = 2000
     timeout: float = 10.0
+    longitudinal: str = "learned"
+    cruise_kmh: float = 20.0
+    blocked_s: float = 10.0
     shard: str = "0/1"
     out: str = "runs/study"
     videos: bool = True
     training: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from launch.loop import DriveConfig  # noqa: F401  (validation of weathers below uses the same presets)
         from carla_client.cli import weather_presets
         self.towns, self.weathers, self.policies = tuple(self.towns), tuple(self.weathers), tuple(self.policies)
         bad = [p for p in self.policies if p not in POLICIES]
@@ -115,6 +117,9 @@ class StudyConfig:
         if self.routes < 1:
             raise ValueError(f"--routes {self.routes}: must be >= 1")
         parse_shard(self.shard)
+        from control.vision_experts import LONGITUDINAL
+        if self.longitudinal not in LONGITUDINAL:
+            raise ValueError(f"--longitudinal {self.longitudinal!r}; valid: {', '.join(LONGITUDINAL)}")
         from perception.policy_runtime import POLICY_BACKENDS
         if self.policy_backend not in POLICY_BACKENDS:
             raise ValueError(f"--policy-backend {self.policy_backend!r}; valid: {', '.join(POLICY_BACKENDS)}")
@@ -184,10 +189,11 @@ class _Models:
         self.sets = {}
         if {"curve", "straight"} & needs:
             rt = PolicyRuntime.load({"curve": cfg.curve, "straight": cfg.straight}, cfg.policy_backend)
-            self.sets["moe"] = register_vision_experts(rt)
+            self.sets["moe"] = register_vision_experts(rt, longitudinal=cfg.longitudinal, cruise_kmh=cfg.cruise_kmh)
         if "monolithic" in needs:
             rt = PolicyRuntime.load({"monolithic": cfg.monolithic}, cfg.policy_backend)
-            self.sets["monolithic"] = register_vision_experts(rt)
+            self.sets["monolithic"] = register_vision_experts(rt, longitudinal=cfg.longitudinal,
+                                                              cruise_kmh=cfg.cruise_kmh)
 
     def group_ms(self, policy: str) -> list[float]:
         spec = POLICIES[policy]
@@ -209,7 +215,8 @@ def drive_cell(ctx, cfg: StudyConfig, cell: Cell, models: _Models, camera, recor
                        port=cfg.port, timeout=cfg.timeout, backend=cfg.backend, gate=spec.gate, weather=cell.weather,
                        duration=cfg.max_duration_s, display=False, seed=cfg.seed + cell.route, res=res, fov=fov,
                        fps=cfg.fps, route_length_m=cfg.route_length_m, realtime=False, hud=record is not None,
-                       minimap=record is not None, extend_route=False, record=record, warmup=0)
+                       minimap=record is not None, extend_route=False, record=record, warmup=0,
+                       blocked_s=cfg.blocked_s)
     binding = spec.slots or {}
     with expert_slots(binding) if binding else _nullcontext():
         result = run_episode(ctx, dcfg, models.classifier if needs_cls else None)
@@ -367,6 +374,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     r.add_argument("--fps", type=float, default=d["fps"].default, help="simulation rate")
     r.add_argument("--res", default=None, help="camera WxH (default: the policies' contract)")
     r.add_argument("--fov", type=float, default=None, help="camera FOV (default: the policies' contract)")
+    r.add_argument("--longitudinal", default="learned", choices=("learned", "cruise"),
+                   help="vision experts' throttle/brake: from the network, or a speed controller (steering learned)")
+    r.add_argument("--cruise-kmh", type=float, default=20.0, help="target speed of --longitudinal cruise")
+    r.add_argument("--blocked", dest="blocked_s", type=float, default=10.0,
+                   help="end a drive after this long below 0.5 km/h, simulated s")
     r.add_argument("--sim", default="embedded", help="embedded | carla | auto")
     r.add_argument("--host", default="127.0.0.1")
     r.add_argument("--port", type=int, default=2000)
@@ -393,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                               backend=args.backend, route_length_m=args.route_length_m,
                               max_duration_s=args.max_duration_s, seed=args.seed, fps=args.fps,
                               res=parse_res(args.res) if args.res else None, fov=args.fov, sim=args.sim,
-                              host=args.host, port=args.port, shard=args.shard, out=args.out, videos=args.videos)
+                              host=args.host, port=args.port, shard=args.shard, out=args.out, videos=args.videos,
+                              longitudinal=args.longitudinal, cruise_kmh=args.cruise_kmh, blocked_s=args.blocked_s)
             out = run_study(cfg)
             if parse_shard(cfg.shard)[1] > 1:
                 print(f"shard {cfg.shard} done: {out}/cells; merge with: python -m launch.study merge DIRS --out DIR")

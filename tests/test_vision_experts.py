@@ -96,3 +96,21 @@ def test_moe_gates_vision_experts_in_the_curve_straight_slots():
     finally:
         for n in vs.names:
             EXPERTS.pop(n, None)
+
+
+def test_cruise_longitudinal_keeps_learned_steering_and_holds_the_speed():
+    from control.vision_experts import cruise_control
+    assert cruise_control(0.0, 20.0) == (1.0, 0.0)
+    th, br = cruise_control(19.0, 20.0)
+    assert 0 < th < 1 and br == 0.0
+    assert cruise_control(30.0, 20.0)[0] == 0.0 and cruise_control(30.0, 20.0)[1] > 0
+    rt = FakeRuntime([[0.25, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    vs = VisionExpertSet(rt, prefix="t4_", longitudinal="cruise", cruise_kmh=20.0)
+    try:
+        c = create_expert("t4_curve", _route()).run_step(_obs(0.0, 1, speed=5.0))
+        assert c.steer == pytest.approx(0.25) and c.throttle > 0.5 and c.brake == 0.0
+    finally:
+        for n in vs.names:
+            EXPERTS.pop(n, None)
+    with pytest.raises(ValueError, match="valid: learned, cruise"):
+        VisionExpertSet(rt, prefix="t5_", longitudinal="pid")
