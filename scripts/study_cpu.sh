@@ -17,10 +17,12 @@ RES=${RES:-200x150}             # camera; PilotNet input 66x200, classifier 64 p
 RECOVERY=${RECOVERY:-0.1}       # steering perturbations per second
 EPOCHS=${EPOCHS:-10}
 CLS_EPOCHS=${CLS_EPOCHS:-8}
-ROUTES=${ROUTES:-3}
-ROUTE_LENGTH=${ROUTE_LENGTH:-200}
-MAX_DURATION=${MAX_DURATION:-60}
+ROUTES=${ROUTES:-2}
+ROUTE_LENGTH=${ROUTE_LENGTH:-150}
+MAX_DURATION=${MAX_DURATION:-40}
+LONGITUDINAL=${LONGITUDINAL:-cruise}  # learned: throttle/brake from the networks too (weak at this data size)
 NICE=${NICE:-10}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # a shared 2-core machine: one thread per process
 export SDL_VIDEODRIVER=${SDL_VIDEODRIVER:-dummy} SDL_AUDIODRIVER=${SDL_AUDIODRIVER:-dummy} MPLBACKEND=Agg
 run() { echo "+ $*" >&2; nice -n "$NICE" "$@"; }
 start=$(date +%s)
@@ -49,5 +51,5 @@ stamp "policies trained"
 run "$PY" -m launch.study run --towns "$HELDOUT" --weathers "$WEATHERS" --routes "$ROUTES" \
     --classifier "$OUT/classifier/weights/best.pt" --curve "$OUT/policy/curve/weights/best.pt" \
     --straight "$OUT/policy/straight/weights/best.pt" --monolithic "$OUT/policy/monolithic/weights/best.pt" \
-    --route-length "$ROUTE_LENGTH" --max-duration "$MAX_DURATION" --out "$OUT/study"
+    --route-length "$ROUTE_LENGTH" --max-duration "$MAX_DURATION" --longitudinal "$LONGITUDINAL" --out "$OUT/study"
 stamp "study done: $OUT/study/report.md"
