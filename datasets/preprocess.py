@@ -127,3 +127,15 @@ def preprocess(frame: np.ndarray, img_size: int, color_order: str = "BGRA",
                mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
     """Raw frame -> float32 1x3xSxS model input. The exact inference path; training uses the same two steps."""
     return normalize(to_rgb_resized(frame, img_size, color_order), mean, std)[None]
+
+
+def to_rgb_resized_hw(frame: np.ndarray, size_hw: tuple[int, int], color_order: str = "BGRA") -> np.ndarray:
+    """Like :func:`to_rgb_resized` for a non-square ``(height, width)`` input (driving policies:
+    PilotNet's 66x200). Same steps (colour conversion, whole frame squashed by INTER_AREA), uint8 HxWx3."""
+    check_frame(frame, color_order)
+    h, w = int(size_hw[0]), int(size_hw[1])
+    code = _TO_RGB[color_order]
+    rgb = np.ascontiguousarray(frame) if code is None else cv2.cvtColor(np.ascontiguousarray(frame), code)
+    if rgb.shape[:2] == (h, w):
+        return rgb
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)

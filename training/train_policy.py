@@ -1,0 +1,366 @@
+"""Train a command-conditioned driving policy (camera + speed + route command -> steer/throttle/brake).
+
+Examples::
+
+    # the three experts of the MoE study, same data, same budget
+    python -m training.train_policy --data data/study --subset curve    --out runs/policy/curve
+    python -m training.train_policy --data data/study --subset straight --out runs/policy/straight
+    python -m training.train_policy --data data/study --subset all      --out runs/policy/monolithic
+
+Splits are by episode / held-out town (:mod:`datasets.splits`, as the classifier); recovery and
+route-dependent (junction) frames are used. Writes ``weights/best.pt`` (contract + command list in the
+checkpoint), ``history.csv``, ``curves.png``, ``metrics.json`` (MAE per output and per command per
+split), ``split.json`` and TensorBoard events under ``tb/``. Single process (no DDP yet).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from carla_client.route_command import COMMANDS
+from datasets.dataset import DatasetError, load_contract
+from datasets.schema import ContractError
+from datasets.splits import SplitConfig, make_split
+from training.checkpoint import save_checkpoint
+from training.policy import (OUTPUTS, POLICY_KIND, SPEED_SCALE_KMH, SUBSETS, PolicyTable, create_policy,
+                             flip_batch, get_backbone, jitter_batch, list_backbones, load_images,
+                             load_policy_table, one_hot, select_subset, to_input)
+from training.train import EarlyStopping, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+STEER_WEIGHT = 2.0
+"""Loss weight of steer relative to throttle and brake (steering is what keeps the car in its lane)."""
+
+
+@dataclass
+class PolicyTrainConfig:
+    """Every flag of ``training.train_policy``; stored as the checkpoint's ``recipe``."""
+    data: tuple[str, ...] = ()
+    subset: str = "all"
+    arch: str = "pilotnet"
+    weights: str = "none"
+    input_hw: tuple[int, int] | None = None
+    epochs: int = 30
+    patience: int = 5
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    dropout: float = 0.2
+    hidden: int = 64
+    val_towns: tuple[str, ...] = ()
+    test_towns: tuple[str, ...] = ()
+    val_split: float = 0.2
+    hflip_prob: float = 0.5
+    jitter: float = 0.2
+    max_steps_per_epoch: int = 0
+    device: str = "auto"
+    amp: bool = False
+    seed: int = 0
+    out: str = "runs/policy"
+    cache_dir: str | None = None
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        self.data = tuple(str(d) for d in self.data)
+        self.val_towns, self.test_towns = tuple(self.val_towns), tuple(self.test_towns)
+        if isinstance(self.input_hw, str):
+            self.input_hw = parse_hw(self.input_hw)
+        checks = [
+            (self.subset in SUBSETS, f"--subset {self.subset!r}: valid: {', '.join(SUBSETS)}"),
+            (self.arch in list_backbones(), f"--arch {self.arch!r}: valid: {', '.join(list_backbones())}"),
+            (self.weights in ("none", "imagenet"), f"--weights {self.weights!r}: valid: none, imagenet"),
+            (self.epochs >= 1, f"--epochs {self.epochs}: must be >= 1"),
+            (self.patience >= 0, f"--patience {self.patience}: must be >= 0"),
+            (self.lr > 0, f"--lr {self.lr}: must be > 0"),
+            (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be >= 1"),
+            (0 <= self.hflip_prob <= 1, f"--hflip-prob {self.hflip_prob}: must be in [0, 1]"),
+            (self.device in ("auto", "cpu", "cuda"), f"--device {self.device!r}: valid: auto, cpu, cuda"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        if self.amp and self.device == "cpu":
+            raise ValueError("--amp needs a CUDA device; drop --amp or use --device cuda/auto")
+        SplitConfig(self.val_split, self.val_towns, self.test_towns, self.seed)
+
+    @property
+    def resolved_hw(self) -> tuple[int, int]:
+        return tuple(self.input_hw) if self.input_hw else get_backbone(self.arch).input_hw
+
+    def recipe(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """``66x200`` -> (66, 200) (height x width)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--input-hw {text!r}: expected HEIGHTxWIDTH, e.g. 66x200") from None
+    if h < 16 or w < 16:
+        raise ValueError(f"--input-hw {text!r}: height and width must be >= 16")
+    return h, w
+
+
+@dataclass
+class PolicyTrainResult:
+    out: Path
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ steps
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for i in range(0, n, batch_size):
+        yield order[i:i + batch_size]
+
+
+def _loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor([STEER_WEIGHT, 1.0, 1.0], device=pred.device)
+    return ((pred.float() - target).abs() * w).sum(dim=1).mean()
+
+
+@dataclass
+class _Data:
+    images: np.ndarray   # uint8 (N,H,W,3)
+    pt: PolicyTable
+
+
+def train_one_epoch(model, optimizer, data: _Data, cfg: PolicyTrainConfig, mean, std, device, rng, gen,
+                    scaler=None) -> float:
+    """One pass over the training frames (flip + jitter augmentation); mean loss."""
+    model.train()
+    total, count = 0.0, 0
+    for step, idx in enumerate(_batches(len(data.pt), cfg.batch_size, rng)):
+        if cfg.max_steps_per_epoch and step >= cfg.max_steps_per_epoch:
+            break
+        img = to_input(data.images[idx], mean, std)
+        ctrl = torch.from_numpy(data.pt.controls[idx])
+        cmd = torch.from_numpy(data.pt.command[idx])
+        img, ctrl, cmd = flip_batch(img, ctrl, cmd, torch.rand(len(idx), generator=gen) < cfg.hflip_prob)
+        if cfg.jitter > 0:
+            img = jitter_batch(img, gen, cfg.jitter)
+        speed = torch.from_numpy(data.pt.speed[idx] / SPEED_SCALE_KMH).unsqueeze(1)
+        img, ctrl, speed, oh = img.to(device), ctrl.to(device), speed.to(device), one_hot(cmd).to(device)
+        with torch.autocast(device.type, enabled=scaler is not None):
+            loss = _loss(model(img, speed, oh), ctrl)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"non-finite training loss at step {step}; lower --lr")
+        total += loss.item() * len(idx)
+        count += len(idx)
+    return total / max(1, count)
+
+
+@torch.no_grad()
+def predict(model, data: _Data, mean, std, device, batch_size: int = 256) -> np.ndarray:
+    """(N, 3) predictions, no augmentation."""
+    model.eval()
+    out = []
+    for idx in _batches(len(data.pt), batch_size, None):
+        img = to_input(data.images[idx], mean, std).to(device)
+        speed = torch.from_numpy(data.pt.speed[idx] / SPEED_SCALE_KMH).unsqueeze(1).to(device)
+        out.append(model(img, speed, one_hot(torch.from_numpy(data.pt.command[idx])).to(device)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
+
+
+def regression_metrics(pred: np.ndarray, target: np.ndarray, command: np.ndarray) -> dict:
+    """MAE per output, overall and per command (commands with frames only); ``loss`` as trained."""
+    err = np.abs(pred - target)
+    m = {"frames": int(len(target)),
+         "loss": float((err * np.array([STEER_WEIGHT, 1, 1])).sum(axis=1).mean()) if len(target) else float("nan"),
+         "mae": {o: float(err[:, i].mean()) if len(target) else float("nan") for i, o in enumerate(OUTPUTS)},
+         "mae_per_command": {}}
+    for ci, name in enumerate(COMMANDS):
+        sel = command == ci
+        if sel.any():
+            m["mae_per_command"][name] = {"frames": int(sel.sum()),
+                                          **{o: float(err[sel, i].mean()) for i, o in enumerate(OUTPUTS)}}
+    return m
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Loss (train, val) and validation steer MAE per epoch."""
+    from training.plots import _plt
+    plt = _plt()
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    axes[0].plot(ep, [h["val_loss"] for h in history], "o-", label="validation")
+    axes[0].set_title("loss (weighted L1)")
+    axes[1].plot(ep, [h["val_mae_steer"] for h in history], "o-", label="steer")
+    axes[1].plot(ep, [h["val_mae_throttle"] for h in history], "o-", label="throttle")
+    axes[1].plot(ep, [h["val_mae_brake"] for h in history], "o-", label="brake")
+    axes[1].set_title("validation MAE")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ main work
+
+def _prepare(cfg: PolicyTrainConfig, out: Path) -> tuple[dict[str, _Data], dict, object]:
+    contract = load_contract(cfg.data)
+    pt_all = load_policy_table(cfg.data)
+    split = make_split(pt_all.table, SplitConfig(cfg.val_split, cfg.val_towns, cfg.test_towns, cfg.seed))
+    split.save(out / "split.json", pt_all.table)
+    cache = cfg.cache_dir or str(Path(cfg.data[0]) / "cache")
+    hw = cfg.resolved_hw
+    data = {}
+    for name, idx in split.indices.items():
+        pt = select_subset(pt_all.subset(idx), cfg.subset)
+        data[name] = _Data(load_images(pt.table, hw, cache) if len(pt) else np.zeros((0, *hw, 3), np.uint8), pt)
+    if len(data["train"].pt) == 0 or len(data["val"].pt) == 0:
+        raise DatasetError(f"--subset {cfg.subset}: no {'training' if not len(data['train'].pt) else 'validation'} "
+                           "frames; collect more episodes or change the split")
+    counts = {k: {"frames": len(v.pt), "recovery": int(v.pt.recovery.sum()),
+                  "route_dependent": int(v.pt.table.route_dependent.sum())} for k, v in data.items()}
+    log.info("frames per split (%s): %s", cfg.subset, counts)
+    return data, counts, contract
+
+
+def _config(cfg: PolicyTrainConfig, contract) -> dict:
+    spec = get_backbone(cfg.arch)
+    return {"kind": POLICY_KIND, "arch": cfg.arch, "input_hw": list(cfg.resolved_hw), "mean": list(spec.mean),
+            "std": list(spec.std), "color_order": "RGB", "commands": list(COMMANDS), "outputs": list(OUTPUTS),
+            "speed_scale_kmh": SPEED_SCALE_KMH, "subset": cfg.subset, "dropout": cfg.dropout,
+            "hidden": cfg.hidden, "contract": contract.to_json() if contract else None, "recipe": cfg.recipe()}
+
+
+def train_policy(cfg: PolicyTrainConfig) -> PolicyTrainResult:
+    """Train one policy on ``cfg.subset`` of ``cfg.data``; early stopping on validation loss."""
+    out = Path(cfg.out)
+    (out / "weights").mkdir(parents=True, exist_ok=True)
+    (out / "args.json").write_text(json.dumps(cfg.recipe(), indent=2))
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    data, counts, contract = _prepare(cfg, out)
+    spec = get_backbone(cfg.arch)
+    model = create_policy(cfg.arch, cfg.weights, cfg.dropout, cfg.hidden).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
+    config = _config(cfg, contract)
+    writer = _tensorboard(out) if cfg.tensorboard else None
+    stopper = EarlyStopping(cfg.patience)
+    rng, gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
+    history: list[dict] = []
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        train_loss = train_one_epoch(model, optimizer, data["train"], cfg, spec.mean, spec.std, device, rng, gen, scaler)
+        val = regression_metrics(predict(model, data["val"], spec.mean, spec.std, device),
+                                 data["val"].pt.controls, data["val"].pt.command)
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
+               **{f"val_mae_{o}": val["mae"][o] for o in OUTPUTS}, "seconds": time.perf_counter() - t0}
+        history.append(row)
+        if writer is not None:
+            for k, v in row.items():
+                if k != "epoch":
+                    writer.add_scalar(k, v, epoch)
+        if stopper.step(epoch, val["loss"]):
+            save_checkpoint(out / "weights" / "best.pt", model, config, epoch, {"val": val})
+        log.info("epoch %d: train %.4f val %.4f steer MAE %.4f", epoch, train_loss, val["loss"], val["mae"]["steer"])
+        if stopper.should_stop:
+            log.info("early stop at epoch %d (best %d)", epoch, stopper.best_epoch)
+            break
+    if writer is not None:
+        writer.close()
+    best, _ = _load_best(out / "weights" / "best.pt", device)
+    metrics = {"subset": cfg.subset, "arch": cfg.arch, "best_epoch": stopper.best_epoch, "frames": counts,
+               **{name: regression_metrics(predict(best, d, spec.mean, spec.std, device), d.pt.controls, d.pt.command)
+                  for name, d in data.items() if len(d.pt)}}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _write_history(out / "history.csv", history)
+    plot_history(history, out / "curves.png")
+    return PolicyTrainResult(out, metrics, history)
+
+
+def _load_best(path: Path, device):
+    from training.policy import load_policy_checkpoint
+    model, cfg = load_policy_checkpoint(path)
+    return model.to(device), cfg
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: the CSV and PNG carry the same numbers
+        log.warning("tensorboard not installed: no TensorBoard events (history.csv has the numbers)")
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    d = PolicyTrainConfig()
+    p = argparse.ArgumentParser(description="Train a command-conditioned driving policy (curve/straight expert "
+                                "or monolithic)", add_help=add_help,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="dataset directories")
+    p.add_argument("--subset", default=d.subset, choices=SUBSETS, help="frames to train on (by label)")
+    p.add_argument("--arch", default=d.arch, choices=list_backbones(), help="backbone")
+    p.add_argument("--weights", default=d.weights, choices=("none", "imagenet"), help="backbone initialisation")
+    p.add_argument("--input-hw", default=None, help="input HEIGHTxWIDTH (default: the backbone's, 66x200 for pilotnet)")
+    for name in ("epochs", "patience", "batch_size", "hidden", "max_steps_per_epoch", "seed"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=name.replace("_", " "))
+    for name in ("lr", "weight_decay", "dropout", "val_split", "hflip_prob", "jitter"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name), help=name.replace("_", " "))
+    p.add_argument("--val-towns", nargs="*", default=[], metavar="TOWN", help="towns held out for validation")
+    p.add_argument("--test-towns", nargs="*", default=[], metavar="TOWN", help="towns held out for test")
+    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"), help="compute device")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
+    p.add_argument("--out", default=d.out, help="run directory")
+    p.add_argument("--cache-dir", default=None, help="decoded-frame cache (default <data>/cache)")
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="no TensorBoard events")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    names = {f.name for f in fields(PolicyTrainConfig)}
+    try:
+        cfg = PolicyTrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+        result = train_policy(cfg)
+    except (ValueError, DatasetError, ContractError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    val = result.metrics.get("val", {})
+    print(f"{cfg.subset}: best epoch {result.metrics['best_epoch']}, val steer MAE {val['mae']['steer']:.4f} -> "
+          f"{result.out / 'weights' / 'best.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
