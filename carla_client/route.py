@@ -8,6 +8,7 @@ of Python loops over waypoints. Headings come from the map's lane tangents
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -15,8 +16,6 @@ import numpy as np
 
 LANEFOLLOW = 4
 """RoadOption.LANEFOLLOW (carla_client.planner.RoadOption; the value is CARLA's agents')."""
-COMMAND_HORIZON_M = 20.0
-"""How far ahead a junction's manoeuvre becomes the command (a car at town speed has ~2 s to act)."""
 _MIN_STEP_M = 0.05  # consecutive route points closer than this are duplicates (segment joints)
 
 
@@ -107,16 +106,23 @@ class RoutePath:
         i = lo + k
         return float(self.s[i] + t[k] * math.sqrt(seg2[k])), i, float(math.sqrt(d2[k]))
 
-    def command_at(self, s: float, horizon_m: float = COMMAND_HORIZON_M) -> int:
-        """The high-level command at arc length ``s`` (a RoadOption value), as conditional imitation
-        learning gives it: the manoeuvre of the first junction within ``horizon_m`` ahead (LEFT, RIGHT,
-        STRAIGHT, or a lane change), else LANEFOLLOW. The planner marks only the points inside a
-        junction, which the camera reaches too late to act on."""
-        i0 = int(np.searchsorted(self.s, s, side="right")) - 1
-        i1 = int(np.searchsorted(self.s, s + horizon_m, side="right"))
-        ahead = self.options[max(0, i0):max(i0 + 1, i1)]
-        turns = ahead[(ahead != LANEFOLLOW) & (ahead > 0)]
-        return int(turns[0]) if len(turns) else LANEFOLLOW
+    def command_at(self, s: float) -> int:
+        """The high-level command at arc length ``s``, as a RoadOption value: the rule of
+        :func:`carla_client.route_command.command_at` (the one definition the collector saves and the
+        vision experts drive with) at the route point nearest ``s``."""
+        from .planner import RoadOption
+        from .route_command import command_at
+
+        i = int(np.searchsorted(self.s, s))
+        if i > 0 and (i == len(self.s) or s - self.s[i - 1] <= self.s[i] - s):
+            i -= 1
+        return int(RoadOption[command_at(self._option_names, self.s, i)])
+
+    @functools.cached_property
+    def _option_names(self) -> list[str]:
+        from .planner import RoadOption
+        from .route_command import option_name
+        return [option_name(RoadOption(int(o))) for o in self.options]
 
     def point_at(self, s: float) -> tuple[float, float]:
         """(x, y) at arc length ``s`` (clamped to the route)."""
