@@ -195,3 +195,27 @@ def test_flag_keeps_route_dependent_frames_out_of_the_classes_and_keep_mixes_the
     flagged = route_dependent_rows(keep)
     assert len(flagged) >= 0.05 * len(rows)
     assert audit_labels(keep) == {"curve": 100, "straight": 100}
+
+
+def test_traffic_keeps_labels_map_true_and_leaves_no_npc_behind(tmp_path):
+    """--traffic/--walkers spawn NPCs through the Traffic Manager; labels still come from the map."""
+    import carla_embedded
+    from carla_client.collector import CollectConfig, collect
+
+    out = tmp_path / "traffic"
+    client = carla_embedded.Client()
+    spawned = []
+    original = client.apply_batch_sync
+
+    def recording(commands, *args):
+        responses = original(commands, *args)
+        spawned.extend(r.actor_id for r in responses if not r.error)
+        return responses
+
+    client.apply_batch_sync = recording
+    collect(CollectConfig(out=out, sim="embedded", towns=("Town03",), frames=20, res=(160, 120), seed=2, traffic=30,
+                          walkers=5, progress=False), client=client)
+    assert len(spawned) >= 30                                 # the NPCs really were there
+    assert audit_labels(out) == {"curve": 10, "straight": 10}
+    world = client.get_world()
+    assert not [a for a in world.get_actors() if a.type_id.startswith(("vehicle.", "walker.", "controller."))]
