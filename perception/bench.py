@@ -12,8 +12,10 @@ p50/p95/p99/max of preprocess, inference and total, FPS (1000 / mean total), dev
 speed ratio against torch eager measured in the same run (torch eager is always measured).
 For an ``.onnx`` whose checkpoint is not at hand, torch eager runs the same architecture with
 random weights: eager speed does not depend on weight values, and the output says so.
-``--precision`` is ONNX Runtime's (``auto`` = bf16 on the OpenVINO EP of a CPU with native
-bf16, else the ONNX's own); a comma list times it once per precision in the same run.
+``--precision`` is ONNX Runtime's: ``auto`` (what users get: provider and precision measured once
+per CPU/build/model by :mod:`perception.cpu_tune`, then cached), ``fp32``, ``bf16``, or a comma
+list, each timed in the same run; the default ``all`` times auto next to every precision that can
+be forced here, and prints auto's decision with every candidate's timing and agreement.
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import re
 import sys
 from dataclasses import asdict, dataclass, field
@@ -51,7 +52,7 @@ class BenchConfig:
     frame_size: tuple[int, int] = (800, 600)
     frames: Path | None = None
     seed: int = 0
-    precisions: tuple[str, ...] | str = "auto"
+    precisions: tuple[str, ...] | str = "all"
 
     def __post_init__(self) -> None:
         from perception.backends.onnxruntime_backend import PRECISION_CHOICES
@@ -66,6 +67,8 @@ class BenchConfig:
         if bad or not self.backends:
             raise ValueError(f"unknown backend(s) {', '.join(bad) or '(none)'}; valid: all or a comma list of "
                              f"{', '.join(BACKEND_NAMES)}")
+        if self.precisions == "all":
+            self.precisions = forcible_precisions()
         if isinstance(self.precisions, str):
             self.precisions = tuple(p.strip() for p in self.precisions.split(",") if p.strip())
         bad = [p for p in self.precisions if p not in PRECISION_CHOICES]
@@ -95,6 +98,17 @@ class BenchRecord:
     speedup_vs_torch: float | None = None             # torch eager p50 total / this p50 total
     infer_speedup_vs_torch: float | None = None       # same, inference only
     note: str = ""
+    decision: str = ""                                # onnxruntime auto: what was chosen and why
+
+
+def forcible_precisions() -> tuple[str, ...]:
+    """``auto`` plus every precision ONNX Runtime's default provider can be forced to on this CPU."""
+    try:
+        from perception.backends.onnxruntime_backend import BF16_CPU_FLAGS, best_providers, cpu_flags
+        bf16 = best_providers()[0] == "OpenVINOExecutionProvider" and bool(BF16_CPU_FLAGS & cpu_flags())
+    except ImportError:
+        bf16 = False
+    return ("auto", "fp32", "bf16") if bf16 else ("auto", "fp32")
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -104,16 +118,9 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def host_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     from perception.backends.onnxruntime_backend import physical_cores
-    return f"{cpu}, {physical_cores()} physical cores ({os.cpu_count()} logical)"
+    from perception.cpu_tune import cpu_model
+    return f"{cpu_model()}, {physical_cores()} physical cores ({os.cpu_count()} logical)"
 
 
 def _load(cfg: BenchConfig, name: str, options: dict):
@@ -177,7 +184,8 @@ def run_bench(cfg: BenchConfig) -> list[BenchRecord]:
         records.append(BenchRecord(
             backend=name, precision=clf.backend.precision, device=clf.backend.describe(), model=str(clf.source), img_size=meta.img_size,
             runs=cfg.runs, p50_ms=total["p50"], p95_ms=total["p95"], p99_ms=total["p99"], max_ms=total["max"],
-            mean_ms=total["mean"], fps=1e3 / total["mean"], stages=stages, note=note))
+            mean_ms=total["mean"], fps=1e3 / total["mean"], stages=stages, note=note,
+            decision=d.report() if (d := getattr(clf.backend, "decision", None)) is not None else ""))
     ref = records[0]
     for r in records:
         r.speedup_vs_torch = ref.p50_ms / r.p50_ms
@@ -200,6 +208,16 @@ def format_table(records: list[BenchRecord]) -> str:
     lines.append("ms per frame; total = preprocess (800x600 BGRA -> model input) + inference")
     for r in records:
         lines.append(f"  {r.backend}: {r.device}" + (f"  [{r.note}]" if r.note else ""))
+    for r in records:
+        if r.decision:
+            lines.append(r.decision)
+    auto = [r for r in records if r.backend == "onnxruntime" and r.decision]
+    forced = [r for r in records if r.backend == "onnxruntime" and not r.decision]
+    if auto and forced:
+        best = min(forced, key=lambda r: r.stages["infer"]["p50"])
+        lines.append(f"auto vs fastest forced precision ({best.precision}): inference p50 "
+                     f"{auto[0].stages['infer']['p50']:.2f} vs {best.stages['infer']['p50']:.2f} ms = "
+                     f"{auto[0].stages['infer']['p50'] / best.stages['infer']['p50']:.2f}x")
     return "\n".join(lines)
 
 
@@ -213,9 +231,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=200, help="timed predictions per backend (default: 200)")
     p.add_argument("--warmup", type=int, default=10, help="warm-up predictions per backend (default: 10)")
     p.add_argument("--json", type=Path, default=None, help="write the records here as a JSON list")
-    p.add_argument("--precision", default="auto",
-                   help="onnxruntime precision(s): a comma list of auto, fp32, bf16; each is timed (default: auto, "
-                        "i.e. bf16 on the OpenVINO EP of a CPU with native bf16, else the ONNX's own)")
+    p.add_argument("--precision", default="all",
+                   help="onnxruntime precision(s): all, or a comma list of auto, fp32, bf16; each is timed (default: "
+                        "all = auto, the measured and cached choice users get, next to every precision forcible here)")
     p.add_argument("--res", default="800x600", help="synthetic camera frame size WxH (default: 800x600)")
     p.add_argument("--frames", type=Path, default=None, help="dataset/image dir to cycle instead of a drawn frame")
     p.add_argument("--seed", type=int, default=0, help="seed of the drawn frame (default: 0)")
