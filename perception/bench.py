@@ -7,7 +7,8 @@ Usage::
     python -m perception.bench --model model.onnx --backends onnxruntime --precision auto,fp32
 
 Each backend is loaded through :class:`perception.classifier.CurveClassifier` (so its warm-up is
-the product's), warmed up further, then timed on ``--runs`` predictions of an 800x600 BGRA frame:
+the product's), warmed up further, then all are timed interleaved (blocks of 10 predictions, the
+order reversed every block) on ``--runs`` predictions each of an 800x600 BGRA frame:
 p50/p95/p99/max of preprocess, inference and total, FPS (1000 / mean total), device, and the
 speed ratio against torch eager measured in the same run (torch eager is always measured).
 For an ``.onnx`` whose checkpoint is not at hand, torch eager runs the same architecture with
@@ -35,6 +36,7 @@ from perception.formats import BACKEND_NAMES, format_for_path
 log = logging.getLogger(__name__)
 
 STAGES = ("preprocess", "infer", "total")
+BLOCK = 10          # predictions per job before the next job runs (interleaving)
 
 
 @dataclass
@@ -171,15 +173,21 @@ def run_bench(cfg: BenchConfig) -> list[BenchRecord]:
     jobs = [(n, {"precision": p} if n == "onnxruntime" else {}) for n in names
             for p in (cfg.precisions if n == "onnxruntime" else ("",))]
     frames, order = _bench_frames(cfg)
+    loaded = [(name, options, *_load(cfg, name, options)) for name, options in jobs]
+    times = [{s: [] for s in STAGES} for _ in loaded]
+    # Interleaved in blocks of BLOCK predictions, order reversed every block: a busy machine hits every job alike.
+    blocks = [(b, min(BLOCK, cfg.runs - b)) for b in range(0, cfg.runs, BLOCK)]
+    for k, (start, n) in enumerate(tqdm(blocks, desc="interleaved blocks", leave=False, disable=None)):
+        order_ = range(len(loaded)) if k % 2 == 0 else reversed(range(len(loaded)))
+        for j in order_:
+            clf = loaded[j][2]
+            for i in range(start, start + n):
+                t = clf.predict(frames[i % len(frames)], color_order=order).timings_ms
+                for s in STAGES:
+                    times[j][s].append(t[s])
     records: list[BenchRecord] = []
-    for name, options in jobs:
-        clf, note = _load(cfg, name, options)
-        times: dict[str, list[float]] = {s: [] for s in STAGES}
-        for i in tqdm(range(cfg.runs), desc=f"{name:12s} {options.get('precision', '')}", leave=False, disable=None):
-            t = clf.predict(frames[i % len(frames)], color_order=order).timings_ms
-            for s in STAGES:
-                times[s].append(t[s])
-        stages = {s: _stats(v) for s, v in times.items()}
+    for (name, options, clf, note), job_times in zip(loaded, times):
+        stages = {s: _stats(v) for s, v in job_times.items()}
         total = stages["total"]
         records.append(BenchRecord(
             backend=name, precision=clf.backend.precision, device=clf.backend.describe(), model=str(clf.source), img_size=meta.img_size,

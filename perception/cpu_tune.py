@@ -326,5 +326,6 @@ def tune(path: str | os.PathLike, meta: ModelMeta | None = None, *, candidates: 
     decision = Decision(chosen, key, measurements, seconds=time.perf_counter() - t0,
                         sessions=sessions if keep_sessions else {})
     written = write_cached(decision, cache_dir)
-    log.info("%s\n(cached in %s)", decision.report(), written)
+    log.info("%s; cached in %s", decision.report().splitlines()[0], written)
+    log.debug("%s", decision.report())
     return decision
