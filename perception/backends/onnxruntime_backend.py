@@ -96,7 +96,13 @@ def best_providers(available: list[str] | None = None) -> list[str]:
 
 
 def default_threads() -> int:
-    """Intra-op threads of a session: ``$CARLA_PERCEPTION_THREADS`` if set, else one per physical core.
+    """Intra-op threads of a session: ``$CARLA_PERCEPTION_THREADS`` if set, else physical cores - 1 (at least 1).
+
+    One core is left to the rest of the loop (simulator tick, video encoder, the preprocessing
+    helper): on the shared 2-core dev machine the closed loop (``launch.bench``) ran 1.4-1.5x
+    faster with one inference thread than with two, whose spinning workers slowed the tick and
+    encode stages by a third (docs/benchmarks.md). A classifier alone on an idle machine is
+    faster with every core: set the variable to the core count there.
 
     Raises:
         ValueError: the variable is not a positive integer.
@@ -106,7 +112,7 @@ def default_threads() -> int:
         if not env.isdigit() or int(env) < 1:
             raise ValueError(f"{THREADS_ENV}={env!r}: want a positive integer (intra-op threads per session)")
         return int(env)
-    return physical_cores()
+    return max(1, physical_cores() - 1)
 
 
 def session_for(path: Path, meta: ModelMeta, provider: str, precision: str, threads: int,
