@@ -1,17 +1,16 @@
-"""Tick-time benchmark of the embedded simulator: a car driving its lane, with and without a camera,
-and the same camera in traffic.
+"""Tick-time benchmark of the embedded simulator: a car driving its lane, with and without a camera.
 
 Usage::
 
-    python -m carla_embedded.bench                                  # 800x600, Town02, one core, + traffic case
+    python -m carla_embedded.bench                                  # 800x600, Town02: default vs pinned
     python -m carla_embedded.bench --res 800x600,1280x720,320x240 --ticks 300 --town Town03
-    python -m carla_embedded.bench --traffic 30,10 --traffic-town Town03   # (default) or --traffic 0,0 to skip
+    python -m carla_embedded.bench --cores 0                        # only what a plain user process gets
 
-Prints one row per case: median and p99 of ``world.tick()`` wall time in ms. The traffic case
-(``--traffic N,M``: N autopilot cars, M walkers, the town's traffic lights, one camera at the
-first ``--res``) runs in blocks interleaved with the same camera in the same town without
-traffic, so both figures see the same machine load. ``--cores 1`` (the default) pins the process
-to one CPU and OpenCV to one thread.
+Prints the CPU model, then one row per case and configuration: median and p99 of ``world.tick()``
+wall time in ms. ``default`` is what a user's script gets: the process unpinned, OpenCV threads
+as the simulator sets them (:mod:`carla_embedded.threads`). ``pinned`` (``--cores N``, default 1)
+pins the process to N CPUs and OpenCV to N threads. The two are timed in alternating blocks in
+one run, so a busy machine hits both alike, and the ratio default/pinned is printed.
 """
 from __future__ import annotations
 
@@ -53,16 +52,19 @@ class BenchConfig:
     town: str = "Town02"
     fov: float = 90.0
     seed: int = 0
-    cores: int = 1
-    traffic: tuple[int, int] = (30, 10)
+    cores: int = 1          # the pinned configuration's CPUs; 0 = time only the default one
+    blocks: int = 4         # alternating blocks of ticks per configuration
+    traffic: tuple[int, int] = (30, 10)   # traffic case: vehicles, walkers (0, 0 skips it)
     traffic_town: str = "Town03"
-    block: int = 20
+    block: int = 20         # ticks per block of the traffic case's interleaving
 
     def __post_init__(self):
         if self.ticks < 1 or self.warmup < 0:
             raise ValueError(f"ticks={self.ticks} must be >= 1 and warmup={self.warmup} >= 0")
         if self.cores < 0:
-            raise ValueError(f"cores={self.cores} must be >= 0 (0 = all)")
+            raise ValueError(f"cores={self.cores} must be >= 0 (0 = only the default, unpinned configuration)")
+        if self.blocks < 1:
+            raise ValueError(f"blocks={self.blocks} must be >= 1")
         if len(self.traffic) != 2 or min(self.traffic) < 0:
             raise ValueError(f"traffic={self.traffic} must be two counts >= 0 (vehicles, walkers)")
 
@@ -73,6 +75,50 @@ class BenchResult:
     ticks: int
     median_ms: float
     p99_ms: float
+    config: str = "default"   # "default" (unpinned, the simulator's thread settings) or "pinned N"
+
+
+class _Configs:
+    """The configurations timed: ``default`` as the process started, ``pinned N`` (N CPUs, N OpenCV threads)."""
+
+    def __init__(self, cores: int):
+        import cv2
+
+        self._cv2 = cv2
+        self._all = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self._cv2_default = None
+        self.names = ["default"] + ([f"pinned {cores}"] if cores and self._all else [])
+        self._cores = cores
+
+    def apply(self, name: str) -> None:
+        if self._cv2_default is None:          # read once the renderer has set its own count
+            self._cv2_default = self._cv2.getNumThreads()
+        if name == "default":
+            if self._all:
+                os.sched_setaffinity(0, set(self._all))
+            self._cv2.setNumThreads(self._cv2_default)
+        else:
+            os.sched_setaffinity(0, set(self._all[:self._cores]))
+            self._cv2.setNumThreads(self._cores)
+
+    def describe(self, name: str) -> str:
+        if name == "default":
+            return f"default: unpinned ({len(self._all) or os.cpu_count()} CPUs), {self._cv2_default} OpenCV thread(s)"
+        return f"{name}: pinned to CPU(s) {self._all[:self._cores]}, {self._cores} OpenCV thread(s)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (else the platform's word for it)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _follow_lane(vehicle, carla_map) -> carla.VehicleControl:
@@ -105,8 +151,26 @@ def _timed_ticks(world, vehicle, n: int, warmup: int) -> np.ndarray:
     return times * 1e3
 
 
-def run_bench(config: BenchConfig) -> list[BenchResult]:
-    """Median/p99 tick time without a camera, then with one camera per resolution."""
+def _interleaved(world, vehicle, config: BenchConfig, configs: _Configs, case: str) -> list[BenchResult]:
+    """Time ``config.ticks`` ticks per configuration, in ``config.blocks`` alternating blocks each."""
+    per_block = max(1, config.ticks // config.blocks)
+    times = {name: [] for name in configs.names}
+    for block in range(config.blocks):
+        order = configs.names if block % 2 == 0 else configs.names[::-1]
+        for name in order:
+            configs.apply(name)
+            times[name].append(_timed_ticks(world, vehicle, per_block, config.warmup if block == 0 else 2))
+    configs.apply("default")
+    out = []
+    for name in configs.names:
+        t = np.concatenate(times[name])
+        out.append(BenchResult(case, len(t), float(np.median(t)), float(np.percentile(t, 99)), name))
+    return out
+
+
+def run_bench(config: BenchConfig, configs: _Configs | None = None) -> list[BenchResult]:
+    """Median/p99 tick time without a camera, then with one camera per resolution, per configuration."""
+    configs = configs or _Configs(config.cores)
     client = Client(seed=config.seed)
     world = client.load_world(config.town)
     settings = world.get_settings()
@@ -129,12 +193,12 @@ def run_bench(config: BenchConfig) -> list[BenchResult]:
             camera = world.spawn_actor(bp, CAMERA_MOUNT, attach_to=vehicle)
             frames = []
             camera.listen(lambda image: frames.append(image.frame))
-            times = _timed_ticks(world, vehicle, config.ticks, config.warmup)
+            first = world.tick()              # the first camera tick starts the renderer (and its threads)
+            results.extend(_interleaved(world, vehicle, config, configs, f"{width}x{height}"))
+            expected = world.get_snapshot().frame - first + 1
             camera.destroy()
-            if len(frames) != config.ticks + config.warmup:
-                raise RuntimeError(f"camera delivered {len(frames)} images for {config.ticks + config.warmup} ticks")
-            results.append(BenchResult(f"{width}x{height}", config.ticks, float(np.median(times)),
-                                       float(np.percentile(times, 99))))
+            if len(frames) != expected:
+                raise RuntimeError(f"camera delivered {len(frames)} images for {expected} ticks")
     finally:
         vehicle.destroy()
     return results
@@ -205,17 +269,6 @@ def run_traffic_bench(config: BenchConfig) -> list[BenchResult]:
     return results
 
 
-def _pin_cores(cores: int) -> None:
-    if cores <= 0:
-        return
-    import cv2
-
-    cv2.setNumThreads(cores)
-    if hasattr(os, "sched_setaffinity"):
-        allowed = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, set(allowed[:cores]))
-
-
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Tick-time benchmark of the embedded CARLA simulator",
                                      add_help=add_help)
@@ -226,10 +279,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--town", default="Town02", help="town to drive in (default: Town02)")
     parser.add_argument("--fov", type=float, default=90.0, help="camera field of view, deg (default: 90)")
     parser.add_argument("--seed", type=int, default=0, help="scenery seed (default: 0)")
-    parser.add_argument("--cores", type=int, default=1, help="CPU cores to run on, 0 = all (default: 1)")
+    parser.add_argument("--cores", type=int, default=1,
+                        help="CPUs of the pinned configuration timed beside the default unpinned one; "
+                             "0 = time only the default (default: 1)")
+    parser.add_argument("--blocks", type=int, default=4,
+                        help="alternating blocks per configuration (default: 4)")
     parser.add_argument("--traffic", default="30,10",
-                        help="traffic case: N vehicles,M walkers with lights and the first --res camera; "
-                             "0,0 skips it (default: 30,10)")
+                        help="traffic case (default configuration): N vehicles,M walkers with lights and the first "
+                             "--res camera, interleaved with the same camera without traffic; 0,0 skips it "
+                             "(default: 30,10)")
     parser.add_argument("--traffic-town", default="Town03", help="town of the traffic case (default: Town03)")
     return parser
 
@@ -242,6 +300,8 @@ def _parse_traffic(text: str) -> tuple[int, int]:
     return vehicles, walkers
 
 
+
+
 def main(argv=None) -> None:
     parser = get_args_parser()
     args = parser.parse_args(argv)
@@ -249,26 +309,35 @@ def main(argv=None) -> None:
     try:
         config = BenchConfig(resolutions=tuple(parse_resolution(r) for r in args.res.split(",") if r.strip()),
                              ticks=args.ticks, warmup=args.warmup, town=args.town, fov=args.fov,
-                             seed=args.seed, cores=args.cores, traffic=_parse_traffic(args.traffic),
-                             traffic_town=args.traffic_town)
+                             seed=args.seed, cores=args.cores, blocks=args.blocks,
+                             traffic=_parse_traffic(args.traffic), traffic_town=args.traffic_town)
         from .towns import canonical_town
         canonical_town(config.town)
         canonical_town(config.traffic_town)
     except ValueError as exc:
         parser.error(str(exc))
-    _pin_cores(config.cores)
+    configs = _Configs(config.cores)
     try:
-        results = run_bench(config)
+        results = run_bench(config, configs)
         if sum(config.traffic):
+            configs.apply("default")
             results += run_traffic_bench(config)
     except TownNotFoundError as exc:
         parser.exit(2, f"error: {exc}\n")
-    print(f"carla_embedded tick time, {config.town}, {config.ticks} ticks, "
-          f"{config.cores or os.cpu_count()} core(s)")
+    print(f"carla_embedded tick time, {config.town}, {config.ticks} ticks per case and configuration, "
+          f"CPU: {cpu_model()}")
+    for name in configs.names:
+        print(f"  {configs.describe(name)}")
     width = max(12, max(len(r.case) for r in results))
-    print(f"{'case':>{width}} {'median ms':>10} {'p99 ms':>8}")
+    print(f"{'case':>{width}} {'config':>10} {'median ms':>10} {'p99 ms':>8}")
     for r in results:
-        print(f"{r.case:>{width}} {r.median_ms:>10.2f} {r.p99_ms:>8.2f}")
+        print(f"{r.case:>{width}} {r.config:>10} {r.median_ms:>10.2f} {r.p99_ms:>8.2f}")
+    for case in dict.fromkeys(r.case for r in results if r.case != "no camera"):
+        rows = {r.config: r for r in results if r.case == case}
+        if len(rows) == 2:
+            default, pinned = rows["default"], rows[configs.names[1]]
+            print(f"{case}: default / {configs.names[1]} median = {default.median_ms / pinned.median_ms:.2f}x "
+                  f"(target <= 1.2x)")
 
 
 if __name__ == "__main__":

@@ -7,20 +7,22 @@ Usage::
     python -m perception.bench --model model.onnx --backends onnxruntime --precision auto,fp32
 
 Each backend is loaded through :class:`perception.classifier.CurveClassifier` (so its warm-up is
-the product's), warmed up further, then timed on ``--runs`` predictions of an 800x600 BGRA frame:
+the product's), warmed up further, then all are timed interleaved (blocks of 10 predictions, the
+order reversed every block) on ``--runs`` predictions each of an 800x600 BGRA frame:
 p50/p95/p99/max of preprocess, inference and total, FPS (1000 / mean total), device, and the
 speed ratio against torch eager measured in the same run (torch eager is always measured).
 For an ``.onnx`` whose checkpoint is not at hand, torch eager runs the same architecture with
 random weights: eager speed does not depend on weight values, and the output says so.
-``--precision`` is ONNX Runtime's (``auto`` = bf16 on the OpenVINO EP of a CPU with native
-bf16, else the ONNX's own); a comma list times it once per precision in the same run.
+``--precision`` is ONNX Runtime's: ``auto`` (what users get: provider and precision measured once
+per CPU/build/model by :mod:`perception.cpu_tune`, then cached), ``fp32``, ``bf16``, or a comma
+list, each timed in the same run; the default ``all`` times auto next to every precision that can
+be forced here, and prints auto's decision with every candidate's timing and agreement.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import platform
 import re
 import sys
 from dataclasses import asdict, dataclass, field
@@ -34,6 +36,7 @@ from perception.formats import BACKEND_NAMES, format_for_path
 log = logging.getLogger(__name__)
 
 STAGES = ("preprocess", "infer", "total")
+BLOCK = 10          # predictions per job before the next job runs (interleaving)
 
 
 @dataclass
@@ -51,7 +54,7 @@ class BenchConfig:
     frame_size: tuple[int, int] = (800, 600)
     frames: Path | None = None
     seed: int = 0
-    precisions: tuple[str, ...] | str = "auto"
+    precisions: tuple[str, ...] | str = "all"
 
     def __post_init__(self) -> None:
         from perception.backends.onnxruntime_backend import PRECISION_CHOICES
@@ -66,6 +69,8 @@ class BenchConfig:
         if bad or not self.backends:
             raise ValueError(f"unknown backend(s) {', '.join(bad) or '(none)'}; valid: all or a comma list of "
                              f"{', '.join(BACKEND_NAMES)}")
+        if self.precisions == "all":
+            self.precisions = forcible_precisions()
         if isinstance(self.precisions, str):
             self.precisions = tuple(p.strip() for p in self.precisions.split(",") if p.strip())
         bad = [p for p in self.precisions if p not in PRECISION_CHOICES]
@@ -107,6 +112,17 @@ class BenchRecord:
     @property
     def label(self) -> str:
         return f"{self.backend}[{self.variant}]" if self.variant else self.backend
+    decision: str = ""                                # onnxruntime auto: what was chosen and why
+
+
+def forcible_precisions() -> tuple[str, ...]:
+    """``auto`` plus every precision ONNX Runtime's default provider can be forced to on this CPU."""
+    try:
+        from perception.backends.onnxruntime_backend import BF16_CPU_FLAGS, best_providers, cpu_flags
+        bf16 = best_providers()[0] == "OpenVINOExecutionProvider" and bool(BF16_CPU_FLAGS & cpu_flags())
+    except ImportError:
+        bf16 = False
+    return ("auto", "fp32", "bf16") if bf16 else ("auto", "fp32")
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -116,16 +132,9 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def host_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     from perception.backends.onnxruntime_backend import physical_cores
-    return f"{cpu}, {physical_cores()} physical cores ({os.cpu_count()} logical)"
+    from perception.cpu_tune import cpu_model
+    return f"{cpu_model()}, {physical_cores()} physical cores ({os.cpu_count()} logical)"
 
 
 def _load(cfg: BenchConfig, name: str, options: dict):
@@ -180,15 +189,21 @@ def run_bench(cfg: BenchConfig) -> list[BenchRecord]:
     # torch-cuda twice in the same run: raw frame through one CUDA graph, and the CPU-preprocess path
     jobs = [j for n, o in jobs for j in ([(n, o), (n, {"gpu_preprocess": False})] if n == "torch-cuda" else [(n, o)])]
     frames, order = _bench_frames(cfg)
+    loaded = [(name, options, *_load(cfg, name, options)) for name, options in jobs]
+    times = [{s: [] for s in STAGES} for _ in loaded]
+    # Interleaved in blocks of BLOCK predictions, order reversed every block: a busy machine hits every job alike.
+    blocks = [(b, min(BLOCK, cfg.runs - b)) for b in range(0, cfg.runs, BLOCK)]
+    for k, (start, n) in enumerate(tqdm(blocks, desc="interleaved blocks", leave=False, disable=None)):
+        order_ = range(len(loaded)) if k % 2 == 0 else reversed(range(len(loaded)))
+        for j in order_:
+            clf = loaded[j][2]
+            for i in range(start, start + n):
+                t = clf.predict(frames[i % len(frames)], color_order=order).timings_ms
+                for s in STAGES:
+                    times[j][s].append(t[s])
     records: list[BenchRecord] = []
-    for name, options in jobs:
-        clf, note = _load(cfg, name, options)
-        times: dict[str, list[float]] = {s: [] for s in STAGES}
-        for i in tqdm(range(cfg.runs), desc=f"{name:12s} {options.get('precision', '')}", leave=False, disable=None):
-            t = clf.predict(frames[i % len(frames)], color_order=order).timings_ms
-            for s in STAGES:
-                times[s].append(t[s])
-        stages = {s: _stats(v) for s, v in times.items()}
+    for (name, options, clf, note), job_times in zip(loaded, times):
+        stages = {s: _stats(v) for s, v in job_times.items()}
         total = stages["total"]
         variant, breakdown = "", {}
         if hasattr(clf.backend, "gpu_preprocess"):
@@ -201,7 +216,8 @@ def run_bench(cfg: BenchConfig) -> list[BenchRecord]:
             backend=name, precision=clf.backend.precision, device=clf.backend.describe(), model=str(clf.source), img_size=meta.img_size,
             runs=cfg.runs, p50_ms=total["p50"], p95_ms=total["p95"], p99_ms=total["p99"], max_ms=total["max"],
             mean_ms=total["mean"], fps=1e3 / total["mean"], stages=stages, note=note, variant=variant,
-            breakdown=breakdown))
+            breakdown=breakdown,
+            decision=d.report() if (d := getattr(clf.backend, "decision", None)) is not None else ""))
     ref = records[0]
     for r in records:
         r.speedup_vs_torch = ref.p50_ms / r.p50_ms
@@ -234,6 +250,16 @@ def format_table(records: list[BenchRecord]) -> str:
                          f"events; the graph total above is what a frame costs), p50 ms: "
                          + ", ".join(f"{k} {b[k]['p50']:.3f}" for k in b)
                          + f" = {sum(b[k]['p50'] for k in b):.3f}")
+    for r in records:
+        if r.decision:
+            lines.append(r.decision)
+    auto = [r for r in records if r.backend == "onnxruntime" and r.decision]
+    forced = [r for r in records if r.backend == "onnxruntime" and not r.decision]
+    if auto and forced:
+        best = min(forced, key=lambda r: r.stages["infer"]["p50"])
+        lines.append(f"auto vs fastest forced precision ({best.precision}): inference p50 "
+                     f"{auto[0].stages['infer']['p50']:.2f} vs {best.stages['infer']['p50']:.2f} ms = "
+                     f"{auto[0].stages['infer']['p50'] / best.stages['infer']['p50']:.2f}x")
     return "\n".join(lines)
 
 
@@ -247,9 +273,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=200, help="timed predictions per backend (default: 200)")
     p.add_argument("--warmup", type=int, default=10, help="warm-up predictions per backend (default: 10)")
     p.add_argument("--json", type=Path, default=None, help="write the records here as a JSON list")
-    p.add_argument("--precision", default="auto",
-                   help="onnxruntime precision(s): a comma list of auto, fp32, bf16; each is timed (default: auto, "
-                        "i.e. bf16 on the OpenVINO EP of a CPU with native bf16, else the ONNX's own)")
+    p.add_argument("--precision", default="all",
+                   help="onnxruntime precision(s): all, or a comma list of auto, fp32, bf16; each is timed (default: "
+                        "all = auto, the measured and cached choice users get, next to every precision forcible here)")
     p.add_argument("--res", default="800x600", help="synthetic camera frame size WxH (default: 800x600)")
     p.add_argument("--frames", type=Path, default=None, help="dataset/image dir to cycle instead of a drawn frame")
     p.add_argument("--seed", type=int, default=0, help="seed of the drawn frame (default: 0)")

@@ -133,6 +133,7 @@ class ExportResult:
     meta: ModelMeta
     parity: ParityReport | None = None
     parity_default: ParityReport | None = None     # the session CurveClassifier builds here, if it differs
+    cpu_decision: object | None = None             # perception.cpu_tune.Decision: what precision="auto" runs
     engine: Path | None = None
     seconds: dict = field(default_factory=dict)
 
@@ -236,6 +237,29 @@ def _parity_frames(cfg: ExportConfig) -> tuple[list[np.ndarray], str, str]:
     return frames, "BGRA", "DRAWN road frames (no --frames given: pass a dataset dir for real-frame parity)"
 
 
+def _tune_cpu(onnx_path: Path, meta: ModelMeta, frames: list[np.ndarray], order: str):
+    """Measure and cache the CPU decision of ``precision="auto"`` now (full budget), so no user's load does.
+
+    Returns the Decision, or None where ONNX Runtime's default provider is a GPU one or there is
+    only one CPU candidate (nothing to choose).
+    """
+    from perception import cpu_tune
+    from perception.backends.onnxruntime_backend import BF16_CPU_FLAGS, GPU_PROVIDERS, best_providers, cpu_flags
+    providers = best_providers()
+    candidates = cpu_tune.cpu_candidates(providers, meta.precision, bool(BF16_CPU_FLAGS & cpu_flags()))
+    if providers[0] in GPU_PROVIDERS or len(candidates) < 2:
+        return None
+    budget = cpu_tune.Budget(max(len(frames), cpu_tune.FULL.frames), cpu_tune.FULL.seconds)
+    if len(frames) < budget.frames:         # recorded frames first, drawn ones to make up the count
+        import cv2
+
+        from perception.frames import road_frames
+        drawn = road_frames(budget.frames - len(frames), seed=1, width=400, height=300)[0]
+        frames = [f if order == "BGRA" else cv2.cvtColor(f, cv2.COLOR_BGR2BGRA) for f in frames] + drawn
+        order = "BGRA"
+    return cpu_tune.tune(onnx_path, meta, candidates=candidates, budget=budget, force=True, frames=(frames, order))
+
+
 def export(cfg: ExportConfig) -> ExportResult:
     """Checkpoint -> ONNX (+ parity on frames) [-> TensorRT engine]. The CLI's one library call."""
     t0 = time.perf_counter()
@@ -245,6 +269,7 @@ def export(cfg: ExportConfig) -> ExportResult:
     if cfg.parity_frames:
         t1 = time.perf_counter()
         frames, order, source = _parity_frames(cfg)
+        result.cpu_decision = _tune_cpu(cfg.out, written, frames, order)
         result.parity, default = parity_check(model, cfg.out, written, frames, order, source,
                                               sessions=((["CPUExecutionProvider"], "auto"), (None, "auto")))
         if default.runtime != result.parity.runtime:     # e.g. OpenVINO EP in bf16: say what users get
@@ -312,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'dynamic' if m.dynamic_batch else 'static'} batch, input {m.img_size}x{m.img_size} {m.color_order}, "
           f"classes {list(m.classes)}, checkpoint sha256 {m.checkpoint_sha256[:12]}...; onnx.checker OK")
     print(describe_contract(m.contract))
+    if result.cpu_decision is not None:
+        print(result.cpu_decision.report())
     if result.parity is not None:
         print(result.parity)
     if result.parity_default is not None:

@@ -120,12 +120,14 @@ def test_weather_presets_change_the_picture():
 def test_bench_reports_each_case(capsys):
     from carla_embedded.bench import BenchConfig, main, run_bench
 
-    results = run_bench(BenchConfig(resolutions=((64, 48), (32, 24)), ticks=5, warmup=1, town="Embedded01"))
-    assert [r.case for r in results] == ["no camera", "64x48", "32x24"]
-    assert all(0 < r.median_ms <= r.p99_ms for r in results)
-    for argv in (["--res", "800by600"], ["--town", "Town99"], ["--ticks", "0"]):
+    results = run_bench(BenchConfig(resolutions=((64, 48), (32, 24)), ticks=4, warmup=1, town="Embedded01", blocks=2))
+    # every camera case twice: what a user's process gets (default, unpinned) beside the pinned one
+    assert [(r.case, r.config) for r in results] == [("no camera", "default"), ("64x48", "default"),
+                                                     ("64x48", "pinned 1"), ("32x24", "default"), ("32x24", "pinned 1")]
+    assert all(0 < r.median_ms <= r.p99_ms and r.ticks == 4 for r in results)
+    for argv in (["--res", "800by600"], ["--town", "Town99"], ["--ticks", "0"], ["--blocks", "0"]):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "800by600" in err and "Town99" in err and "ticks=0" in err
+    assert "800by600" in err and "Town99" in err and "ticks=0" in err and "blocks=0" in err

@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from perception.bench import BenchConfig, main, run_bench
+from perception.backends.onnxruntime_backend import best_providers
+from perception.bench import BenchConfig, forcible_precisions, main, run_bench
+from perception.cpu_tune import cpu_model
 from perception.export import ExportConfig, export
 from test_perception_support import trained_ckpt  # noqa: F401  (session fixture)
 
@@ -22,7 +24,10 @@ def test_bench_json_records(onnx_path, tmp_path, capsys):
     assert main(["--model", str(onnx_path), "--backends", "onnxruntime", "--runs", "20", "--warmup", "2",
                  "--json", str(out), "--res", "320x240"]) == 0
     records = json.loads(out.read_text())
-    assert [r["backend"] for r in records] == ["torch", "onnxruntime"], "torch eager is always the reference"
+    # torch eager is always the reference; by default auto (what users get) beside every forcible precision
+    assert [r["backend"] for r in records] == ["torch"] + ["onnxruntime"] * len(forcible_precisions())
+    assert forcible_precisions()[:2] == ("auto", "fp32")
+    assert records[2]["precision"] == "fp32" and records[2]["decision"] == ""
     for r in records:
         assert {"backend", "img_size", "p50_ms", "p95_ms", "p99_ms", "max_ms", "fps"} <= set(r)
         assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"] and r["img_size"] == 64
@@ -32,6 +37,10 @@ def test_bench_json_records(onnx_path, tmp_path, capsys):
     assert records[0]["speedup_vs_torch"] == 1.0
     text = capsys.readouterr().out
     assert "x torch" in text and "onnxruntime:" in text
+    assert f"host: {cpu_model()}" in text
+    if best_providers()[0] == "OpenVINOExecutionProvider":     # auto chose among measured candidates: say why
+        assert records[1]["decision"].startswith("precision auto -> ") and "agrees with fp32" in text
+        assert "auto vs fastest forced precision" in text
 
 
 def test_torch_timing_on_onnx_without_checkpoint_says_random_weights(trained_ckpt, tmp_path):

@@ -18,6 +18,7 @@ PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "Op
 GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+THREADS_ENV = "CARLA_PERCEPTION_THREADS"
 
 
 def cpu_flags() -> frozenset[str]:
@@ -34,27 +35,23 @@ def cpu_flags() -> frozenset[str]:
 
 def resolve_precision(requested: str, provider: str, model_precision: str,
                       flags: frozenset[str] | None = None) -> str:
-    """The precision a session computes in: ``fp32``, ``fp16`` (an FP16 ONNX) or ``bf16``.
+    """The precision a session computes in when no measurement decides: ``fp32``, ``fp16`` or ``bf16``.
 
-    ``auto`` is bf16 when the OpenVINO EP runs on a CPU with native bf16 (AVX512-BF16 or AMX),
-    which is OpenVINO's own default on AMX CPUs. On this project's 2-core Zen 4 it is 1.45x
-    faster than FP32 at 224 px with the same class on every recorded frame tried
-    (docs/benchmarks.md); elsewhere ``auto`` is the ONNX's own precision. ``fp32`` gives the
-    exact FP32 logits (parity with torch <= 1e-3).
+    ``auto`` here is the ONNX's own precision; on the CPU providers the backend replaces it with
+    the measured choice of :mod:`perception.cpu_tune` (no flag rule: bf16 won on one CPU with
+    ``avx512_bf16`` and lost on another). ``fp32``/``bf16`` force, and are checked here.
 
     Raises:
         ValueError: unknown value, or one this session cannot honour (says why and what can).
     """
     if requested not in PRECISION_CHOICES:
         raise ValueError(f"unknown onnxruntime precision {requested!r}; valid: {', '.join(PRECISION_CHOICES)}")
-    native_bf16 = bool(BF16_CPU_FLAGS & (cpu_flags() if flags is None else flags))
-    openvino = provider == "OpenVINOExecutionProvider"
     if requested == "auto":
-        return "bf16" if openvino and native_bf16 else model_precision
-    if requested == "bf16" and not openvino:
+        return model_precision
+    if requested == "bf16" and provider != "OpenVINOExecutionProvider":
         raise ValueError(f"precision 'bf16' needs ONNX Runtime's OpenVINOExecutionProvider (the onnxruntime-openvino "
                          f"package); this session runs {provider}: use precision 'auto' or 'fp32'")
-    if requested == "bf16" and not native_bf16:
+    if requested == "bf16" and not BF16_CPU_FLAGS & (cpu_flags() if flags is None else flags):
         raise ValueError("precision 'bf16' needs a CPU with native bf16 (avx512_bf16 or amx_bf16 in its flags) and this "
                          "one has neither: use precision 'auto' or 'fp32'")
     if requested == "fp32" and model_precision != "fp32":
@@ -98,30 +95,81 @@ def best_providers(available: list[str] | None = None) -> list[str]:
     return [p for p in PROVIDER_PREFERENCE if p in available] or ["CPUExecutionProvider"]
 
 
+def default_threads() -> int:
+    """Intra-op threads of a session: ``$CARLA_PERCEPTION_THREADS`` if set, else physical cores - 1 (at least 1).
+
+    One core is left to the rest of the loop (simulator tick, video encoder, the preprocessing
+    helper): on the shared 2-core dev machine the closed loop (``launch.bench``) ran 1.4-1.5x
+    faster with one inference thread than with two, whose spinning workers slowed the tick and
+    encode stages by a third (docs/benchmarks.md). A classifier alone on an idle machine is
+    faster with every core: set the variable to the core count there.
+
+    Raises:
+        ValueError: the variable is not a positive integer.
+    """
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"{THREADS_ENV}={env!r}: want a positive integer (intra-op threads per session)")
+        return int(env)
+    return max(1, physical_cores() - 1)
+
+
+def session_for(path: Path, meta: ModelMeta, provider: str, precision: str, threads: int,
+                cache_dir: Path | None = None) -> "OnnxRuntimeBackend":
+    """A session on exactly ``provider`` computing in ``precision`` (already resolved), no tuning."""
+    backend = OnnxRuntimeBackend.__new__(OnnxRuntimeBackend)
+    backend._open(Path(path), meta, [provider], threads, precision, cache_dir)
+    backend.decision = None
+    return backend
+
+
 class OnnxRuntimeBackend:
     """One ``onnxruntime.InferenceSession`` tuned for batch-1 latency.
 
     Session options: full graph optimisation (conv+BN/activation fusion, NCHWc layout on x86),
     sequential execution (the graph is a chain; a parallel executor only adds overhead), and
-    one intra-op thread per physical core. ``precision`` (``auto``/``fp32``/``bf16``) is resolved
-    by :func:`resolve_precision`; :attr:`precision` says what the session really computes in.
+    :func:`default_threads` intra-op threads. With ``precision="auto"`` on the CPU providers the
+    provider and precision come from :func:`perception.cpu_tune.tune` (measured once per CPU,
+    build and model, then cached; :attr:`decision` holds why); ``fp32``/``bf16`` force.
+    :attr:`precision` says what the session really computes in.
     """
     name = "onnxruntime"
 
     def __init__(self, path: Path, meta: ModelMeta, providers: list[str] | None = None,
                  threads: int | None = None, cache_dir: Path | None = None, precision: str = "auto") -> None:
         import onnxruntime as ort
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.intra_op_num_threads = threads or physical_cores()
-        so.inter_op_num_threads = 1
         names = list(providers) if providers else best_providers()
         unknown = [p for p in names if p not in ort.get_available_providers()]
         if unknown:
             raise ValueError(f"onnxruntime provider(s) {', '.join(unknown)} not available; "
                              f"valid here: {', '.join(ort.get_available_providers())}")
+        threads = threads or default_threads()
         wanted = resolve_precision(precision, names[0], meta.precision)
+        self.decision = None
+        if precision == "auto" and names[0] not in GPU_PROVIDERS:
+            from perception import cpu_tune
+            candidates = cpu_tune.cpu_candidates(names, meta.precision, bool(BF16_CPU_FLAGS & cpu_flags()))
+            if len(candidates) > 1:
+                self.decision = cpu_tune.tune(path, meta, candidates=candidates, threads=threads,
+                                              cache_dir=cache_dir, keep_sessions=True)
+                chosen = self.decision.chosen
+                live = self.decision.sessions.pop(chosen, None)
+                self.decision.sessions.clear()        # the losers' sessions go now
+                if live is not None:                  # measured just now: reuse the winner's session
+                    self.__dict__.update({k: v for k, v in live.__dict__.items() if k != "decision"})
+                    return
+                names, wanted = [chosen.provider], chosen.precision
+        self._open(Path(path), meta, names, threads, wanted, cache_dir, forced=precision)
+
+    def _open(self, path: Path, meta: ModelMeta, names: list[str], threads: int, wanted: str,
+              cache_dir: Path | None, forced: str = "auto") -> None:
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
         trt_cache = str((cache_dir or default_cache_dir()) / "ort-tensorrt")
         options = {
             "TensorrtExecutionProvider": {"trt_engine_cache_enable": True, "trt_engine_cache_path": trt_cache,
@@ -131,19 +179,19 @@ class OnnxRuntimeBackend:
             # AMX CPUs, which would change the logits behind the caller's back. The hint goes
             # through load_config: the EP's own ``precision`` option refuses BF16 on the CPU.
             "OpenVINOExecutionProvider": {
-                "device_type": "CPU", "num_of_threads": str(so.intra_op_num_threads),
+                "device_type": "CPU", "num_of_threads": str(threads),
                 "load_config": json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": "bf16" if wanted == "bf16" else "f32"}})},
         }
         self.session = ort.InferenceSession(str(path), so, providers=[(p, options.get(p, {})) for p in names])
         running = self.session.get_providers()[0]
         if running != names[0]:      # e.g. onnxruntime-gpu without its CUDA libraries falls back silently
-            if precision == "bf16":
+            if wanted == "bf16":
                 raise RuntimeError(f"precision 'bf16' needs {names[0]}, which onnxruntime did not start for {path} "
                                    f"(session runs {running}): use precision 'auto' or 'fp32'")
             log.warning("onnxruntime did not start %s for %s; running on %s", names[0], path, running)
-            wanted = resolve_precision(precision, running, meta.precision)
+            wanted = resolve_precision(forced, running, meta.precision)
         self.precision = wanted
-        self.threads = so.intra_op_num_threads
+        self.threads = threads
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.output_name = self.session.get_outputs()[0].name
@@ -176,4 +224,8 @@ class OnnxRuntimeBackend:
 
     def describe(self) -> str:
         import onnxruntime as ort
-        return f"onnxruntime {ort.__version__}, {self.providers[0]}, {self.precision}, {self.threads} intra-op threads"
+        how = ""
+        if self.decision is not None:
+            how = f" (auto: {'cached' if self.decision.cached else 'measured'} decision)"
+        return (f"onnxruntime {ort.__version__}, {self.providers[0]}, {self.precision}{how}, "
+                f"{self.threads} intra-op threads")

@@ -1,0 +1,331 @@
+"""Choose the ONNX Runtime CPU configuration (execution provider + precision) by measurement, and cache it.
+
+Why measure: which one is fastest depends on the CPU, not on its flags. bf16 on the OpenVINO EP
+was 1.45x faster than FP32 on a Zen 4 and 1.4x slower on a Xeon with ``avx512_bf16`` but no AMX
+(issue 16), so ``precision="auto"`` no longer follows a flag rule.
+
+What is measured, once per (CPU model, ONNX Runtime build, model bytes, thread count):
+
+1. Candidates: every (provider, precision) the installed build offers on this CPU: OpenVINO EP in
+   FP32, OpenVINO EP in bf16 (CPUs with native bf16), the plain CPU EP in the ONNX's own precision.
+2. Agreement: each candidate's class (argmax) on reference frames against the CPU EP in the ONNX's
+   own precision (exact FP32 for an FP32 ONNX). A candidate must agree on >= 99.5 % of them, the
+   bar of the FP16 ONNX; with fewer than 200 frames that means on every frame.
+3. Speed: batch-1 inference, candidates interleaved round by round for a bounded time budget, median.
+
+The fastest agreeing candidate wins. The decision is written to ``<cache>/cpu-tune/<key>.json``
+(``$CARLA_PERCEPTION_CACHE``, else the user cache dir), like the TensorRT engine cache; a load with
+the same key reads it and times nothing. ``perception.export`` and ``python -m perception.tune``
+run the full measurement (more frames, longer budget) and overwrite the entry; a first load
+without an entry runs a short one (:data:`QUICK`).
+
+Example::
+
+    from perception.cpu_tune import tune
+    decision = tune("m.onnx")
+    print(decision.report())
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from perception.formats import default_cache_dir
+from perception.meta import ModelMeta, sha256_file
+
+log = logging.getLogger(__name__)
+
+MIN_AGREEMENT = 0.995
+CACHE_VERSION = 1
+OPENVINO, CPU = "OpenVINOExecutionProvider", "CPUExecutionProvider"
+_SHORT = {OPENVINO: "OpenVINO EP", CPU: "CPU EP"}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much measuring a decision gets: reference frames, timing seconds, and timed rounds min/max."""
+    frames: int
+    seconds: float
+    min_rounds: int = 5
+    max_rounds: int = 400
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.seconds < 0 or self.min_rounds < 1 or self.max_rounds < self.min_rounds:
+            raise ValueError(f"bad tuning budget {self}: need frames >= 1, seconds >= 0, 1 <= min_rounds <= max_rounds")
+
+
+QUICK = Budget(frames=24, seconds=0.25)        # first load without a cached decision
+FULL = Budget(frames=200, seconds=1.5)         # perception.export, perception.tune
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One ONNX Runtime session configuration: provider name and the precision it computes in."""
+    provider: str
+    precision: str
+
+    @property
+    def label(self) -> str:
+        return f"{_SHORT.get(self.provider, self.provider)} {self.precision}"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One candidate's figures. ``error`` is set (and the rest meaningless) when its session failed to start."""
+    candidate: Candidate
+    median_ms: float = float("nan")
+    rounds: int = 0
+    agreement: float = 0.0
+    frames: int = 0
+    error: str = ""
+
+    def agrees(self, min_agreement: float = MIN_AGREEMENT) -> bool:
+        return not self.error and self.agreement >= min_agreement
+
+
+@dataclass(frozen=True)
+class TuneKey:
+    """What a decision is valid for; any field differing means measure again."""
+    cpu: str
+    runtime: str
+    model_sha256: str
+    threads: int
+    candidates: tuple[str, ...]
+
+    def filename(self) -> str:
+        blob = json.dumps([CACHE_VERSION, *asdict(self).values()], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:20] + ".json"
+
+
+@dataclass
+class Decision:
+    """The chosen candidate, why (every measurement), and whether it came from the cache."""
+    chosen: Candidate
+    key: TuneKey
+    measurements: list[Measurement]
+    cached: bool = False
+    seconds: float = 0.0
+    min_agreement: float = MIN_AGREEMENT
+    sessions: dict = field(default_factory=dict, repr=False, compare=False)   # candidate -> live session
+
+    def report(self) -> str:
+        """Human-readable: the choice, then one line per candidate (median ms, agreement, verdict)."""
+        fastest = min((m for m in self.measurements if not m.error), key=lambda m: m.median_ms, default=None)
+        lines = [f"precision auto -> {self.chosen.label} "
+                 f"({'cached decision' if self.cached else f'measured in {self.seconds:.2f} s'}; "
+                 f"{self.key.cpu}; {self.key.runtime}; {self.key.threads} threads)"]
+        for m in self.measurements:
+            if m.error:
+                lines.append(f"  {m.candidate.label:18s} failed to start: {m.error}")
+                continue
+            verdict = "CHOSEN" if m.candidate == self.chosen else (
+                "rejected: disagrees" if not m.agrees(self.min_agreement) else "slower")
+            rel = f" ({m.median_ms / fastest.median_ms:.2f}x fastest)" if fastest else ""
+            lines.append(f"  {m.candidate.label:18s} {m.median_ms:6.2f} ms median of {m.rounds}{rel}, agrees with "
+                         f"fp32 on {100 * m.agreement:.2f} % of {m.frames} frames -> {verdict}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"version": CACHE_VERSION, "key": asdict(self.key), "chosen": asdict(self.chosen),
+                "min_agreement": self.min_agreement, "seconds": self.seconds,
+                "measurements": [{**asdict(m), "candidate": asdict(m.candidate)} for m in self.measurements]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Decision":
+        key = TuneKey(**{**data["key"], "candidates": tuple(data["key"]["candidates"])})
+        ms = [Measurement(**{**m, "candidate": Candidate(**m["candidate"])}) for m in data["measurements"]]
+        return cls(Candidate(**data["chosen"]), key, ms, cached=True, seconds=data.get("seconds", 0.0),
+                   min_agreement=data.get("min_agreement", MIN_AGREEMENT))
+
+
+def choose(measurements: list[Measurement], reference: Candidate,
+           min_agreement: float = MIN_AGREEMENT) -> Candidate:
+    """The fastest candidate agreeing with the reference on >= ``min_agreement`` of frames (else the reference)."""
+    agreeing = [m for m in measurements if m.agrees(min_agreement)]
+    if not agreeing:
+        return reference
+    return min(agreeing, key=lambda m: m.median_ms).candidate
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "Model name", "Hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def runtime_build() -> str:
+    """Installed ONNX Runtime distribution and version (the builds share one import name), plus OpenVINO's."""
+    from importlib import metadata
+
+    import onnxruntime as ort
+    dist = "onnxruntime"
+    for name in ("onnxruntime-openvino", "onnxruntime-gpu", "onnxruntime"):
+        try:
+            if metadata.version(name) == ort.__version__:
+                dist = name
+                break
+        except metadata.PackageNotFoundError:
+            continue
+    extra = ""
+    try:
+        extra = f", openvino {metadata.version('openvino')}"
+    except metadata.PackageNotFoundError:
+        pass
+    return f"{dist} {ort.__version__}{extra}"
+
+
+def cpu_candidates(providers: list[str], model_precision: str, native_bf16: bool) -> list[Candidate]:
+    """Candidates the providers offer; the reference (CPU EP, the ONNX's precision) is always first."""
+    out = [Candidate(CPU, model_precision)]
+    if OPENVINO in providers:
+        out.append(Candidate(OPENVINO, model_precision))
+        if native_bf16 and model_precision == "fp32":
+            out.append(Candidate(OPENVINO, "bf16"))
+    return out
+
+
+def reference_inputs(meta: ModelMeta, n: int, frames: tuple[list[np.ndarray], str] | None = None) -> np.ndarray:
+    """``n`` preprocessed reference inputs: the given recorded frames, else deterministic drawn road frames."""
+    from datasets.preprocess import preprocess
+    from perception.frames import road_frames
+    if frames is None:   # drawn at half the camera size: preprocessing brings both to the model's input
+        imgs, order = road_frames(n, seed=0, width=400, height=300)[0], "BGRA"
+    else:
+        imgs, order = frames[0][:n], frames[1]
+    return np.concatenate([preprocess(f, meta.img_size, order, meta.mean, meta.std) for f in imgs])
+
+
+SessionFactory = Callable[[Candidate], object]     # returns something with .infer(x) -> logits
+
+
+def measure(candidates: list[Candidate], build: SessionFactory, x: np.ndarray, budget: Budget,
+            sessions: dict | None = None, clock: Callable[[], float] = time.perf_counter) -> list[Measurement]:
+    """Agreement with ``candidates[0]`` (the reference) on ``x``, then interleaved batch-1 timing.
+
+    Every candidate's session is built by ``build``; one that fails to start is reported with its
+    error, not raised. Live sessions are left in ``sessions`` (when given) for reuse.
+    """
+    live, errors = {}, {}
+    for c in candidates:
+        try:
+            live[c] = build(c)
+        except Exception as e:   # noqa: BLE001 - a candidate that cannot start is a measurement, not a crash
+            errors[c] = f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+            log.debug("tuning candidate %s failed to start: %s", c.label, e)
+    classes = {c: np.concatenate([s.infer(x[i:i + 1]) for i in range(len(x))]).argmax(1) for c, s in live.items()}
+    ref = classes.get(candidates[0])
+    times: dict[Candidate, list[float]] = {c: [] for c in live}
+    start = clock()
+    rounds = 0
+    while live and rounds < budget.max_rounds and (rounds < budget.min_rounds or clock() - start < budget.seconds):
+        xi = x[rounds % len(x): rounds % len(x) + 1]
+        order = list(live) if rounds % 2 == 0 else list(reversed(live))   # no candidate always runs first
+        for c in order:
+            t0 = clock()
+            live[c].infer(xi)
+            times[c].append(clock() - t0)
+        rounds += 1
+    if sessions is not None:
+        sessions.update(live)
+    out = []
+    for c in candidates:
+        if c in errors:
+            out.append(Measurement(c, error=errors[c]))
+            continue
+        agreement = float((classes[c] == ref).mean()) if ref is not None else 0.0
+        out.append(Measurement(c, median_ms=1e3 * float(np.median(times[c])), rounds=len(times[c]),
+                               agreement=agreement, frames=len(x)))
+    return out
+
+
+def cache_path(key: TuneKey, cache_dir: Path | None = None) -> Path:
+    return (Path(cache_dir) if cache_dir else default_cache_dir()) / "cpu-tune" / key.filename()
+
+
+def read_cached(key: TuneKey, cache_dir: Path | None = None) -> Decision | None:
+    """The cached decision for ``key``, or None (missing, unreadable, or for another key)."""
+    path = cache_path(key, cache_dir)
+    try:
+        decision = Decision.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if decision.key != key:
+        log.info("ignoring %s: written for another key", path)
+        return None
+    return decision
+
+
+def write_cached(decision: Decision, cache_dir: Path | None = None) -> Path:
+    """Write atomically (two processes tuning at once never leave half a file)."""
+    path = cache_path(decision.key, cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(decision.to_json(), indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def tune(path: str | os.PathLike, meta: ModelMeta | None = None, *, candidates: list[Candidate] | None = None,
+         threads: int | None = None, budget: Budget = QUICK, force: bool = False, cache_dir: Path | None = None,
+         frames: tuple[list[np.ndarray], str] | None = None, build: SessionFactory | None = None,
+         measure_fn: Callable[..., list[Measurement]] = measure, keep_sessions: bool = False) -> Decision:
+    """The decision for ONNX ``path`` on this machine: cached, or measured now and cached.
+
+    Args:
+        path: the ONNX file (its bytes are part of the cache key).
+        meta: its ModelMeta (read from the file when None).
+        candidates: to choose among, reference first (default: :func:`cpu_candidates` for this build/CPU).
+        threads: intra-op threads every session uses (default: the backend's default).
+        budget: frames and seconds to spend when measuring.
+        force: measure even when a cached decision exists (and overwrite it).
+        cache_dir: cache root (default ``$CARLA_PERCEPTION_CACHE`` / user cache).
+        frames: recorded reference frames ``(frames, colour order)``; default: drawn road frames.
+        build: candidate -> session with ``infer`` (default: an ONNX Runtime session per candidate).
+        measure_fn: the measuring function (tests inject timings here).
+        keep_sessions: keep the live sessions in ``Decision.sessions`` so the caller reuses the winner's.
+    """
+    from perception.backends.onnxruntime_backend import (BF16_CPU_FLAGS, cpu_flags, default_threads,
+                                                         session_for)
+    path = Path(path)
+    if meta is None:
+        from perception.meta import read_onnx_meta
+        meta = read_onnx_meta(path)
+    threads = threads or default_threads()
+    if candidates is None:
+        import onnxruntime as ort
+        candidates = cpu_candidates(ort.get_available_providers(), meta.precision,
+                                    bool(BF16_CPU_FLAGS & cpu_flags()))
+    key = TuneKey(cpu=cpu_model(), runtime=runtime_build(), model_sha256=sha256_file(path), threads=int(threads),
+                  candidates=tuple(c.label for c in candidates))
+    if not force and (cached := read_cached(key, cache_dir)) is not None:
+        log.debug("cached CPU decision for %s: %s", path, cached.chosen.label)
+        return cached
+    t0 = time.perf_counter()
+    if build is None:
+        def build(c: Candidate):
+            return session_for(path, meta, c.provider, c.precision, threads)
+    sessions: dict = {}
+    x = reference_inputs(meta, budget.frames, frames)
+    measurements = measure_fn(candidates, build, x, budget, sessions)
+    chosen = choose(measurements, candidates[0])
+    decision = Decision(chosen, key, measurements, seconds=time.perf_counter() - t0,
+                        sessions=sessions if keep_sessions else {})
+    written = write_cached(decision, cache_dir)
+    log.info("%s; cached in %s", decision.report().splitlines()[0], written)
+    log.debug("%s", decision.report())
+    return decision

@@ -1,0 +1,161 @@
+"""precision='auto' on the CPU: the fastest candidate that decides like FP32 wins, measured once and cached."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from perception import cpu_tune
+from perception.cpu_tune import CPU, OPENVINO, Budget, Candidate, Measurement, choose, measure, tune
+from perception.meta import ModelMeta
+
+REF, OV32, OV16 = Candidate(CPU, "fp32"), Candidate(OPENVINO, "fp32"), Candidate(OPENVINO, "bf16")
+META = ModelMeta(arch="simple_cnn", classes=("curve", "straight"), img_size=32)
+
+
+def _m(c, ms, agreement=1.0, error=""):
+    return Measurement(c, median_ms=ms, rounds=10, agreement=agreement, frames=200, error=error)
+
+
+@pytest.mark.parametrize("measurements, want", [
+    ([_m(REF, 5.0), _m(OV32, 4.0), _m(OV16, 3.0)], OV16),                  # fastest agreeing wins
+    ([_m(REF, 5.0), _m(OV32, 4.0), _m(OV16, 3.0, agreement=0.984)], OV32),  # faster but disagreeing: rejected
+    ([_m(REF, 5.0), _m(OV32, 6.0), _m(OV16, 7.7)], REF),                   # bf16 slower than fp32 (issue 16's Xeon)
+    ([_m(REF, 5.0), _m(OV32, 4.0, agreement=0.995), _m(OV16, 3.0, agreement=0.994)], OV32),   # the bar is 99.5 %
+    ([_m(REF, 5.0), _m(OV32, 0.0, error="RuntimeError: no"), _m(OV16, 9.0)], REF),            # failed to start
+    ([_m(REF, 0.0, error="boom"), _m(OV32, 4.0, agreement=0.0)], REF),      # nothing agrees: the reference
+])
+def test_choose(measurements, want):
+    assert choose(measurements, REF) == want
+
+
+class FakeSession:
+    """A 'session' whose class per input is fixed and whose inference takes a fixed (fake) time."""
+    def __init__(self, clock, ms, flip_every=0):
+        self.clock, self.ms, self.flip_every, self.calls = clock, ms, flip_every, 0
+
+    def infer(self, x):
+        self.calls += 1
+        self.clock.t += self.ms / 1e3
+        cls = (x[:, 0, 0, 0] > 0).astype(int)
+        if self.flip_every:                       # disagree on frames whose index is a multiple of flip_every
+            index = np.rint(x[:, 0, 0, 1] * 1000).astype(int)
+            cls = np.where(index % self.flip_every == 0, 1 - cls, cls)
+        return np.eye(2, dtype=np.float32)[cls]
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _inputs(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 3, 4, 4)).astype(np.float32)
+    x[:, 0, 0, 1] = np.arange(n) / 1000.0       # frame index, so a fake session can disagree on chosen frames
+    return x
+
+
+def test_measure_times_interleaved_and_counts_agreement():
+    clock = FakeClock()
+    sessions = {REF: FakeSession(clock, 5.0), OV32: FakeSession(clock, 4.0), OV16: FakeSession(clock, 2.0,
+                                                                                             flip_every=50)}
+    out = measure([REF, OV32, OV16], sessions.__getitem__, _inputs(), Budget(frames=200, seconds=0.5), clock=clock)
+    by = {m.candidate: m for m in out}
+    assert by[REF].median_ms == pytest.approx(5.0) and by[OV16].median_ms == pytest.approx(2.0)
+    assert by[REF].agreement == 1.0 and by[OV32].agreement == 1.0
+    assert by[OV16].agreement == pytest.approx(1 - 4 / 200)    # flips frames 0, 50, 100, 150
+    assert by[REF].rounds == by[OV32].rounds == by[OV16].rounds     # interleaved: same rounds each
+    assert 0.5 <= by[REF].rounds * 11e-3 < 0.5 + 11e-3               # stopped when the budget ran out
+    assert choose(out, REF) == OV32
+
+
+def test_measure_reports_a_candidate_that_fails_to_start():
+    clock = FakeClock()
+
+    def build(c):
+        if c == OV16:
+            raise RuntimeError("bf16 not supported by this plugin")
+        return FakeSession(clock, 3.0)
+
+    out = measure([REF, OV32, OV16], build, _inputs(20), Budget(frames=20, seconds=0.1), clock=clock)
+    assert "bf16 not supported" in out[2].error and not out[2].agrees()
+    assert out[0].agrees() and out[1].agrees()
+
+
+@pytest.fixture()
+def model_file(tmp_path):
+    p = tmp_path / "m.onnx"
+    p.write_bytes(b"not really onnx, only its bytes matter for the key")
+    return p
+
+
+def _fake_measure(timings, calls):
+    def fn(candidates, build, x, budget, sessions):
+        calls.append(len(x))
+        return [_m(c, timings[c][0], timings[c][1]) for c in candidates]
+    return fn
+
+
+def test_tune_caches_the_decision_and_a_hit_measures_nothing(model_file, tmp_path):
+    calls = []
+    timings = {REF: (5.0, 1.0), OV32: (4.0, 1.0), OV16: (3.0, 0.98)}
+    kw = dict(candidates=[REF, OV32, OV16], threads=2, cache_dir=tmp_path / "c", measure_fn=_fake_measure(timings, calls))
+    first = tune(model_file, META, **kw)
+    assert first.chosen == OV32 and not first.cached and calls == [cpu_tune.QUICK.frames]
+    second = tune(model_file, META, **kw)
+    assert second.cached and second.chosen == OV32 and len(calls) == 1          # cache hit: nothing timed
+    assert "OpenVINO EP fp32" in second.report() and "rejected: disagrees" in second.report()
+    forced = tune(model_file, META, force=True, budget=cpu_tune.FULL, **kw)
+    assert not forced.cached and calls[-1] == cpu_tune.FULL.frames
+
+
+def test_cache_key_changes_with_model_bytes_threads_and_candidates(model_file, tmp_path):
+    calls = []
+    timings = {REF: (5.0, 1.0), OV32: (4.0, 1.0), OV16: (3.0, 1.0)}
+    kw = dict(cache_dir=tmp_path / "c", measure_fn=_fake_measure(timings, calls))
+    a = tune(model_file, META, candidates=[REF, OV32], threads=2, **kw)
+    model_file.write_bytes(model_file.read_bytes() + b"retrained")
+    b = tune(model_file, META, candidates=[REF, OV32], threads=2, **kw)
+    c = tune(model_file, META, candidates=[REF, OV32], threads=1, **kw)
+    d = tune(model_file, META, candidates=[REF, OV32, OV16], threads=1, **kw)
+    assert len(calls) == 4 and not any(x.cached for x in (a, b, c, d))
+    assert a.key.model_sha256 != b.key.model_sha256
+    assert len({x.key.filename() for x in (a, b, c, d)}) == 4
+    assert a.key.cpu == cpu_tune.cpu_model() and "onnxruntime" in a.key.runtime
+
+
+def test_a_corrupt_or_foreign_cache_entry_is_measured_again(model_file, tmp_path):
+    calls = []
+    kw = dict(candidates=[REF, OV32], threads=2, cache_dir=tmp_path / "c",
+              measure_fn=_fake_measure({REF: (5.0, 1.0), OV32: (4.0, 1.0)}, calls))
+    d = tune(model_file, META, **kw)
+    path = cpu_tune.cache_path(d.key, tmp_path / "c")
+    path.write_text("{ truncated")
+    assert not tune(model_file, META, **kw).cached and len(calls) == 2
+    data = json.loads(path.read_text())
+    data["key"]["cpu"] = "some other CPU"
+    path.write_text(json.dumps(data))
+    assert not tune(model_file, META, **kw).cached and len(calls) == 3
+
+
+@pytest.mark.parametrize("providers, precision, bf16, want", [
+    (["OpenVINOExecutionProvider", "CPUExecutionProvider"], "fp32", True, [REF, OV32, OV16]),
+    (["OpenVINOExecutionProvider", "CPUExecutionProvider"], "fp32", False, [REF, OV32]),
+    (["CPUExecutionProvider"], "fp32", True, [REF]),
+    (["OpenVINOExecutionProvider", "CPUExecutionProvider"], "fp16", True,
+     [Candidate(CPU, "fp16"), Candidate(OPENVINO, "fp16")]),
+])
+def test_candidates(providers, precision, bf16, want):
+    assert cpu_tune.cpu_candidates(providers, precision, bf16) == want
+
+
+@pytest.mark.parametrize("kw", [dict(frames=0, seconds=1.0), dict(frames=8, seconds=-1.0),
+                                dict(frames=8, seconds=1.0, min_rounds=5, max_rounds=2)])
+def test_bad_budget(kw):
+    with pytest.raises(ValueError, match="bad tuning budget"):
+        Budget(**kw)
