@@ -163,7 +163,7 @@ def shard_cells(cells: list[Cell], shard: str) -> list[Cell]:
 
 def _camera(cfg: StudyConfig) -> tuple[tuple[int, int], float]:
     """Camera of the drive: the flags, else the policies' contract, else CARLA's hood camera."""
-    from datasets.schema import Contract
+    from datasets.schema import CameraSpec, Contract
     contract = None
     for name in ("monolithic", "curve", "straight"):
         path = getattr(cfg, name)
@@ -172,8 +172,9 @@ def _camera(cfg: StudyConfig) -> tuple[tuple[int, int], float]:
             contract = Contract.from_json(load_policy_checkpoint(path)[1].get("contract"))
             if contract:
                 break
-    res = cfg.res or (contract.camera.res if contract else (800, 600))
-    fov = cfg.fov or (contract.camera.fov if contract else 90.0)
+    trained = contract.camera if contract else CameraSpec()
+    res = cfg.res or trained.res
+    fov = cfg.fov or trained.fov
     return tuple(res), float(fov)
 
 

@@ -158,7 +158,7 @@ def fov110(tmp_path_factory):
 def test_training_refuses_datasets_with_different_cameras(fov90, fov110, tmp_path, capsys):
     line = _last_error_line(capsys, ["--data", str(fov90), str(fov110), "--epochs", "1", "--out", str(tmp_path / "r"),
                                      *FAST])
-    assert line.startswith("error: datasets differ in their camera/label contract: ")
+    assert line.startswith("carla-train: error: datasets differ in their camera/label contract: ")
     assert "camera.fov 110.0" in line and "vs 90.0" in line and "camera.width 640" in line
     assert not (tmp_path / "r" / "weights" / "best.pt").exists()
 
@@ -167,7 +167,7 @@ def test_training_refuses_datasets_with_different_cameras(fov90, fov110, tmp_pat
 def test_training_on_a_dataset_without_a_usable_camera_record_is_one_line(tmp_path, capsys):
     data = _set_camera(make_dataset(tmp_path / "nofov", episodes=2, frames_per_episode=4), fov=None)
     line = _last_error_line(capsys, ["--data", str(data), "--epochs", "1", "--out", str(tmp_path / "r"), *FAST])
-    assert line.startswith("error: unreadable camera/label record in a dataset.json of ") and "numbers" in line
+    assert line.startswith("carla-train: error: unreadable camera/label record in a dataset.json of ") and "numbers" in line
 
 
 @pytest.mark.unit
