@@ -5,6 +5,9 @@ The columns of ``manifest.csv`` are documented once, in :mod:`datasets.schema`.
 Decoding JPEGs every epoch would starve a GPU, so each dataset directory gets a cache per image
 size: ``<data>/cache/frames_<size>.npy`` (a ``N x size x size x 3`` uint8 RGB array, memory-mapped
 by every DataLoader worker) and ``frames_<size>.json`` (index: image list, fingerprint, corrupt rows).
+A read-only dataset folder (a shared drive, CI's ``../shared``) gets its cache in the user's cache
+directory instead (``$XDG_CACHE_HOME`` or ``~/.cache``, ``carla_curve/frames/<name>-<key>``, keyed
+by the folder's path and content), with no flag needed; ``--cache-dir`` overrides both.
 The cache is built once with :func:`datasets.preprocess.to_rgb_resized` -- the same function the
 inference path uses -- and rebuilt automatically when the images or the manifest change.
 
@@ -201,28 +204,76 @@ def cache_paths(root: Path, img_size: int, cache_dir: Path | None = None) -> tup
     return base / f"frames_{img_size}.npy", base / f"frames_{img_size}.json"
 
 
+def user_cache_dir() -> Path:
+    """Per-user cache root for datasets whose own folder is read-only: ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "carla_curve" / "frames"
+
+
+def fallback_cache_paths(root: Path, img_size: int, fingerprint: str) -> tuple[Path, Path]:
+    """Cache files in :func:`user_cache_dir`, keyed by the dataset's resolved path and its content fingerprint."""
+    key = hashlib.sha1(f"{root.resolve()}\0{fingerprint}".encode()).hexdigest()[:16]
+    base = user_cache_dir() / f"{root.name}-{key}"
+    return base / f"frames_{img_size}.npy", base / f"frames_{img_size}.json"
+
+
+def _fresh(npy: Path, index: Path, fp: str, images: list[str], img_size: int) -> list[int] | None:
+    """Corrupt rows of an up-to-date cache at (npy, index); None when absent or stale."""
+    if not (npy.is_file() and index.is_file()):
+        return None
+    try:
+        meta = json.loads(index.read_text())
+        if (meta.get("version") == CACHE_VERSION and meta.get("fingerprint") == fp
+                and meta.get("images") == images and meta.get("img_size") == img_size):
+            return list(meta["corrupt"])
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
+def _writable(folder: Path) -> bool:
+    """Whether we may write in ``folder`` (or its nearest existing parent). Folders without any write
+    permission bit count as read-only even for root, who could write there but should not."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+
+
+def _open_cache(npy: Path, n: int, img_size: int) -> tuple[Path, np.ndarray]:
+    if not _writable(npy.parent):
+        raise PermissionError(13, "read-only folder")
+    npy.parent.mkdir(parents=True, exist_ok=True)
+    tmp = npy.with_name(npy.stem + f".tmp{os.getpid()}.npy")
+    return tmp, np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, img_size, img_size, 3))
+
+
 def _build_one(root: Path, img_size: int, cache_dir: Path | None, workers: int, progress: bool) -> tuple[Path, list[int]]:
+    """Reuse or build one directory's cache: ``--cache-dir``, else ``<root>/cache``, else (read-only
+    dataset, e.g. a shared drive) :func:`fallback_cache_paths` in the user's cache directory."""
     from tqdm import tqdm
 
     images = [r["image"] for r in read_manifest(root)]
-    npy, index = cache_paths(root, img_size, cache_dir)
     fp = _fingerprint(root, images)
-    if npy.is_file() and index.is_file():
+    candidates = [cache_paths(root, img_size, cache_dir)]
+    if cache_dir is None:
+        candidates.append(fallback_cache_paths(root, img_size, fp))
+    for npy, index in candidates:
+        corrupt = _fresh(npy, index, fp, images, img_size)
+        if corrupt is not None:
+            log.info("frame cache %s is up to date (%d frames)", npy, len(images))
+            return npy, corrupt
+    errors = []
+    for npy, index in candidates:
         try:
-            meta = json.loads(index.read_text())
-            if (meta.get("version") == CACHE_VERSION and meta.get("fingerprint") == fp
-                    and meta.get("images") == images and meta.get("img_size") == img_size):
-                log.info("frame cache %s is up to date (%d frames)", npy, len(images))
-                return npy, list(meta["corrupt"])
-        except (OSError, ValueError, KeyError):
-            pass
-    try:
-        npy.parent.mkdir(parents=True, exist_ok=True)
-        tmp = npy.with_name(npy.stem + f".tmp{os.getpid()}.npy")
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), img_size, img_size, 3))
-    except OSError as e:
-        raise DatasetError(f"cannot write the frame cache {npy} ({e.strerror}); pass --cache-dir to a writable "
-                           "directory") from None
+            tmp, arr = _open_cache(npy, len(images), img_size)
+            break
+        except OSError as e:
+            errors.append(f"{npy.parent} ({e.strerror})")
+            if cache_dir is None and len(errors) == 1:
+                log.info("dataset folder %s is not writable (%s); caching frames in %s", root, e.strerror,
+                         candidates[1][0].parent)
+    else:
+        raise DatasetError(f"cannot write the frame cache in {' nor '.join(errors)}; pass --cache-dir to a "
+                           "writable directory")
     corrupt: list[int] = []
     with ThreadPoolExecutor(max(1, workers)) as pool:  # cv2 decode/resize release the GIL
         it = pool.map(lambda rel: _decode(root / rel, img_size), images, chunksize=16)

@@ -52,6 +52,7 @@ from datasets.presets import ClassificationPresetEval, ClassificationPresetTrain
 from datasets.schema import CLASSES
 from datasets.splits import SplitConfig, load_split, make_split
 from training import ddp
+from training.calibration import calibration_report as calibrate
 from training.checkpoint import read_checkpoint, save_checkpoint
 from training.metrics import classification_metrics
 from training.models import create_model, data_config, get_spec, list_models
@@ -374,12 +375,12 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device:
              progress: bool = False, desc: str = "eval") -> dict:
     """Predictions of ``model`` over ``loader`` gathered from every rank, sorted by dataset index.
 
-    Returns ``{"loss", "acc", "index", "labels", "probs"}`` (arrays over the whole split).
+    Returns ``{"loss", "acc", "index", "labels", "probs", "logits"}`` (arrays over the whole split).
     """
     from tqdm import tqdm
 
     model.eval()
-    idx, labels, probs, losses = [], [], [], []
+    idx, labels, probs, losses, raw = [], [], [], [], []
     for x, y, i in tqdm(loader, desc=desc, unit="batch", disable=not (progress and info.is_main), leave=False):
         x = x.to(device, non_blocking=True, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         y = y.to(device, non_blocking=True)
@@ -388,12 +389,14 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device:
         logits = logits.float()
         losses.append(nn.functional.cross_entropy(logits, y, reduction="none").cpu().numpy())
         probs.append(torch.softmax(logits, 1).cpu().numpy())
+        raw.append(logits.cpu().numpy())
         labels.append(y.cpu().numpy())
         idx.append(i.numpy())
     n_cls = len(CLASSES)
     local = {"index": np.concatenate(idx) if idx else np.zeros(0, np.int64),
              "labels": np.concatenate(labels) if labels else np.zeros(0, np.int64),
              "probs": np.concatenate(probs) if probs else np.zeros((0, n_cls), np.float32),
+             "logits": np.concatenate(raw) if raw else np.zeros((0, n_cls), np.float32),
              "losses": np.concatenate(losses) if losses else np.zeros(0, np.float32)}
     out = ddp.gather_arrays(local, info)
     order = np.argsort(out["index"], kind="stable")
@@ -650,14 +653,18 @@ def _train(cfg: TrainConfig, info: ddp.DistInfo, resume_ckpt: dict | None) -> Tr
         "test": split_metrics(results["test"], tables["test"]) if "test" in results else None,
         "train_images_per_s": float(np.mean([h["images_per_s"] for h in history])) if history else None,
     }
+    calib = calibrate(results["val"])  # temperature on the val logits: stored in the checkpoint, used at inference
+    model_config["temperature"] = calib["temperature"]
+    metrics["calibration"] = {k: v for k, v in calib.items() if not k.startswith("reliability")}
     if info.is_main:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         save_checkpoint(out / "weights" / "best.pt", model, model_config, stopper.best_epoch,
                         {"val": {k: metrics["val"][k] for k in ("accuracy", "macro_f1", "roc_auc", "loss")},
                          "test": None if metrics["test"] is None else
                          {k: metrics["test"][k] for k in ("accuracy", "macro_f1", "roc_auc", "loss")}})
-        from training.plots import plot_curves
+        from training.plots import plot_curves, plot_reliability
         plot_curves(history, out / "curves.png", stage2_epoch=stage2_epoch, best_epoch=stopper.best_epoch)
+        plot_reliability(calib, out / "reliability.png")
         write_eval_artifacts(out, results, dsets, cfg.seed)
         writer.add_scalar("val/accuracy_final", metrics["val"]["accuracy"], stopper.best_epoch)
         writer.close()
