@@ -48,7 +48,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200)
         return loss
 
     opt.step(closure)
-    t = float(log_t.exp())
+    t = float(log_t.detach().exp())
     if not np.isfinite(t):
         raise ValueError("temperature fit diverged (non-finite T)")
     return float(np.clip(t, 1e-3, 1e3))  # separable data drives T -> 0; keep it a usable number

@@ -653,7 +653,7 @@ def _train(cfg: TrainConfig, info: ddp.DistInfo, resume_ckpt: dict | None) -> Tr
         "test": split_metrics(results["test"], tables["test"]) if "test" in results else None,
         "train_images_per_s": float(np.mean([h["images_per_s"] for h in history])) if history else None,
     }
-    calib = calibrate(results["val"])  # temperature on the val logits: stored in the checkpoint, used at inference
+    calib = calibrate(results["val"]["logits"], results["val"]["labels"])  # temperature on the val logits: stored in the checkpoint, used at inference
     model_config["temperature"] = calib["temperature"]
     metrics["calibration"] = {k: v for k, v in calib.items() if not k.startswith("reliability")}
     if info.is_main:
