@@ -243,3 +243,4 @@ def test_evaluate_read_only_dataset_caches_in_user_dir(tmp_path, monkeypatch, ca
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["temperature"] == 1.7 and "ece_uncalibrated" in m["eval"]
     assert (tmp_path / "ev" / "robustness.md").read_text().startswith("# Robustness")
+    assert (tmp_path / "ev" / "reliability.png").stat().st_size > 0

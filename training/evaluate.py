@@ -32,7 +32,7 @@ from torch import nn
 from datasets.dataset import DatasetError, FrameDataset, FrameTable, read_info, read_manifest
 from datasets.presets import ClassificationPresetEval
 from training import ddp
-from training.calibration import expected_calibration_error, softmax
+from training.calibration import calibration_report, expected_calibration_error, softmax
 from training.checkpoint import load_checkpoint
 from training.train import (DEVICES, evaluate, fork_safe_cv2, make_loader, prepare_data, resolve_device,
                             split_metrics, write_eval_artifacts)
@@ -90,6 +90,8 @@ def _evaluate_checkpoint(cfg: EvalConfig) -> tuple[Path, dict]:
     metrics["eval"]["ece_uncalibrated"] = expected_calibration_error(raw_probs, result["labels"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_eval_artifacts(out, {"eval": result}, {"eval": ds}, seed=0)
+    from training.plots import plot_reliability
+    plot_reliability(calibration_report(result["logits"], result["labels"], temperature), out / "reliability.png")
     write_robustness(out, result, table, f"Robustness of {cfg.checkpoint} on {', '.join(cfg.data)}")
     return out, metrics
 
