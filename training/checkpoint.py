@@ -6,7 +6,8 @@ A checkpoint is ``torch.save`` of a dict of plain types and tensors, loadable wi
     {"state_dict": model.state_dict(),
      "config": {"arch": str, "num_classes": 2, "classes": ["curve", "straight"], "img_size": int,
                 "mean": [3 floats], "std": [3 floats], "color_order": "RGB", "dropout": float,
-                "recipe": {every training flag, plain types}},
+                "recipe": {every training flag, plain types},
+                "temperature": float (softmax temperature fitted on validation; 1 if absent)},
      "epoch": int, "metrics": {plain types}}
 
 ``last.pt`` adds the resume state (``optimizer``, ``history``, ``early_stop``, ``stage``).
