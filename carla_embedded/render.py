@@ -189,6 +189,7 @@ class _Look:
     border: tuple
     pano: np.ndarray
     glow: np.ndarray
+    scenery: Optional[Scenery] = None  # the domain-randomised objects, when randomisation is on
 
 
 @dataclass
@@ -237,6 +238,7 @@ class Renderer:
         self._look: Optional[_Look] = None
         self._rain_cache: dict = {}
         self._fog_cache = None
+        self.randomization = None  # randomization.DomainRandomization (training data only), or None
 
     # ------------------------------------------------------------------ public
     def render(self, camera_transform: carla.Transform, width: int, height: int, fov_deg: float,
@@ -251,6 +253,10 @@ class Renderer:
             raise ValueError(f"image size {width!r}x{height!r} must be positive integers")
         if not (0.0 < float(fov_deg) < 180.0):
             raise ValueError(f"fov={fov_deg!r} degrees is out of range; use 0 < fov < 180")
+        dr = self.randomization
+        if dr is not None:  # camera mount jitter and FOV; the vehicle (hence the label) does not move
+            camera_transform, fov_deg = dr.camera.apply(camera_transform, fov_deg)
+            weather = dr.appearance.weather(weather)
         look = self._look_for(weather)
         loc, rot = camera_transform.location, camera_transform.rotation
         origin = np.array([loc.x, loc.y, loc.z], dtype=np.float64)
@@ -271,13 +277,16 @@ class Renderer:
 
     # ------------------------------------------------------------------ per-weather state
     def _look_for(self, weather: carla.WeatherParameters) -> _Look:
-        key = _weather_key(weather)
+        key = _weather_key(weather) + ((self.randomization.appearance.draw,) if self.randomization else ())
         if self._look is None or self._look.key != key:
             self._look = self._build_look(key, Lighting.from_weather(weather))
         return self._look
 
     def _build_look(self, key: tuple, light: Lighting) -> _Look:
         img = self.raster.image
+        appearance = self.randomization.appearance if self.randomization else None
+        if appearance is not None:
+            img = appearance.recolour(img, self.raster.material)
         lit = cv2.transform(img, light.colour_matrix)
         if light.wet > 0.02:
             # Wet paving: darker, and a glossy film that reflects the sky.
@@ -304,7 +313,11 @@ class Renderer:
             levels.append((cv2.resize(lit, (max(1, w // k), max(1, h // k)), interpolation=cv2.INTER_AREA), k))
         ground = np.array(self.raster.image.reshape(-1, 3)[:: 997].mean(axis=0), np.float64)
         border = tuple(float(v) for v in np.clip(light.colour_matrix @ ground, 0, 255))
-        return _Look(key, light, levels, border, np.ascontiguousarray(self._sky_panorama(light)), self._glow_sprite())
+        pano = self._sky_panorama(light)
+        if appearance is not None:
+            return _Look(key, light, levels, border, np.ascontiguousarray(appearance.sky_panorama(pano)),
+                         self._glow_sprite(), appearance.scenery(self.scenery))
+        return _Look(key, light, levels, border, np.ascontiguousarray(pano), self._glow_sprite())
 
     def _material_mask(self, materials) -> np.ndarray:
         """uint8 mask (255 where the raster's material is one of ``materials``), built with one LUT."""
@@ -485,7 +498,7 @@ class Renderer:
 
     def _draw_objects(self, out, origin, zg, rot, cx, cy, f, look: _Look, boxes=None) -> None:
         """Painter's algorithm over every visible face/crown/lamp (and actor box) within ``draw_distance``."""
-        sc = self.scenery
+        sc = look.scenery if look.scenery is not None else self.scenery
         light = look.lighting
         width = out.shape[1]
         dd = self.draw_distance

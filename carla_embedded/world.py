@@ -301,6 +301,12 @@ class World(CarlaSurface, carla.World):
         self._weather = copy_weather(weather)
 
     # -- actors ----------------------------------------------------------------------------
+    def set_domain_randomization(self, randomization) -> None:
+        """Embedded-only extension (a CARLA server has no such call): render every camera with
+        ``randomization`` (a :class:`carla_embedded.randomization.DomainRandomization`), or as-is
+        with None. For training data; labels are unaffected (the vehicle never moves)."""
+        self._renderer().randomization = randomization
+
     def get_spectator(self) -> Actor:
         return self._spectator
 

@@ -5,6 +5,9 @@ The columns of ``manifest.csv`` are documented once, in :mod:`datasets.schema`.
 Decoding JPEGs every epoch would starve a GPU, so each dataset directory gets a cache per image
 size: ``<data>/cache/frames_<size>.npy`` (a ``N x size x size x 3`` uint8 RGB array, memory-mapped
 by every DataLoader worker) and ``frames_<size>.json`` (index: image list, fingerprint, corrupt rows).
+A read-only dataset folder (a shared drive, CI's ``../shared``) gets its cache in the user's cache
+directory instead (``$XDG_CACHE_HOME`` or ``~/.cache``, ``carla_curve/frames/<name>-<key>``, keyed
+by the folder's path and content), with no flag needed; ``--cache-dir`` overrides both.
 The cache is built once with :func:`datasets.preprocess.to_rgb_resized` -- the same function the
 inference path uses -- and rebuilt automatically when the images or the manifest change.
 
@@ -252,9 +255,13 @@ def _reserve(path: Path) -> None:
 
 
 def _dir_writable(path: Path) -> bool:
-    """True when files can be created in ``path`` or, if it does not exist, in its nearest existing ancestor."""
+    """True when files can be created in ``path`` or, if it does not exist, in its nearest existing ancestor.
+    A folder without any write permission bit counts as read-only even for root, who could write there
+    but should not (a dataset shipped read-only, e.g. ../shared in CI)."""
     while not path.exists() and path != path.parent:
         path = path.parent
+    if not path.stat().st_mode & 0o222:
+        return False
     probe = path / f".write_probe_{os.getpid()}"
     try:
         probe.write_bytes(b"")
@@ -284,21 +291,32 @@ def cache_paths(root: Path, img_size: int, cache_dir: Path | None = None) -> tup
     return base / f"frames_{img_size}.npy", base / f"frames_{img_size}.json"
 
 
+def _fresh(npy: Path, index: Path, fp: str, images: list[str], img_size: int) -> list[int] | None:
+    """Corrupt rows of an up-to-date cache at (npy, index); None when absent or stale."""
+    if not (npy.is_file() and index.is_file()):
+        return None
+    try:
+        meta = json.loads(index.read_text())
+        if (meta.get("version") == CACHE_VERSION and meta.get("fingerprint") == fp
+                and meta.get("images") == images and meta.get("img_size") == img_size):
+            return list(meta["corrupt"])
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
 def _build_one(root: Path, img_size: int, cache_dir: Path | None, workers: int, progress: bool) -> tuple[Path, list[int]]:
+    """Reuse or build one directory's cache: ``--cache-dir``, else ``<root>/cache``, else (read-only
+    dataset, e.g. a shared drive) the user's cache directory (:func:`resolve_cache_dir`)."""
     from tqdm import tqdm
 
     images = [r["image"] for r in read_manifest(root)]
     npy, index = cache_paths(root, img_size, resolve_cache_dir(root, cache_dir))
     fp = _fingerprint(root, images)
-    if npy.is_file() and index.is_file():
-        try:
-            meta = json.loads(index.read_text())
-            if (meta.get("version") == CACHE_VERSION and meta.get("fingerprint") == fp
-                    and meta.get("images") == images and meta.get("img_size") == img_size):
-                log.info("frame cache %s is up to date (%d frames)", npy, len(images))
-                return npy, list(meta["corrupt"])
-        except (OSError, ValueError, KeyError):
-            pass
+    corrupt = _fresh(npy, index, fp, images, img_size)
+    if corrupt is not None:
+        log.info("frame cache %s is up to date (%d frames)", npy, len(images))
+        return npy, corrupt
     nbytes = len(images) * img_size * img_size * 3
     tmp = npy.with_name(npy.stem + f".tmp{os.getpid()}.npy")
     try:

@@ -44,8 +44,8 @@ class Prediction:
 
     Attributes:
         label: predicted class name.
-        p_curve: softmax probability of ``curve``.
-        probs: softmax probabilities in ``classes`` order.
+        p_curve: probability of ``curve``, ``softmax(logits / meta.temperature)`` (calibrated).
+        probs: calibrated probabilities in ``classes`` order.
         timings_ms: ``preprocess``, ``infer``, ``total`` in ms (a batch's share per frame in predict_batch).
     """
     label: str
@@ -264,7 +264,7 @@ class CurveClassifier:
         return np.concatenate([self.backend.infer(x[i:i + step]) for i in range(0, len(x), step)])
 
     def _predictions(self, logits: np.ndarray, timings: dict[str, float]) -> list[Prediction]:
-        z = logits.astype(np.float64)
+        z = logits.astype(np.float64) / self.meta.temperature  # calibrated probabilities; logits stay raw
         z -= z.max(axis=1, keepdims=True)
         probs = np.exp(z)
         probs /= probs.sum(axis=1, keepdims=True)

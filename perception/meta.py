@@ -51,6 +51,8 @@ class ModelMeta:
         checkpoint_path: where the source checkpoint was at export ('' if unknown).
         exporter: tool + versions that wrote the artifact.
         contract: camera + label definition the model was trained under (None: not recorded).
+        temperature: softmax temperature fitted on the validation split (training.calibration);
+            probabilities are ``softmax(logits / temperature)``, logits stay raw.
     """
     arch: str
     classes: tuple[str, ...] = CLASSES
@@ -65,6 +67,7 @@ class ModelMeta:
     checkpoint_path: str = ""
     exporter: str = field(default="", compare=False)
     contract: Contract | None = None
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.contract, dict):          # from asdict()/JSON: the sidecar, replace()
@@ -73,6 +76,9 @@ class ModelMeta:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         object.__setattr__(self, "img_size", int(self.img_size))
+        object.__setattr__(self, "temperature", float(self.temperature))
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if len(self.classes) < 2 or "curve" not in self.classes:
             raise ValueError(f"classes must include 'curve', got {self.classes}")
         check_img_size(self.img_size, "the model's img_size")   # metadata is input: bounded like the CLI
@@ -115,7 +121,8 @@ class ModelMeta:
         return cls(arch=config["arch"], classes=tuple(config.get("classes", CLASSES)),
                    img_size=config["img_size"], mean=config["mean"], std=config["std"],
                    color_order=config.get("color_order", "RGB"), dropout=float(config.get("dropout", 0.0)),
-                   checkpoint_sha256=sha256, checkpoint_path=path, contract=Contract.from_json(config.get("contract")))
+                   checkpoint_sha256=sha256, checkpoint_path=path, contract=Contract.from_json(config.get("contract")),
+                   temperature=float(config.get("temperature", 1.0)))
 
     # --- flat string dict (ONNX metadata_props, JSON sidecar) -------------------------
     def to_props(self) -> dict[str, str]:
@@ -150,7 +157,7 @@ class ModelMeta:
                 kwargs[f.name] = json.loads(raw)
             elif f.name == "img_size":
                 kwargs[f.name] = int(raw)
-            elif f.name == "dropout":
+            elif f.name in ("dropout", "temperature"):
                 kwargs[f.name] = float(raw)
             else:
                 kwargs[f.name] = raw

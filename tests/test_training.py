@@ -20,7 +20,7 @@ from training.models import create_model, get_spec
 FAST = ["--arch", "simple_cnn", "--weights", "none", "--img-size", "32", "--batch-size", "16", "--workers", "0",
         "--no-progress"]
 CONFIG_KEYS = {"arch", "num_classes", "classes", "img_size", "mean", "std", "color_order", "dropout", "recipe",
-               "contract"}
+               "contract", "temperature"}
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_resume_continues_from_last(run, tmp_path):
 
 # ------------------------------------------------------------------ two-stage fine-tuning
 
-@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "simple_cnn"])
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "efficientnet_lite0", "simple_cnn"])
 def test_two_stage_freezing_and_bn_policy(arch):
     cfg = T.TrainConfig(arch=arch, weights="imagenet", freeze_epochs=2, unfreeze_blocks=2, epochs=5)
     model = create_model(arch, weights="none")

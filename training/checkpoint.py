@@ -8,6 +8,7 @@ A checkpoint is ``torch.save`` of a dict of plain types and tensors, loadable wi
                 "mean": [3 floats], "std": [3 floats], "color_order": "RGB", "dropout": float,
                 "recipe": {every training flag, plain types},
                 "contract": {"camera": {...}, "label": {...}} or None},
+                "temperature": float (softmax temperature fitted on validation; 1 if absent)},
      "epoch": int, "metrics": {plain types}}
 
 ``last.pt`` adds the resume state (``optimizer``, ``history``, ``early_stop``, ``stage``).

