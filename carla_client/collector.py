@@ -29,7 +29,8 @@ import numpy as np
 
 from datasets.manifest import (DatasetWriter, DiskFullError, check_writable, merge_info, previous_runs,
                                read_manifest, write_contact_sheet)
-from datasets.schema import CLASSES, FORMAT_VERSION, INFO_NAME, JUNCTION_POLICIES, CameraSpec, LabelParams
+from datasets.schema import (CLASSES, FORMAT_VERSION, INFO_NAME, JUNCTION_POLICIES, RANDOMIZATION_NAME, CameraSpec,
+                             LabelParams)
 
 from .cli import parse_weather, weather_presets
 from .config import SimConfig, arg
@@ -106,6 +107,9 @@ class CollectConfig(SimConfig):
     traffic: int = field(default=0, metadata=arg(
         "NPC vehicles driven by the Traffic Manager in every job's town (labels stay map-true)"))
     walkers: int = field(default=0, metadata=arg("NPC walkers on the sidewalks"))
+    domain_randomization: bool = field(default=False, metadata=arg(
+        "embedded simulator only: randomise colours, sky, sun, clutter and the camera mount/FOV per frame "
+        "(recorded in randomization.jsonl; labels stay map-true)"))
     vehicle: str = "vehicle.*"
     follower: FollowerParams = TOWN
     camera_on_demand: bool = True
@@ -453,6 +457,7 @@ class JobRun:
     on_saved: object
     ego: EgoSpec
     guard: QuotaGuard | None = None
+    randomizer: "_Randomizer | None" = None
     saved: Counter = field(default_factory=Counter)
 
     def quota_left(self, label: str) -> bool:
@@ -478,7 +483,8 @@ def run_job(config: CollectConfig, job: Job, client, on_saved=lambda label: None
         starts=list(wmap.get_spawn_points()) or [w.transform for w in planner.spawn_waypoints(10.0)],
         rng=np.random.default_rng([config.seed, job.run_index, job.index]),
         writer=DatasetWriter(config.out, config.image_format, config.jpeg_quality), result=result,
-        timer=SectionTimer(), on_saved=on_saved, ego=EgoSpec(config.vehicle, config.camera()), guard=guard)
+        timer=SectionTimer(), on_saved=on_saved, ego=EgoSpec(config.vehicle, config.camera()), guard=guard,
+        randomizer=_Randomizer.create(config, job, world))
     presets = weather_presets()
     original_weather = world.get_weather()
     episode = 0
@@ -503,6 +509,8 @@ def run_job(config: CollectConfig, job: Job, client, on_saved=lambda label: None
             world.set_weather(original_weather)
         if settings_before_load is not None:
             world.apply_settings(settings_before_load)
+        if run.randomizer is not None:
+            run.randomizer.close()
         result.episodes = episode
         result.timings = dict(run.timer.totals)
     return result
@@ -517,6 +525,49 @@ def _traffic(client, world, config: CollectConfig, job: Job):
     return Traffic(client, world, TrafficConfig(vehicles=config.traffic, walkers=config.walkers,
                                                 seed=config.seed * 1000 + job.run_index * 100 + job.index,
                                                 tm_port=config.tm_port))
+
+
+@dataclass
+class _Randomizer:
+    """Domain randomisation (``--domain-randomization``): a new draw before every tick, its own generator
+    (the routes stay those of the seed), and the draw of each saved frame appended to
+    ``randomization.jsonl`` (one JSON object per line: ``image`` plus every sampled number)."""
+
+    world: object
+    camera_bp: object
+    rng: np.random.Generator
+    cfg: object
+    path: Path
+    record: dict = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, config: CollectConfig, job: Job, world) -> "_Randomizer | None":
+        if not config.domain_randomization:
+            return None
+        from .episode import camera_blueprint
+        from .randomize import DomainRandomizationConfig, check_domain_randomization
+
+        cfg = DomainRandomizationConfig()
+        check_domain_randomization(world, cfg)   # one line on a CARLA server
+        return cls(world, camera_blueprint(world.get_blueprint_library(), config.camera()),
+                   np.random.default_rng([config.seed, job.run_index, job.index, 0xD0]), cfg,
+                   Path(config.out) / RANDOMIZATION_NAME)
+
+    def draw(self) -> None:
+        from .randomize import apply_domain_randomization
+        self.record = apply_domain_randomization(self.world, self.camera_bp, self.rng, self.cfg)
+
+    def saved(self, image: str) -> None:
+        line = (json.dumps({"image": image, **self.record}, separators=(",", ":")) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)   # one small O_APPEND write: workers' lines do not interleave
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        from .randomize import apply_domain_randomization
+        apply_domain_randomization(self.world, self.camera_bp, self.rng, None)
 
 
 def _turn_probability(job: Job, saved: Counter) -> float:
@@ -613,6 +664,8 @@ def run_episode(run: JobRun, episode_id: str, weather: str) -> int:
                 sync.pause(ego.camera)
                 st.camera_on = False
             while True:
+                if run.randomizer is not None:
+                    run.randomizer.draw()
                 with run.timer("tick"):
                     frame, (image,) = sync.tick(timeout=max(2.0, config.timeout))
                 if not _collect_tick(run, st, ego, frame, image):
@@ -713,6 +766,8 @@ def _save(run: JobRun, st: EpisodeState, image, evidence, tf, state, control, fl
         if claimed:
             run.guard.release(label)
         raise
+    if run.randomizer is not None:
+        run.randomizer.saved(row["image"])
     st.last_saved_at = st.odometer
     st.n_saved += 1
     if flagged:

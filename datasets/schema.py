@@ -59,6 +59,9 @@ MANIFEST_COLUMNS_V1: tuple[str, ...] = MANIFEST_COLUMNS[:19]
 FORMAT_VERSION = 2
 
 MANIFEST_NAME = "manifest.csv"
+RANDOMIZATION_NAME = "randomization.jsonl"
+"""Datasets collected with ``--domain-randomization``: one JSON object per saved frame, ``image`` (its
+manifest path) and every sampled number (colours, sun, camera offsets and FOV, ``camera_variant``)."""
 INFO_NAME = "dataset.json"
 
 JUNCTION_POLICIES: tuple[str, ...] = ("flag", "skip", "keep")

@@ -219,3 +219,14 @@ def test_traffic_keeps_labels_map_true_and_leaves_no_npc_behind(tmp_path):
     assert audit_labels(out) == {"curve": 10, "straight": 10}
     world = client.get_world()
     assert not [a for a in world.get_actors() if a.type_id.startswith(("vehicle.", "walker.", "controller."))]
+
+
+def test_domain_randomization_records_every_saved_frame_and_keeps_labels_map_true(tmp_path):
+    out = tmp_path / "dr"
+    assert main(["--sim", "embedded", "--town", "Town02", "--frames", "12", "--res", "160x120", "--out", str(out),
+                 "--seed", "3", "--domain-randomization", "--no-progress"]) == 0
+    records = [json.loads(line) for line in (out / "randomization.jsonl").read_text().splitlines()]
+    rows = rows_of(out, flagged=True)
+    assert sorted(r["image"] for r in records) == sorted(r["image"] for r in rows)
+    assert len({r["dr_cam_fov"] for r in records}) == len(records)      # a new draw per frame
+    assert audit_labels(out) == {"curve": 6, "straight": 6}             # mount jitter never moves the label

@@ -163,6 +163,23 @@ def contract_report(model: Contract | None, data_dirs) -> dict:
     return {"model": model.to_json(), "differences": differences}
 
 
+def _randomization_variants(root: Path) -> dict[str, str]:
+    """image -> camera_variant from a domain-randomised dataset's randomization.jsonl ({} when absent)."""
+    from datasets.schema import RANDOMIZATION_NAME
+    path = Path(root) / RANDOMIZATION_NAME
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:   # a line cut by a crash
+            continue
+        if "image" in rec and "camera_variant" in rec:
+            out[rec["image"]] = str(rec["camera_variant"])
+    return out
+
+
 def camera_variants(table: FrameTable) -> np.ndarray:
     """Camera variation of every frame: the manifest's ``camera_variant`` column (written under domain
     randomisation), else ``WxH fovF`` of the dataset's recorded camera ('unknown' when not recorded)."""
@@ -170,6 +187,10 @@ def camera_variants(table: FrameTable) -> np.ndarray:
     for s, root in enumerate(table.roots):
         m = table.source == s
         rows = read_manifest(root)
+        drawn = _randomization_variants(root)
+        if drawn:
+            out[m] = [drawn.get(rows[r]["image"], "unrecorded") for r in table.row[m]]
+            continue
         if rows and "camera_variant" in rows[0]:
             out[m] = [rows[r]["camera_variant"] for r in table.row[m]]
             continue
