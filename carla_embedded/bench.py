@@ -269,6 +269,17 @@ def run_traffic_bench(config: BenchConfig) -> list[BenchResult]:
     return results
 
 
+def _pin_cores(cores: int) -> None:
+    """Pin this process to ``cores`` CPUs and OpenCV to as many threads (0: leave both alone)."""
+    if cores <= 0:
+        return
+    import cv2
+
+    cv2.setNumThreads(cores)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Tick-time benchmark of the embedded CARLA simulator",
                                      add_help=add_help)
