@@ -121,6 +121,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def sync_world(town: str, seed: int = 0, delta_seconds: float = 0.05):
+    """(client, world) of ``town`` in synchronous mode at a fixed step: what every bench case ticks."""
+    client = Client(seed=seed)
+    world = client.load_world(town)
+    settings = world.get_settings()
+    settings.synchronous_mode, settings.fixed_delta_seconds = True, delta_seconds
+    world.apply_settings(settings)
+    return client, world
+
+
 def _follow_lane(vehicle, carla_map) -> carla.VehicleControl:
     """Pure pursuit on the lane centre 8 m ahead at ~30 km/h, so the camera sees a real drive."""
     t = vehicle.get_transform()
@@ -171,11 +181,7 @@ def _interleaved(world, vehicle, config: BenchConfig, configs: _Configs, case: s
 def run_bench(config: BenchConfig, configs: _Configs | None = None) -> list[BenchResult]:
     """Median/p99 tick time without a camera, then with one camera per resolution, per configuration."""
     configs = configs or _Configs(config.cores)
-    client = Client(seed=config.seed)
-    world = client.load_world(config.town)
-    settings = world.get_settings()
-    settings.synchronous_mode, settings.fixed_delta_seconds = True, 0.05
-    world.apply_settings(settings)
+    client, world = sync_world(config.town, config.seed)
     library = world.get_blueprint_library()
     spawn = world.get_map().get_spawn_points()[0]
     vehicle = world.spawn_actor(library.filter("vehicle.*")[0], spawn)
@@ -206,11 +212,7 @@ def run_bench(config: BenchConfig, configs: _Configs | None = None) -> list[Benc
 
 def _traffic_world(config: BenchConfig, vehicles: int, walkers: int):
     """(world, ego, camera, frames) in ``config.traffic_town`` with NPCs spawned as generate_traffic does."""
-    client = Client(seed=config.seed)
-    world = client.load_world(config.traffic_town)
-    settings = world.get_settings()
-    settings.synchronous_mode, settings.fixed_delta_seconds = True, 0.05
-    world.apply_settings(settings)
+    client, world = sync_world(config.traffic_town, config.seed)
     library = world.get_blueprint_library()
     points = world.get_map().get_spawn_points()
     ego = world.spawn_actor(library.find("vehicle.tesla.model3"), points[0])

@@ -22,8 +22,7 @@ import numpy as np
 
 import carla
 
-from .bench import CAMERA_MOUNT, _follow_lane, _pin_cores, parse_resolution
-from .client import Client
+from .bench import CAMERA_MOUNT, _follow_lane, _pin_cores, parse_resolution, sync_world
 from .errors import TownNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -59,11 +58,7 @@ class SensorBenchConfig:
 
 def run_sensor_bench(config: SensorBenchConfig) -> dict[str, np.ndarray]:
     """Tick times (ms) per case, interleaved by blocks."""
-    client = Client(seed=config.seed)
-    world = client.load_world(config.town)
-    settings = world.get_settings()
-    settings.synchronous_mode, settings.fixed_delta_seconds = True, 0.05
-    world.apply_settings(settings)
+    client, world = sync_world(config.town, config.seed)
     library = world.get_blueprint_library()
     spawns = world.get_map().get_spawn_points()
     start = spawns[0]

@@ -68,6 +68,14 @@ def read_info(data_dir: str | os.PathLike) -> dict:
         return json.load(f)
 
 
+def _for_classifier(contract: Contract) -> Contract:
+    """``flag`` and ``skip`` give a classifier the same frames (flagged rows are dropped): one policy to it."""
+    if contract.label.junction_policy != "flag":
+        return contract
+    from dataclasses import replace
+    return replace(contract, label=replace(contract.label, junction_policy="skip"))
+
+
 def load_contract(data_dirs: Sequence[str | os.PathLike]) -> Contract | None:
     """The camera/label contract shared by ``data_dirs`` (from each ``dataset.json``).
 
@@ -83,7 +91,7 @@ def load_contract(data_dirs: Sequence[str | os.PathLike]) -> Contract | None:
         if contract is None:
             continue
         for other_dir, other in found:
-            if contract.differences(other):
+            if _for_classifier(contract).differences(_for_classifier(other)):
                 raise ContractError(f"datasets differ in their camera/label contract: "
                                     f"{describe_differences(contract, other, str(d), str(other_dir))}; "
                                     "train on datasets collected with the same settings")
