@@ -231,3 +231,22 @@ def test_loader_workers_get_distinct_augmentation_streams(data):
     assert len(batches) == 4
     assert not torch.equal(batches[0], batches[1])  # worker 0 vs worker 1
     assert not torch.equal(batches[0], batches[2])  # worker 0, next batch
+
+
+@pytest.mark.timeout(300)
+def test_resumed_run_matches_an_uninterrupted_one(data, tmp_path):
+    """--resume restores the sampler, augmentation and global RNG state: epoch 3 of a run stopped after
+    epoch 2 and resumed equals epoch 3 of the run that never stopped (the sampler was reseeded before)."""
+    def history(out):
+        with open(out / "history.csv") as f:
+            return [{k: float(v) for k, v in h.items()} for h in csv.DictReader(f)]
+
+    args = ["--data", str(data), "--val-towns", "Town03", *FAST, "--seed", "5"]
+    T.main([*args, "--epochs", "3", "--out", str(tmp_path / "straight")])
+    T.main([*args, "--epochs", "2", "--out", str(tmp_path / "stopped")])
+    T.main(["--data", str(data), "--resume", str(tmp_path / "stopped" / "weights" / "last.pt"), "--epochs", "3",
+            "--workers", "0", "--no-progress"])
+    full, resumed = history(tmp_path / "straight"), history(tmp_path / "stopped")
+    assert len(full) == len(resumed) == 3
+    assert resumed[2]["train_loss"] == pytest.approx(full[2]["train_loss"], rel=1e-5, abs=1e-6)
+    assert resumed[2]["val_loss"] == pytest.approx(full[2]["val_loss"], rel=1e-5, abs=1e-6)
