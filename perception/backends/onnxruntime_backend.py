@@ -96,13 +96,13 @@ def best_providers(available: list[str] | None = None) -> list[str]:
 
 
 def default_threads() -> int:
-    """Intra-op threads of a session: ``$CARLA_PERCEPTION_THREADS`` if set, else physical cores - 1 (at least 1).
+    """Intra-op threads of a session: ``$CARLA_PERCEPTION_THREADS`` if set, else the physical cores.
 
-    One core is left to the rest of the loop (simulator tick, video encoder, the preprocessing
-    helper): on the shared 2-core dev machine the closed loop (``launch.bench``) ran 1.4-1.5x
-    faster with one inference thread than with two, whose spinning workers slowed the tick and
-    encode stages by a third (docs/benchmarks.md). A classifier alone on an idle machine is
-    faster with every core: set the variable to the core count there.
+    Measured on the idle 2-core dev machine (docs/benchmarks.md), in one session: the closed loop
+    (``launch.bench``, 224-px EfficientNet-B0, bf16) ran 41.1 FPS with two inference threads vs 35.2
+    with one (video on), 54.9 vs 44.6 (video off). On the same machine heavily shared with other
+    jobs one thread had won (its spinning workers slowed the tick and encoder), so where several
+    processes share the cores, set the variable to 1.
 
     Raises:
         ValueError: the variable is not a positive integer.
@@ -112,7 +112,7 @@ def default_threads() -> int:
         if not env.isdigit() or int(env) < 1:
             raise ValueError(f"{THREADS_ENV}={env!r}: want a positive integer (intra-op threads per session)")
         return int(env)
-    return max(1, physical_cores() - 1)
+    return max(1, physical_cores())
 
 
 def session_for(path: Path, meta: ModelMeta, provider: str, precision: str, threads: int,
