@@ -490,20 +490,24 @@ class World(CarlaSurface, carla.World):
         advance_lights(self._light_groups, dt)
         if len(self._autopilot):
             self._autopilot.update(dt)
-        actors = list(self._actors.values())
-        movers = []
-        for actor in actors:
-            if isinstance(actor, Vehicle):
+        movers, sensors = [], []
+        for actor in list(self._actors.values()):   # one pass, the actor's kind looked up by its class
+            kind = _KINDS.get(type(actor))
+            if kind is None:
+                kind = _KINDS[type(actor)] = _kind_of(actor)
+            if kind == "vehicle":
                 actor._step(dt, self._map)
                 movers.append(actor)
-            elif isinstance(actor, Walker):
+            elif kind == "walker":
                 actor._step(dt)
                 movers.append(actor)
-            elif isinstance(actor, WalkerAIController):
+            elif kind == "walker_ai":
                 actor._step(dt)
+            elif kind == "sensor":
+                sensors.append(actor)
         self._contacts = _contacts(movers, self._frame) if len(movers) > 1 else []
-        for actor in actors:
-            if isinstance(actor, Sensor) and actor.is_alive:
+        for actor in sensors:                     # after every actor moved: they see this tick's world
+            if actor.is_alive:
                 actor._on_tick(self._frame, self._timestamp)
         if self._on_tick:
             snapshot = self.get_snapshot()
@@ -582,6 +586,17 @@ class _NoLock:
 
 
 _NO_LOCK = _NoLock()
+
+
+_KINDS: dict = {}
+"""Actor class -> what a tick does with it (the world holds ~100 traffic lights that need nothing)."""
+
+
+def _kind_of(actor) -> str:
+    for cls, kind in ((Vehicle, "vehicle"), (Walker, "walker"), (WalkerAIController, "walker_ai"), (Sensor, "sensor")):
+        if isinstance(actor, cls):
+            return kind
+    return "other"
 
 
 def _contacts(movers: list, frame: int) -> list:
