@@ -131,6 +131,18 @@ def sync_world(town: str, seed: int = 0, delta_seconds: float = 0.05):
     return client, world
 
 
+def _listening_camera(world, vehicle, width: int, height: int, fov: float):
+    """(camera, frame ids it delivered): an RGB camera at CARLA's hood mount, listening."""
+    bp = world.get_blueprint_library().find("sensor.camera.rgb")
+    bp.set_attribute("image_size_x", str(width))
+    bp.set_attribute("image_size_y", str(height))
+    bp.set_attribute("fov", str(fov))
+    camera = world.spawn_actor(bp, CAMERA_MOUNT, attach_to=vehicle)
+    frames = []
+    camera.listen(lambda image: frames.append(image.frame))
+    return camera, frames
+
+
 def _follow_lane(vehicle, carla_map) -> carla.VehicleControl:
     """Pure pursuit on the lane centre 8 m ahead at ~30 km/h, so the camera sees a real drive."""
     t = vehicle.get_transform()
@@ -192,13 +204,7 @@ def run_bench(config: BenchConfig, configs: _Configs | None = None) -> list[Benc
                                    float(np.percentile(times, 99))))
         for width, height in config.resolutions:
             vehicle.set_transform(spawn)
-            bp = library.find("sensor.camera.rgb")
-            bp.set_attribute("image_size_x", str(width))
-            bp.set_attribute("image_size_y", str(height))
-            bp.set_attribute("fov", str(config.fov))
-            camera = world.spawn_actor(bp, CAMERA_MOUNT, attach_to=vehicle)
-            frames = []
-            camera.listen(lambda image: frames.append(image.frame))
+            camera, frames = _listening_camera(world, vehicle, width, height, config.fov)
             first = world.tick()              # the first camera tick starts the renderer (and its threads)
             results.extend(_interleaved(world, vehicle, config, configs, f"{width}x{height}"))
             expected = world.get_snapshot().frame - first + 1
@@ -237,13 +243,7 @@ def _traffic_world(config: BenchConfig, vehicles: int, walkers: int):
             controller.start()
             controller.go_to_location(world.get_random_location_from_navigation())
     width, height = config.resolutions[0]
-    bp = library.find("sensor.camera.rgb")
-    bp.set_attribute("image_size_x", str(width))
-    bp.set_attribute("image_size_y", str(height))
-    bp.set_attribute("fov", str(config.fov))
-    camera = world.spawn_actor(bp, CAMERA_MOUNT, attach_to=ego)
-    frames = []
-    camera.listen(lambda image: frames.append(image.frame))
+    camera, frames = _listening_camera(world, ego, width, height, config.fov)
     return world, ego, camera, frames
 
 
