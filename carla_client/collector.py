@@ -24,7 +24,9 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
+import carla
 import numpy as np
 
 from datasets.manifest import (DatasetWriter, DiskFullError, check_writable, merge_info, previous_runs,
@@ -50,6 +52,20 @@ STUCK_SECONDS = 4.0        # slower than 0.5 m/s this long ends the episode
 OFF_ROUTE_M = 4.0          # farther than this from the route = left the road, ends the episode
 PLANNER_RESOLUTION_M = 1.0
 RECOVERY_S = 2.0           # after a perturbation, frames this long are flagged ``recovery``
+TAKEOVER_M = 1.5           # DAgger: the follower takes the wheel from a learned driver this far off the lane centre
+RELEASE_M = 0.3            # ... and hands it back once this close again
+
+
+class Driver(Protocol):
+    """A learned policy driving the car while the route follower only labels (DAgger).
+
+    ``__call__(bgra, speed_kmh, command) -> steer``; ``describe()`` goes into dataset.json's run entry.
+    The collector never imports a model: the caller (``training.train_policy --dagger``) passes one in.
+    """
+
+    def __call__(self, bgra: np.ndarray, speed_kmh: float, command: str) -> float: ...
+
+    def describe(self) -> dict: ...
 
 
 def _towns(text) -> tuple[str, ...]:
@@ -183,6 +199,7 @@ class JobResult:
     skipped: Counter = field(default_factory=Counter)  # "ambiguous" / "route_dependent" frames not saved
     flagged: Counter = field(default_factory=Counter)  # route-dependent frames saved flagged (outside the quotas)
     ticks: int = 0
+    takeovers: int = 0  # DAgger: times the follower took the wheel from the learned driver
     episodes: int = 0
     timings: dict = field(default_factory=dict)
     stopped: str | None = None  # None = quota reached; else why it stopped early
@@ -206,6 +223,7 @@ class CollectResult:
     skipped: Counter = field(default_factory=Counter)
     junction_policy: str = "flag"
     flagged: Counter = field(default_factory=Counter)
+    takeovers: int = 0  # DAgger: times the follower took the wheel from the learned driver
 
     @property
     def frames_per_second(self) -> float:
@@ -228,12 +246,15 @@ class SectionTimer:
 
 
 # ---------------------------------------------------------------------------------- work
-def collect(config: CollectConfig, client=None) -> CollectResult:
+def collect(config: CollectConfig, client=None, driver: Driver | None = None) -> CollectResult:
     """Collect into ``config.out`` until both classes reach ``config.frames / 2``.
 
     Args:
         config: the run.
         client: an already connected client to reuse (single worker only); else connects.
+        driver: a learned policy that steers while the follower labels (DAgger, one worker only): every
+            saved frame keeps the follower's controls as its label and is flagged ``recovery`` when the
+            driver steered it; the follower takes over beyond ``TAKEOVER_M`` from the lane centre.
 
     Raises:
         ValueError: unknown town (lists the valid ones), incompatible existing dataset.
@@ -242,6 +263,8 @@ def collect(config: CollectConfig, client=None) -> CollectResult:
         KeyboardInterrupt: after a clean stop (settings restored, actors destroyed, data intact).
     """
     t_start = time.perf_counter()
+    if driver is not None and config.workers != 1:
+        raise ValueError(f"--workers {config.workers}: a learned driver (DAgger) runs in this process; use --workers 1")
     check_writable(config.out)
     if client is None:
         client = connect(config.sim, config.host, config.ports[0], config.timeout)
@@ -260,9 +283,11 @@ def collect(config: CollectConfig, client=None) -> CollectResult:
         run = {"run": run_index, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": _config_json(config),
                "sim": sim_kind(client), "client_version": client.get_client_version(),
                "server_version": client.get_server_version(), "need": need}
+        if driver is not None:
+            run["driver"] = {**driver.describe(), "takeover_m": TAKEOVER_M, "release_m": RELEASE_M}
         merge_info(config.out, info, run)
         logger.info("collecting %s into %s (have %s, need %s)", ", ".join(towns), config.out, dict(have), need)
-        results = _run_jobs(config, jobs, client, need) if any(need.values()) else []
+        results = _run_jobs(config, jobs, client, need, driver) if any(need.values()) else []
     rows = [r for r in read_manifest(config.out, strict=False) if r["route_dependent"] != "1"]
     added = sum((r.saved for r in results), Counter())
     timings = sum((Counter(r.timings) for r in results), Counter())
@@ -274,7 +299,8 @@ def collect(config: CollectConfig, client=None) -> CollectResult:
                          episodes=sum(r.episodes for r in results), timings=dict(timings), stopped=stopped,
                          contact_sheet=sheet, reconciled=reconciled,
                          skipped=sum((r.skipped for r in results), Counter()), junction_policy=config.junction_policy,
-                         flagged=sum((r.flagged for r in results), Counter()))
+                         flagged=sum((r.flagged for r in results), Counter()),
+                         takeovers=sum(r.takeovers for r in results))
 
 
 def _label_json_for(config: CollectConfig) -> dict:
@@ -311,13 +337,13 @@ def _config_json(config: CollectConfig) -> dict:
     return d
 
 
-def _run_jobs(config: CollectConfig, jobs: list[Job], client, need: dict) -> list[JobResult]:
+def _run_jobs(config: CollectConfig, jobs: list[Job], client, need: dict, driver: Driver | None = None) -> list[JobResult]:
     bar = _Bar(config, need)
     try:
         if config.workers == 1:
             results = []
             for job in jobs:
-                results.append(run_job(config, job, client, on_saved=bar.saved))
+                results.append(run_job(config, job, client, on_saved=bar.saved, driver=driver))
                 if results[-1].stopped:
                     break
             return results
@@ -458,6 +484,7 @@ class JobRun:
     ego: EgoSpec
     guard: QuotaGuard | None = None
     randomizer: "_Randomizer | None" = None
+    driver: Driver | None = None
     saved: Counter = field(default_factory=Counter)
 
     def quota_left(self, label: str) -> bool:
@@ -468,7 +495,7 @@ class JobRun:
 
 
 def run_job(config: CollectConfig, job: Job, client, on_saved=lambda label: None,
-            guard: QuotaGuard | None = None) -> JobResult:
+            guard: QuotaGuard | None = None, driver: Driver | None = None) -> JobResult:
     """Drive episodes in ``job.town`` until the job's quota is met; restores the world on any exit.
 
     ``guard`` (worker processes) is asked before every save of a class frame."""
@@ -484,7 +511,7 @@ def run_job(config: CollectConfig, job: Job, client, on_saved=lambda label: None
         rng=np.random.default_rng([config.seed, job.run_index, job.index]),
         writer=DatasetWriter(config.out, config.image_format, config.jpeg_quality), result=result,
         timer=SectionTimer(), on_saved=on_saved, ego=EgoSpec(config.vehicle, config.camera()), guard=guard,
-        randomizer=_Randomizer.create(config, job, world))
+        randomizer=_Randomizer.create(config, job, world), driver=driver)
     presets = weather_presets()
     original_weather = world.get_weather()
     episode = 0
@@ -609,6 +636,8 @@ class EpisodeState:
     camera_on: bool = True
     n_saved: int = 0
     state: object = None  # the follower's reading of the car on the last tick
+    expert_driving: bool = False  # DAgger: the follower has taken the wheel from the learned driver
+    driven: bool = False          # DAgger: this tick's control came from the learned driver
 
     def advance(self, loc) -> None:
         if self.previous_xy is not None:
@@ -660,7 +689,8 @@ def run_episode(run: JobRun, episode_id: str, weather: str) -> int:
         if st is None:
             return 0
         with CarlaSyncMode(run.world, ego.camera, fixed_delta_seconds=config.delta_seconds) as sync:
-            if config.camera_on_demand:  # warm-up frames are never saved
+            on_demand = config.camera_on_demand and run.driver is None  # a learned driver sees every frame
+            if on_demand:  # warm-up frames are never saved
                 sync.pause(ego.camera)
                 st.camera_on = False
             while True:
@@ -670,7 +700,7 @@ def run_episode(run: JobRun, episode_id: str, weather: str) -> int:
                     frame, (image,) = sync.tick(timeout=max(2.0, config.timeout))
                 if not _collect_tick(run, st, ego, frame, image):
                     break
-                if config.camera_on_demand:  # listen to the camera for the next frame only if it can be saved
+                if on_demand:  # listen to the camera for the next frame only if it can be saved
                     with run.timer("control"):
                         want = _camera_wanted(run, st)
                     if want != st.camera_on:
@@ -688,8 +718,9 @@ def _collect_tick(run: JobRun, st: EpisodeState, ego, frame: int, image) -> bool
         tf = ego.vehicle.get_transform()
         st.advance(tf.location)
         state = st.state = st.follower.read_state()
-        control = st.follower.compute(state)
-        perturbing = st.perturbation.apply(control, allowed=st.tick > WARMUP_TICKS)
+        control = st.follower.compute(state)  # the label
+        applied = _driver_control(run, st, control, image, frame, state) if run.driver is not None else control
+        perturbing = st.perturbation.apply(applied, allowed=st.tick > WARMUP_TICKS)
     with timer("label"):
         s0 = st.follower.progress
         evidence = label_at(st.path, s0, config.label)
@@ -705,8 +736,27 @@ def _collect_tick(run: JobRun, st: EpisodeState, ego, frame: int, image) -> bool
         _save(run, st, image, evidence, tf, state, control, flagged)
         if run.done():
             return False
-    ego.vehicle.apply_control(control)
+    ego.vehicle.apply_control(applied)
     return st.stop.check(config.delta_seconds, state.speed, st.follower.remaining(), st.follower.lateral_error) is None
+
+
+def _driver_control(run: JobRun, st: EpisodeState, label, image, frame: int, state):
+    """DAgger: the learned driver's steer with the follower's throttle/brake, unless the follower has the wheel
+    (warm-up, no fresh image, or beyond ``TAKEOVER_M`` until back within ``RELEASE_M``)."""
+    err = abs(st.follower.lateral_error)
+    if st.expert_driving and err < RELEASE_M:
+        st.expert_driving = False
+    elif not st.expert_driving and err > TAKEOVER_M and st.tick > WARMUP_TICKS:
+        st.expert_driving = True
+        run.result.takeovers += 1
+    st.driven = not st.expert_driving and st.tick > WARMUP_TICKS and image is not None and image.frame == frame
+    if not st.driven:
+        return carla.VehicleControl(throttle=label.throttle, steer=label.steer, brake=label.brake)
+    bgra = np.frombuffer(image.raw_data, dtype=np.uint8).reshape(image.height, image.width, 4)
+    command = RoadOption(st.path.command_at(st.follower.progress)).name
+    steer = float(run.driver(bgra, state.speed * 3.6, command))
+    steer = min(1.0, max(-1.0, steer)) if math.isfinite(steer) else label.steer
+    return carla.VehicleControl(throttle=label.throttle, steer=steer, brake=label.brake)
 
 
 def _skip_reason(run: JobRun, st: EpisodeState, s0: float, evidence) -> tuple[str | None, bool]:
@@ -753,7 +803,8 @@ def _save(run: JobRun, st: EpisodeState, image, evidence, tf, state, control, fl
         "brake": f"{control.brake:.5f}", "heading_change_deg": f"{evidence.heading_change_deg:.4f}",
         "max_curvature": f"{evidence.max_curvature:.6f}", "lookahead_m": f"{evidence.lookahead_m:g}",
         "command": RoadOption(st.path.command_at(st.follower.progress)).name,
-        "recovery": "1" if st.perturbation.recovering else "0", "route_dependent": "1" if flagged else "0",
+        "recovery": "1" if st.perturbation.recovering or st.driven else "0",
+        "route_dependent": "1" if flagged else "0",
     }
     claimed = run.guard is not None and not flagged
     if claimed and not run.guard.claim(label):

@@ -9,15 +9,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
 OUT=${OUT:-runs/study_cpu}
-TRAIN_TOWNS=${TRAIN_TOWNS:-Town01 Town03}
+TRAIN_TOWNS=${TRAIN_TOWNS:-Town01,Town03,Town04}
 HELDOUT=${HELDOUT:-Town02,Town05}
 WEATHERS=${WEATHERS:-ClearNoon,WetNoon}
-FRAMES=${FRAMES:-1500}          # per training town (curve/straight balanced by the collector)
+FRAMES=${FRAMES:-6000}          # all training towns together (curve/straight balanced by the collector)
 RES=${RES:-200x150}             # camera; PilotNet input 66x200, classifier 64 px
-RECOVERY=${RECOVERY:-0.1}       # steering perturbations per second
-EPOCHS=${EPOCHS:-10}
+RECOVERY=${RECOVERY:-0.3}       # steering perturbations per second
+EPOCHS=${EPOCHS:-12}
+PATIENCE=${PATIENCE:-4}
+DAGGER=${DAGGER:-0}             # DAgger rounds for the monolithic policy (its data then feeds the experts too)
+DAGGER_FRAMES=${DAGGER_FRAMES:-1000}
 CLS_EPOCHS=${CLS_EPOCHS:-8}
-ROUTES=${ROUTES:-2}
+ROUTES=${ROUTES:-3}
 ROUTE_LENGTH=${ROUTE_LENGTH:-150}
 MAX_DURATION=${MAX_DURATION:-40}
 LONGITUDINAL=${LONGITUDINAL:-cruise}  # learned: throttle/brake from the networks too (weak at this data size)
@@ -30,23 +33,32 @@ stamp() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$OUT/timing.txt"; }
 mkdir -p "$OUT"
 : > "$OUT/timing.txt"
 
-DATA=()
-for town in $TRAIN_TOWNS; do
-  run "$PY" -m carla_client.collect --sim embedded --town "$town" --res "$RES" --frames "$FRAMES" \
-      --min-spacing 1.0 --recovery "$RECOVERY" --weather "$WEATHERS" --out "$OUT/data/$town" --no-progress
-  DATA+=("$OUT/data/$town")
-done
+DATA="$OUT/data"
+run "$PY" -m carla_client.collect --sim embedded --town "$TRAIN_TOWNS" --res "$RES" --frames "$FRAMES" \
+    --min-spacing 1.0 --recovery "$RECOVERY" --weather "$WEATHERS" --workers 2 --out "$DATA" --no-progress
 stamp "collected"
 
-run "$PY" -m training.train --data "${DATA[@]}" --arch simple_cnn --weights none --img-size 64 \
-    --epochs "$CLS_EPOCHS" --freeze-epochs 0 --batch-size 64 --lr 1e-3 --workers 0 --no-progress --out "$OUT/classifier"
-stamp "classifier trained"
-for subset in curve straight all; do
-  name=$subset; [ "$subset" = all ] && name=monolithic
-  run "$PY" -m training.train_policy --data "${DATA[@]}" --subset "$subset" --arch pilotnet --epochs "$EPOCHS" \
-      --patience 3 --batch-size 64 --out "$OUT/policy/$name"
-done
-stamp "policies trained"
+# Two cores: two single-threaded trainings at a time (classifier beside the monolithic policy, then the experts).
+policy() {  # policy NAME SUBSET [extra args]: a command-conditioned PilotNet on DATA (+ DAgger rounds' data)
+  local name=$1 subset=$2; shift 2
+  run "$PY" -m training.train_policy --data "$DATA" "${EXTRA_DATA[@]}" --subset "$subset" --arch pilotnet \
+      --epochs "$EPOCHS" --patience "$PATIENCE" --batch-size 64 --no-tensorboard --out "$OUT/policy/$name" "$@"
+}
+EXTRA_DATA=()
+run "$PY" -m training.train --data "$DATA" --arch simple_cnn --weights none --img-size 64 \
+    --epochs "$CLS_EPOCHS" --freeze-epochs 0 --batch-size 64 --lr 1e-3 --workers 0 --no-progress \
+    --out "$OUT/classifier" > "$OUT/classifier.log" 2>&1 &
+cls=$!
+policy monolithic all --dagger "$DAGGER" --dagger-frames "$DAGGER_FRAMES"
+wait $cls
+stamp "classifier and monolithic policy trained"
+# The experts get the same frames as the monolithic policy, DAgger rounds included.
+for d in "$OUT"/policy/monolithic/dagger/r*; do [ -d "$d" ] && EXTRA_DATA+=("$d"); done
+policy curve curve > "$OUT/policy_curve.log" 2>&1 &
+cur=$!
+policy straight straight
+wait $cur
+stamp "experts trained"
 
 run "$PY" -m launch.study run --towns "$HELDOUT" --weathers "$WEATHERS" --routes "$ROUTES" \
     --classifier "$OUT/classifier/weights/best.pt" --curve "$OUT/policy/curve/weights/best.pt" \

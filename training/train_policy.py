@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from carla_client.connection import CarlaConnectionError
 from carla_client.route_command import COMMANDS
 from datasets.dataset import DatasetError, load_contract
 from datasets.schema import ContractError
@@ -39,8 +40,23 @@ from training.train import EarlyStopping, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
-STEER_WEIGHT = 2.0
-"""Loss weight of steer relative to throttle and brake (steering is what keeps the car in its lane)."""
+OUTPUT_SCALE = (0.1, 0.5, 0.5)
+"""Typical magnitude of steer, throttle and brake: errors are divided by it, so that a steer error of 0.1
+(the difference between a bend and a straight) weighs as much as a throttle error of 0.5."""
+OUTPUT_WEIGHT = (1.0, 0.2, 0.1)
+"""Loss weight per output after scaling: steering is what keeps the car on the road (CIL weights steer,
+gas and brake 0.5/0.45/0.05; here steer counts more because the study's cruise mode drives only steer)."""
+
+
+def _loss_terms(err):
+    """Squared scaled error weighted per output; works on torch tensors and numpy arrays alike.
+
+    Squared, not absolute: most lane-follow frames steer ~0, and an L1 loss is minimised by the median,
+    so a policy trained with it learned a constant ~0 steer per command and ignored the image (measured:
+    every LANEFOLLOW prediction was +0.002 on training frames).
+    """
+    scale = OUTPUT_SCALE
+    return sum(OUTPUT_WEIGHT[i] * (err[:, i] / scale[i]) ** 2 for i in range(3))
 
 
 @dataclass
@@ -70,10 +86,17 @@ class PolicyTrainConfig:
     out: str = "runs/policy"
     cache_dir: str | None = None
     tensorboard: bool = True
+    dagger: int = 0
+    dagger_frames: int = 1000
+    dagger_towns: tuple[str, ...] = ()
+    dagger_sim: str = "embedded"
+    host: str = "127.0.0.1"
+    port: int = 2000
 
     def __post_init__(self) -> None:
         self.data = tuple(str(d) for d in self.data)
         self.val_towns, self.test_towns = tuple(self.val_towns), tuple(self.test_towns)
+        self.dagger_towns = tuple(self.dagger_towns)
         if isinstance(self.input_hw, str):
             self.input_hw = parse_hw(self.input_hw)
         checks = [
@@ -86,6 +109,10 @@ class PolicyTrainConfig:
             (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be >= 1"),
             (0 <= self.hflip_prob <= 1, f"--hflip-prob {self.hflip_prob}: must be in [0, 1]"),
             (self.device in ("auto", "cpu", "cuda"), f"--device {self.device!r}: valid: auto, cpu, cuda"),
+            (self.dagger >= 0, f"--dagger {self.dagger}: must be >= 0 rounds"),
+            (self.dagger_frames >= 2 and self.dagger_frames % 2 == 0,
+             f"--dagger-frames {self.dagger_frames}: need an even number >= 2 (curve and straight get half each)"),
+            (self.dagger_sim in ("auto", "embedded", "carla"), f"--dagger-sim {self.dagger_sim!r}: valid: auto, embedded, carla"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -129,8 +156,7 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
 
 
 def _loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor([STEER_WEIGHT, 1.0, 1.0], device=pred.device)
-    return ((pred.float() - target).abs() * w).sum(dim=1).mean()
+    return _loss_terms(pred.float() - target).mean()
 
 
 @dataclass
@@ -188,7 +214,7 @@ def regression_metrics(pred: np.ndarray, target: np.ndarray, command: np.ndarray
     """MAE per output, overall and per command (commands with frames only); ``loss`` as trained."""
     err = np.abs(pred - target)
     m = {"frames": int(len(target)),
-         "loss": float((err * np.array([STEER_WEIGHT, 1, 1])).sum(axis=1).mean()) if len(target) else float("nan"),
+         "loss": float(_loss_terms(pred - target).mean()) if len(target) else float("nan"),
          "mae": {o: float(err[:, i].mean()) if len(target) else float("nan") for i, o in enumerate(OUTPUTS)},
          "mae_per_command": {}}
     for ci, name in enumerate(COMMANDS):
@@ -207,7 +233,7 @@ def plot_history(history: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train")
     axes[0].plot(ep, [h["val_loss"] for h in history], "o-", label="validation")
-    axes[0].set_title("loss (weighted L1)")
+    axes[0].set_title("loss (weighted scaled MSE)")
     axes[1].plot(ep, [h["val_mae_steer"] for h in history], "o-", label="steer")
     axes[1].plot(ep, [h["val_mae_throttle"] for h in history], "o-", label="throttle")
     axes[1].plot(ep, [h["val_mae_brake"] for h in history], "o-", label="brake")
@@ -251,8 +277,11 @@ def _config(cfg: PolicyTrainConfig, contract) -> dict:
             "hidden": cfg.hidden, "contract": contract.to_json() if contract else None, "recipe": cfg.recipe()}
 
 
-def train_policy(cfg: PolicyTrainConfig) -> PolicyTrainResult:
-    """Train one policy on ``cfg.subset`` of ``cfg.data``; early stopping on validation loss."""
+def train_policy(cfg: PolicyTrainConfig, init: str | Path | None = None) -> PolicyTrainResult:
+    """Train one policy on ``cfg.subset`` of ``cfg.data``; early stopping on validation loss.
+
+    ``init``: a policy checkpoint to start from (DAgger rounds warm-start from the previous round).
+    DAgger itself (``cfg.dagger``) is run by :func:`training.dagger.run_dagger` around this."""
     out = Path(cfg.out)
     (out / "weights").mkdir(parents=True, exist_ok=True)
     (out / "args.json").write_text(json.dumps(cfg.recipe(), indent=2))
@@ -260,7 +289,10 @@ def train_policy(cfg: PolicyTrainConfig) -> PolicyTrainResult:
     device = resolve_device(cfg.device)
     data, counts, contract = _prepare(cfg, out)
     spec = get_backbone(cfg.arch)
-    model = create_policy(cfg.arch, cfg.weights, cfg.dropout, cfg.hidden).to(device)
+    model = create_policy(cfg.arch, cfg.weights, cfg.dropout, cfg.hidden)
+    if init is not None:
+        model.load_state_dict(_load_best(Path(init), "cpu")[0].state_dict())
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     config = _config(cfg, contract)
@@ -343,6 +375,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", default=d.out, help="run directory")
     p.add_argument("--cache-dir", default=None, help="decoded-frame cache (default <data>/cache)")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="no TensorBoard events")
+    g = p.add_argument_group("DAgger", "drive the trained policy, relabel its states with the privileged route "
+                             "follower, aggregate and retrain (warm start), K times")
+    g.add_argument("--dagger", type=int, default=d.dagger, metavar="K", help="DAgger rounds (0 = off)")
+    g.add_argument("--dagger-frames", type=int, default=d.dagger_frames, help="frames collected per round, even")
+    g.add_argument("--dagger-towns", nargs="*", default=[], metavar="TOWN",
+                   help="towns to drive in (default: the training towns, without --val-towns/--test-towns)")
+    g.add_argument("--dagger-sim", default=d.dagger_sim, choices=("auto", "embedded", "carla"),
+                   help="simulator of the DAgger drives")
+    g.add_argument("--host", default=d.host, help="CARLA server host (--dagger-sim carla/auto)")
+    g.add_argument("--port", type=int, default=d.port, help="CARLA server RPC port")
     return p
 
 
@@ -353,7 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = PolicyTrainConfig(**{k: v for k, v in vars(args).items() if k in names})
         result = train_policy(cfg)
-    except (ValueError, DatasetError, ContractError, FileNotFoundError) as e:
+        if cfg.dagger:
+            from training.dagger import run_dagger
+            result = run_dagger(cfg, result)
+    except (ValueError, DatasetError, ContractError, FileNotFoundError, PermissionError, CarlaConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     val = result.metrics.get("val", {})
