@@ -123,5 +123,5 @@ def test_expert_onnx_parity_with_torch(tmp_path):
     assert not np.allclose(a[:, 0], a[:, 1])          # two different experts, one call
     frame = rng.integers(0, 256, (120, 160, 4), dtype=np.uint8)
     assert np.max(np.abs(ref.predict(frame, 25.0, "LEFT") - ort_rt.predict(frame, 25.0, "LEFT"))) <= 1e-4
-    with pytest.raises(ValueError, match="valid: onnxruntime, torch"):
-        PolicyRuntime.load(ckpts, "tensorrt")
+    with pytest.raises(ValueError, match="valid: onnxruntime, torch, tensorrt"):
+        PolicyRuntime.load(ckpts, "openvino")

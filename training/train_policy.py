@@ -6,11 +6,18 @@ Examples::
     python -m training.train_policy --data data/study --subset curve    --out runs/policy/curve
     python -m training.train_policy --data data/study --subset straight --out runs/policy/straight
     python -m training.train_policy --data data/study --subset all      --out runs/policy/monolithic
+    # the same on 2 GPUs (or 2 CPU processes): batch 64 per process
+    torchrun --nproc_per_node 2 -m training.train_policy --data data/study --subset all --out runs/policy/mono2
 
 Splits are by episode / held-out town (:mod:`datasets.splits`, as the classifier); recovery and
 route-dependent (junction) frames are used. Writes ``weights/best.pt`` (contract + command list in the
 checkpoint), ``history.csv``, ``curves.png``, ``metrics.json`` (MAE per output and per command per
-split), ``split.json`` and TensorBoard events under ``tb/``. Single process (no DDP yet).
+split), ``split.json`` and TensorBoard events under ``tb/``.
+
+DDP as the classifier (:mod:`training.ddp`): ``torchrun --nproc_per_node N -m training.train_policy ...``
+(gloo on CPU, nccl on CUDA) trains each rank on its shard of every epoch's frames (``--batch-size`` is
+per rank), gathers the validation predictions so metrics and early stopping agree on every rank, and
+only rank 0 writes files. ``--dagger`` is refused under torchrun (the drives are one simulator process).
 """
 from __future__ import annotations
 
@@ -18,7 +25,9 @@ import argparse
 import csv
 import json
 import logging
+import copy
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -32,6 +41,7 @@ from carla_client.route_command import COMMANDS
 from datasets.dataset import DatasetError, load_contract
 from datasets.schema import ContractError
 from datasets.splits import SplitConfig, make_split
+from training import ddp
 from training.checkpoint import save_checkpoint
 from training.policy import (OUTPUTS, POLICY_KIND, SPEED_SCALE_KMH, SUBSETS, PolicyTable, create_policy,
                              flip_batch, get_backbone, jitter_batch, list_backbones, load_images,
@@ -149,9 +159,19 @@ class PolicyTrainResult:
 
 # ------------------------------------------------------------------------------------------ steps
 
-def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
+def _batches(n: int, batch_size: int, rng: np.random.Generator | None, info: ddp.DistInfo = ddp.DistInfo()):
+    """This rank's batches of one epoch (shuffled when ``rng`` is given).
+
+    Under DDP every rank draws the same permutation (same seed), drops its last ``n % world_size``
+    frames (other ones each epoch) and takes every world_size-th frame from its rank on: the shards are
+    disjoint, together they are the epoch, and all ranks take equally many steps (DDP all-reduces the
+    gradients at every step, so one rank's extra batch would hang the others), as
+    ``DistributedSampler(drop_last=True)``. One process: the whole permutation, as before DDP.
+    """
     order = rng.permutation(n) if rng is not None else np.arange(n)
-    for i in range(0, n, batch_size):
+    if info.enabled:
+        order = order[:n - n % info.world_size][info.rank::info.world_size]
+    for i in range(0, len(order), batch_size):
         yield order[i:i + batch_size]
 
 
@@ -166,11 +186,15 @@ class _Data:
 
 
 def train_one_epoch(model, optimizer, data: _Data, cfg: PolicyTrainConfig, mean, std, device, rng, gen,
-                    scaler=None) -> float:
-    """One pass over the training frames (flip + jitter augmentation); mean loss."""
+                    scaler=None, info: ddp.DistInfo = ddp.DistInfo()) -> tuple[float, int]:
+    """One pass over this rank's shard of the training frames (flip + jitter augmentation).
+
+    Returns (mean loss, frames) over every rank: the per-step loss sums are all-reduced, which is also
+    what lets every rank stop together on a non-finite loss (a rank raising alone would hang the others).
+    """
     model.train()
     total, count = 0.0, 0
-    for step, idx in enumerate(_batches(len(data.pt), cfg.batch_size, rng)):
+    for step, idx in enumerate(_batches(len(data.pt), cfg.batch_size, rng, info)):
         if cfg.max_steps_per_epoch and step >= cfg.max_steps_per_epoch:
             break
         img = to_input(data.images[idx], mean, std)
@@ -191,23 +215,41 @@ def train_one_epoch(model, optimizer, data: _Data, cfg: PolicyTrainConfig, mean,
         else:
             loss.backward()
             optimizer.step()
-        if not math.isfinite(loss.item()):
+        step_sum, step_count = ddp.all_reduce_sum([loss.item() * len(idx), float(len(idx))], info, device)
+        if not math.isfinite(step_sum):
             raise FloatingPointError(f"non-finite training loss at step {step}; lower --lr")
-        total += loss.item() * len(idx)
-        count += len(idx)
-    return total / max(1, count)
+        total += step_sum
+        count += int(step_count)
+    return total / max(1, count), count
 
 
 @torch.no_grad()
-def predict(model, data: _Data, mean, std, device, batch_size: int = 256) -> np.ndarray:
-    """(N, 3) predictions, no augmentation."""
+def predict(model, data: _Data, mean, std, device, batch_size: int = 256,
+            info: ddp.DistInfo = ddp.DistInfo()) -> np.ndarray:
+    """(N, 3) predictions, no augmentation. Under DDP each rank predicts frames rank, rank + world, ...
+    and the predictions are gathered back into frame order on every rank (every frame counted once)."""
     model.eval()
+    mine = np.arange(info.rank, len(data.pt), info.world_size)
     out = []
-    for idx in _batches(len(data.pt), batch_size, None):
+    for i in range(0, len(mine), batch_size):
+        idx = mine[i:i + batch_size]
         img = to_input(data.images[idx], mean, std).to(device)
         speed = torch.from_numpy(data.pt.speed[idx] / SPEED_SCALE_KMH).unsqueeze(1).to(device)
         out.append(model(img, speed, one_hot(torch.from_numpy(data.pt.command[idx])).to(device)).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
+    pred = np.concatenate(out) if out else np.zeros((0, 3), np.float32)
+    if not info.enabled:
+        return pred
+    got = ddp.gather_arrays({"index": mine, "pred": pred}, info)
+    return got["pred"][np.argsort(got["index"], kind="stable")]
+
+
+def _sync_buffers(model: torch.nn.Module, info: ddp.DistInfo) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank before evaluating: DDP broadcasts
+    them at the start of each forward, so after the last training step each rank still holds the
+    statistics its own last batch left, and the ranks' shards would be scored by slightly different models."""
+    if info.enabled:
+        for b in model.buffers():
+            torch.distributed.broadcast(b, src=0)
 
 
 def regression_metrics(pred: np.ndarray, target: np.ndarray, command: np.ndarray) -> dict:
@@ -249,20 +291,30 @@ def plot_history(history: list[dict], path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ main work
 
-def _prepare(cfg: PolicyTrainConfig, out: Path) -> tuple[dict[str, _Data], dict, object]:
+def _prepare(cfg: PolicyTrainConfig, out: Path,
+             info: ddp.DistInfo = ddp.DistInfo()) -> tuple[dict[str, _Data], dict, object]:
+    """Split, subset and decoded frames. The split is deterministic (seeded), so every rank computes the
+    same one; rank 0 decodes the frames and writes the cache first and the other ranks then read it
+    (two ranks writing one cache file would race)."""
     contract = load_contract(cfg.data)
     pt_all = load_policy_table(cfg.data)
     split = make_split(pt_all.table, SplitConfig(cfg.val_split, cfg.val_towns, cfg.test_towns, cfg.seed))
-    split.save(out / "split.json", pt_all.table)
+    if info.is_main:
+        split.save(out / "split.json", pt_all.table)
+    tables = {name: select_subset(pt_all.subset(idx), cfg.subset) for name, idx in split.indices.items()}
+    if len(tables["train"]) == 0 or len(tables["val"]) == 0:
+        raise DatasetError(f"--subset {cfg.subset}: no {'training' if not len(tables['train']) else 'validation'} "
+                           "frames; collect more episodes or change the split")
     cache = cfg.cache_dir or str(Path(cfg.data[0]) / "cache")
     hw = cfg.resolved_hw
-    data = {}
-    for name, idx in split.indices.items():
-        pt = select_subset(pt_all.subset(idx), cfg.subset)
-        data[name] = _Data(load_images(pt.table, hw, cache) if len(pt) else np.zeros((0, *hw, 3), np.uint8), pt)
-    if len(data["train"].pt) == 0 or len(data["val"].pt) == 0:
-        raise DatasetError(f"--subset {cfg.subset}: no {'training' if not len(data['train'].pt) else 'validation'} "
-                           "frames; collect more episodes or change the split")
+
+    def decode() -> dict[str, _Data]:
+        return {name: _Data(load_images(pt.table, hw, cache) if len(pt) else np.zeros((0, *hw, 3), np.uint8), pt)
+                for name, pt in tables.items()}
+    data = decode() if info.is_main else None
+    ddp.barrier(info)
+    if data is None:
+        data = decode()
     counts = {k: {"frames": len(v.pt), "recovery": int(v.pt.recovery.sum()),
                   "route_dependent": int(v.pt.table.route_dependent.sum())} for k, v in data.items()}
     log.info("frames per split (%s): %s", cfg.subset, counts)
@@ -280,53 +332,82 @@ def _config(cfg: PolicyTrainConfig, contract) -> dict:
 def train_policy(cfg: PolicyTrainConfig, init: str | Path | None = None) -> PolicyTrainResult:
     """Train one policy on ``cfg.subset`` of ``cfg.data``; early stopping on validation loss.
 
-    ``init``: a policy checkpoint to start from (DAgger rounds warm-start from the previous round).
-    DAgger itself (``cfg.dagger``) is run by :func:`training.dagger.run_dagger` around this."""
+    Under ``torchrun`` (RANK/WORLD_SIZE set) every rank calls this and joins the process group here;
+    every rank returns the same metrics. ``init``: a policy checkpoint to start from (DAgger rounds
+    warm-start from the previous round). DAgger itself (``cfg.dagger``) is run by
+    :func:`training.dagger.run_dagger` around this."""
+    info = ddp.init_distributed(resolve_device(cfg.device).type)
+    try:
+        return _train_policy(cfg, init, info)
+    finally:
+        ddp.cleanup(info)
+
+
+def _train_policy(cfg: PolicyTrainConfig, init: str | Path | None, info: ddp.DistInfo) -> PolicyTrainResult:
     out = Path(cfg.out)
-    (out / "weights").mkdir(parents=True, exist_ok=True)
-    (out / "args.json").write_text(json.dumps(cfg.recipe(), indent=2))
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    data, counts, contract = _prepare(cfg, out)
+    if info.is_main:
+        (out / "weights").mkdir(parents=True, exist_ok=True)
+        (out / "args.json").write_text(json.dumps(cfg.recipe(), indent=2))
+    seed_everything(cfg.seed + info.rank)   # dropout differs per rank; DDP copies rank 0's initial weights
+    device = resolve_device(cfg.device, info.local_rank)
+    data, counts, contract = _prepare(cfg, out, info)
     spec = get_backbone(cfg.arch)
     model = create_policy(cfg.arch, cfg.weights, cfg.dropout, cfg.hidden)
     if init is not None:
         model.load_state_dict(_load_best(Path(init), "cpu")[0].state_dict())
     model = model.to(device)
+    net = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+           if info.enabled else model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     config = _config(cfg, contract)
-    writer = _tensorboard(out) if cfg.tensorboard else None
+    writer = _tensorboard(out) if cfg.tensorboard and info.is_main else None
     stopper = EarlyStopping(cfg.patience)
-    rng, gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
+    # the shuffle stream is shared (every rank draws the same permutation and takes its shard of it);
+    # the augmentation stream is per rank
+    rng, gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed + info.rank)
     history: list[dict] = []
+    best_state = None
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
-        train_loss = train_one_epoch(model, optimizer, data["train"], cfg, spec.mean, spec.std, device, rng, gen, scaler)
-        val = regression_metrics(predict(model, data["val"], spec.mean, spec.std, device),
+        train_loss, frames = train_one_epoch(net, optimizer, data["train"], cfg, spec.mean, spec.std, device, rng,
+                                             gen, scaler, info)
+        _sync_buffers(model, info)
+        val = regression_metrics(predict(model, data["val"], spec.mean, spec.std, device, info=info),
                                  data["val"].pt.controls, data["val"].pt.command)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
-               **{f"val_mae_{o}": val["mae"][o] for o in OUTPUTS}, "seconds": time.perf_counter() - t0}
+               **{f"val_mae_{o}": val["mae"][o] for o in OUTPUTS}, "train_frames": frames,
+               "seconds": time.perf_counter() - t0}
         history.append(row)
         if writer is not None:
             for k, v in row.items():
                 if k != "epoch":
                     writer.add_scalar(k, v, epoch)
-        if stopper.step(epoch, val["loss"]):
-            save_checkpoint(out / "weights" / "best.pt", model, config, epoch, {"val": val})
-        log.info("epoch %d: train %.4f val %.4f steer MAE %.4f", epoch, train_loss, val["loss"], val["mae"]["steer"])
+        if stopper.step(epoch, val["loss"]):   # the same decision on every rank: val is gathered
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            if info.is_main:
+                save_checkpoint(out / "weights" / "best.pt", model, config, epoch, {"val": val})
+        if info.is_main:
+            log.info("epoch %d: train %.4f val %.4f steer MAE %.4f", epoch, train_loss, val["loss"],
+                     val["mae"]["steer"])
         if stopper.should_stop:
-            log.info("early stop at epoch %d (best %d)", epoch, stopper.best_epoch)
+            if info.is_main:
+                log.info("early stop at epoch %d (best %d)", epoch, stopper.best_epoch)
             break
     if writer is not None:
         writer.close()
-    best, _ = _load_best(out / "weights" / "best.pt", device)
+    if best_state is None:
+        raise FloatingPointError("the validation loss was never finite; lower --lr")
+    model.load_state_dict(best_state)
     metrics = {"subset": cfg.subset, "arch": cfg.arch, "best_epoch": stopper.best_epoch, "frames": counts,
-               **{name: regression_metrics(predict(best, d, spec.mean, spec.std, device), d.pt.controls, d.pt.command)
+               "world_size": info.world_size,
+               **{name: regression_metrics(predict(model, d, spec.mean, spec.std, device, info=info), d.pt.controls,
+                                           d.pt.command)
                   for name, d in data.items() if len(d.pt)}}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _write_history(out / "history.csv", history)
-    plot_history(history, out / "curves.png")
+    if info.is_main:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        _write_history(out / "history.csv", history)
+        plot_history(history, out / "curves.png")
     return PolicyTrainResult(out, metrics, history)
 
 
@@ -365,7 +446,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--weights", default=d.weights, choices=("none", "imagenet"), help="backbone initialisation")
     p.add_argument("--input-hw", default=None, help="input HEIGHTxWIDTH (default: the backbone's, 66x200 for pilotnet)")
     for name in ("epochs", "patience", "batch_size", "hidden", "max_steps_per_epoch", "seed"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=name.replace("_", " "))
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
+                       help="batch size per process (under torchrun the step sees N times it)" if name == "batch_size"
+                       else name.replace("_", " "))
     for name in ("lr", "weight_decay", "dropout", "val_split", "hflip_prob", "jitter"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name), help=name.replace("_", " "))
     p.add_argument("--val-towns", nargs="*", default=[], metavar="TOWN", help="towns held out for validation")
@@ -388,10 +471,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+DAGGER_NEEDS_ONE_PROCESS = ("--dagger drives the simulator in one process and cannot run under torchrun; "
+                            "train with torchrun without --dagger, or run --dagger without torchrun")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     names = {f.name for f in fields(PolicyTrainConfig)}
+    if args.dagger and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        if rank == 0:   # every rank refuses; one line says why
+            print(f"error: {DAGGER_NEEDS_ONE_PROCESS}", file=sys.stderr)
+        return 2
     try:
         cfg = PolicyTrainConfig(**{k: v for k, v in vars(args).items() if k in names})
         result = train_policy(cfg)
@@ -401,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, DatasetError, ContractError, FileNotFoundError, PermissionError, CarlaConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if rank != 0:
+        return 0
     val = result.metrics.get("val", {})
     print(f"{cfg.subset}: best epoch {result.metrics['best_epoch']}, val steer MAE {val['mae']['steer']:.4f} -> "
           f"{result.out / 'weights' / 'best.pt'}")
