@@ -351,6 +351,7 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    from perception.policy_runtime import POLICY_BACKENDS
     d = StudyConfig.__dataclass_fields__
     p = argparse.ArgumentParser(description="MoE-vs-monolithic driving study on held-out towns (run / merge)",
                                 add_help=add_help)
@@ -364,7 +365,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     for name in ("classifier", "curve", "straight", "monolithic"):
         r.add_argument("--" + name, default=None, help=f"{name} model (.pt/.onnx)" if name == "classifier"
                        else f"{name} policy checkpoint (training.train_policy best.pt)")
-    r.add_argument("--policy-backend", default="onnxruntime", choices=("onnxruntime", "torch"),
+    r.add_argument("--policy-backend", default="onnxruntime", choices=POLICY_BACKENDS,
                    help="runtime of the vision experts")
     r.add_argument("--backend", default="auto", help="classifier backend (perception)")
     r.add_argument("--route-length", dest="route_length_m", type=float, default=d["route_length_m"].default,
