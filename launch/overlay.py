@@ -65,6 +65,8 @@ class HudState:
     yaw: float = 0.0
     recording: bool = False
     paused: bool = False
+    infractions: dict[str, int] = field(default_factory=dict)  # kind -> count (carla_client.infractions)
+    penalty: float = 1.0   # the Leaderboard's product of penalty factors so far
 
 
 def _fmt(v: float | None, spec: str, none: str = "--") -> str:
@@ -153,7 +155,7 @@ class Overlay:
         self.font_scale = 0.5 * self.scale
         self.thick = 1
         self.margin = max(2, int(8 * self.scale))
-        self.panel_h = min(self.height, self.margin * 2 + self.line_h * 15)
+        self.panel_h = min(self.height, self.margin * 2 + self.line_h * 16)
 
     def _text(self, img, text, row, x_off=0, color="text"):
         y = self.margin + self.line_h * (row + 1) - int(self.line_h * 0.3)
@@ -217,6 +219,10 @@ class Overlay:
         self._text(frame, f"infer p50 {_fmt(s.infer_p50_ms, '.1f')} p99 {_fmt(s.infer_p99_ms, '.1f')} ms", 12)
         self._text(frame, f"{s.town}  {s.weather}", 13, color="dim")
         self._text(frame, f"t {s.sim_time:7.2f} s" + ("  PAUSED" if s.paused else ""), 14, color="dim")
+        collisions = sum(v for k, v in s.infractions.items() if k.startswith("collision"))
+        red = s.infractions.get("red_light", 0)
+        self._text(frame, f"collisions {collisions}  red lights {red}  x{s.penalty:.2f}", 15,
+                   color="bad" if collisions or red else "dim")
         if self.minimap is not None and s.x is not None and s.y is not None:
             mm = self.minimap.render(s.x, s.y, s.yaw)
             side = min(int(mm.shape[0] * self.scale), self.height - 2 * self.margin, self.width // 3)
