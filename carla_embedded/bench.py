@@ -11,6 +11,11 @@ wall time in ms. ``default`` is what a user's script gets: the process unpinned,
 as the simulator sets them (:mod:`carla_embedded.threads`). ``pinned`` (``--cores N``, default 1)
 pins the process to N CPUs and OpenCV to N threads. The two are timed in alternating blocks in
 one run, so a busy machine hits both alike, and the ratio default/pinned is printed.
+
+The traffic case (``--traffic``, default 30 vehicles + 10 walkers in Town03, with its traffic lights)
+is issue 12's rig: one RGB and one semantic camera at the same hood mount, at the first ``--res``. It is
+timed beside the same rig in the same town without traffic, both configurations, in alternating blocks;
+the last line compares its one-core median with the target (8 ms).
 """
 from __future__ import annotations
 
@@ -131,9 +136,9 @@ def sync_world(town: str, seed: int = 0, delta_seconds: float = 0.05):
     return client, world
 
 
-def _listening_camera(world, vehicle, width: int, height: int, fov: float):
-    """(camera, frame ids it delivered): an RGB camera at CARLA's hood mount, listening."""
-    bp = world.get_blueprint_library().find("sensor.camera.rgb")
+def _listening_camera(world, vehicle, width: int, height: int, fov: float, blueprint: str = "sensor.camera.rgb"):
+    """(camera, frame ids it delivered): a camera (RGB by default) at CARLA's hood mount, listening."""
+    bp = world.get_blueprint_library().find(blueprint)
     bp.set_attribute("image_size_x", str(width))
     bp.set_attribute("image_size_y", str(height))
     bp.set_attribute("fov", str(fov))
@@ -216,8 +221,13 @@ def run_bench(config: BenchConfig, configs: _Configs | None = None) -> list[Benc
     return results
 
 
+TRAFFIC_CAMERAS = ("rgb", "semantic")       # the issue's rig: one RGB and one semantic camera, same mount
+TARGET_MS = 8.0                             # issue 12: traffic tick median on one core
+
+
 def _traffic_world(config: BenchConfig, vehicles: int, walkers: int):
-    """(world, ego, camera, frames) in ``config.traffic_town`` with NPCs spawned as generate_traffic does."""
+    """(world, ego, [(camera, frames)] per ``TRAFFIC_CAMERAS``) in ``config.traffic_town`` with NPCs
+    spawned as generate_traffic does."""
     client, world = sync_world(config.traffic_town, config.seed)
     library = world.get_blueprint_library()
     points = world.get_map().get_spawn_points()
@@ -243,31 +253,41 @@ def _traffic_world(config: BenchConfig, vehicles: int, walkers: int):
             controller.start()
             controller.go_to_location(world.get_random_location_from_navigation())
     width, height = config.resolutions[0]
-    camera, frames = _listening_camera(world, ego, width, height, config.fov)
-    return world, ego, camera, frames
+    blueprints = {"rgb": "sensor.camera.rgb", "semantic": "sensor.camera.semantic_segmentation"}
+    cameras = [_listening_camera(world, ego, width, height, config.fov, blueprints[name]) for name in TRAFFIC_CAMERAS]
+    return world, ego, cameras
 
 
-def run_traffic_bench(config: BenchConfig) -> list[BenchResult]:
-    """The camera case without and with traffic in ``traffic_town``, interleaved in blocks."""
+def run_traffic_bench(config: BenchConfig, configs: _Configs | None = None) -> list[BenchResult]:
+    """The issue's camera rig (``TRAFFIC_CAMERAS``) without and with traffic in ``traffic_town``: blocks of
+    ``config.block`` ticks alternate over both worlds and every configuration, so load hits all alike."""
+    configs = configs or _Configs(config.cores)
     vehicles, walkers = config.traffic
     width, height = config.resolutions[0]
     cases = {"no traffic": _traffic_world(config, 0, 0), "traffic": _traffic_world(config, vehicles, walkers)}
-    for world, ego, _, _ in cases.values():
+    for world, ego, _ in cases.values():
         _timed_ticks(world, ego, 0, config.warmup)
-    times = {name: [] for name in cases}
+    times = {(case, name): [] for case in cases for name in configs.names}
+    rounds = 0
     while min(len(t) for t in times.values()) < config.ticks:
-        for name, (world, ego, _, _) in cases.items():
-            times[name].extend(_timed_ticks(world, ego, config.block, 0))
-    label = f"{width}x{height}"
+        for name in (configs.names if rounds % 2 == 0 else configs.names[::-1]):
+            configs.apply(name)
+            for case, (world, ego, _) in cases.items():
+                times[(case, name)].extend(_timed_ticks(world, ego, config.block, 0))
+        rounds += 1
+    configs.apply("default")
+    label = f"{width}x{height} {'+'.join(TRAFFIC_CAMERAS)}"
     results = []
-    for name, (world, ego, camera, frames) in cases.items():
-        t = np.array(times[name][:config.ticks])
-        camera.stop()
-        if not frames:
-            raise RuntimeError(f"camera delivered no images in the {name} case")
-        detail = f" {vehicles}v+{walkers}w" if name == "traffic" else ""
-        results.append(BenchResult(f"{config.traffic_town} {label} {name}{detail}", config.ticks,
-                                   float(np.median(t)), float(np.percentile(t, 99))))
+    for case, (world, ego, cameras) in cases.items():
+        for camera, frames in cameras:
+            camera.stop()
+            if not frames:
+                raise RuntimeError(f"{camera.type_id} delivered no images in the {case} case")
+        detail = f" {vehicles}v+{walkers}w" if case == "traffic" else ""
+        for name in configs.names:
+            t = np.array(times[(case, name)][:config.ticks])
+            results.append(BenchResult(f"{config.traffic_town} {label} {case}{detail}", config.ticks,
+                                       float(np.median(t)), float(np.percentile(t, 99)), name))
     return results
 
 
@@ -298,9 +318,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--blocks", type=int, default=4,
                         help="alternating blocks per configuration (default: 4)")
     parser.add_argument("--traffic", default="30,10",
-                        help="traffic case (default configuration): N vehicles,M walkers with lights and the first "
-                             "--res camera, interleaved with the same camera without traffic; 0,0 skips it "
-                             "(default: 30,10)")
+                        help="traffic case: N vehicles,M walkers with lights and an RGB + semantic camera at the "
+                             "first --res, interleaved with the same cameras without traffic, in every configuration; "
+                             "0,0 skips it (default: 30,10)")
     parser.add_argument("--traffic-town", default="Town03", help="town of the traffic case (default: Town03)")
     return parser
 
@@ -334,7 +354,7 @@ def main(argv=None) -> None:
         results = run_bench(config, configs)
         if sum(config.traffic):
             configs.apply("default")
-            results += run_traffic_bench(config)
+            results += run_traffic_bench(config, configs)
     except TownNotFoundError as exc:
         parser.exit(2, f"error: {exc}\n")
     print(f"carla_embedded tick time, {config.town}, {config.ticks} ticks per case and configuration, "
@@ -352,6 +372,14 @@ def main(argv=None) -> None:
             print(f"{case}: default / {configs.names[1]} median = {default.median_ms / pinned.median_ms:.2f}x "
                   f"(target <= 1.2x)")
 
+    traffic = {r.config: r for r in results if r.case.endswith(f"{config.traffic[0]}v+{config.traffic[1]}w")}
+    if traffic:
+        one_core = traffic.get("pinned 1") or traffic["default"]
+        calm = next(r for r in results if r.case.endswith(" no traffic") and r.config == one_core.config)
+        verdict = "met" if one_core.median_ms <= TARGET_MS else "NOT met"
+        print(f"target (issue 12): {config.traffic_town}, {config.traffic[0]} vehicles + {config.traffic[1]} walkers, "
+              f"lights, {' + '.join(TRAFFIC_CAMERAS)} camera: tick median <= {TARGET_MS:g} ms on one core; "
+              f"{one_core.config}: {one_core.median_ms:.2f} ms ({verdict}), no traffic {calm.median_ms:.2f} ms")
 
 if __name__ == "__main__":
     main()
