@@ -307,10 +307,13 @@ class Renderer:
             del puddle
         if light.lamps_on:
             self._paint_lamp_pools(lit)
-        levels = [(lit, 1)]
-        for k in _LEVELS[1:]:
-            h, w = lit.shape[:2]
-            levels.append((cv2.resize(lit, (max(1, w // k), max(1, h // k)), interpolation=cv2.INTER_AREA), k))
+        # Kept as BGRA: OpenCV's bilinear warp of 4-channel uint8 is vectorised, of 3-channel it is not
+        # (Town03's near band: 0.95 vs 3.0 ms); the unused alpha costs a third more memory.
+        h, w = lit.shape[:2]
+        levels = [(cv2.resize(lit, (max(1, w // k), max(1, h // k)), interpolation=cv2.INTER_AREA), k)
+                  for k in _LEVELS[1:]]
+        levels = [(cv2.cvtColor(img, cv2.COLOR_BGR2BGRA), k) for img, k in [(lit, 1)] + levels]
+        del lit
         ground = np.array(self.raster.image.reshape(-1, 3)[:: 997].mean(axis=0), np.float64)
         border = tuple(float(v) for v in np.clip(light.colour_matrix @ ground, 0, 255))
         pano = self._sky_panorama(light)
@@ -477,9 +480,9 @@ class Renderer:
             kr = np.array([[1 / res, 0, -x0 / res], [0, 1 / res, -y0 / res], [0, 0, 1.0]])
             shift = np.array([[1.0, 0, 0], [0, 1.0, r0], [0, 0, 1.0]])
             hm = kr @ world_h @ shift
-            cv2.warpPerspective(img, hm, (width, r1 - r0), dst=out[r0:r1],
-                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=look.border)
+            band = cv2.warpPerspective(img, hm, (width, r1 - r0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                       borderMode=cv2.BORDER_CONSTANT, borderValue=look.border + (255.0,))
+            cv2.cvtColor(band, cv2.COLOR_BGRA2BGR, dst=out[r0:r1])
         # Fog / haze / night darkness, in bands of nearly equal weight.
         alpha, beta = look.lighting.row_blend(dist[v_ground:])
         qa = np.round(alpha * 40.0)
