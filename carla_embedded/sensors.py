@@ -48,7 +48,7 @@ import numpy as np
 
 import carla
 
-from .actors import Actor, Image, RgbCamera as _BaseCamera, Sensor
+from .actors import Actor, Image, RgbCamera as _BaseCamera, Sensor, Vehicle
 from .blueprints import ActorAttribute, ActorBlueprint
 from .errors import UnsupportedFeatureError
 from .render import ExtraBoxes, _GROUND_MAX_DIST, _cam_to_uv, _clip_near, _to_camera, focal_length, rotation_matrix
@@ -132,7 +132,7 @@ class ActorBoxes:
     """Other actors as oriented boxes (a car: body and cabin, so one actor may own several):
     ``corners`` (N,8,3) world corners with z relative to the actor's ground (z = 0 where it stands),
     ``normals`` (N,5,3), ``tags`` (N,), ``colour`` (N,3) BGR, ``dynamic`` (N,) vehicles and walkers,
-    ``actors`` the owning actor of each box."""
+    ``actors`` the owning actor of each box, ``ids`` (N,) their ids."""
 
     actors: list
     corners: np.ndarray
@@ -140,16 +140,25 @@ class ActorBoxes:
     tags: np.ndarray
     colour: np.ndarray
     dynamic: np.ndarray
+    ids: np.ndarray = None
+
+    def __post_init__(self):
+        if self.ids is None:
+            self.ids = np.array([a.id for a in self.actors], np.int64)
+        self._draw = None
 
     def draw_boxes(self) -> ExtraBoxes:
-        colour = np.repeat(self.colour[:, None, :], 5, axis=1)
-        colour[:, 4] *= 0.8                                      # roofs a little darker than the sides
-        return ExtraBoxes(self.corners, self.normals, colour)
+        """The boxes as the renderer draws them (built once: every RGB camera of the frame shares them)."""
+        if self._draw is None:
+            colour = np.repeat(self.colour[:, None, :], 5, axis=1)
+            colour[:, 4] *= 0.8                                      # roofs a little darker than the sides
+            self._draw = ExtraBoxes(self.corners, self.normals, colour)
+        return self._draw
 
     def select(self, mask: np.ndarray) -> "ActorBoxes":
         idx = np.nonzero(mask)[0]
         return ActorBoxes([self.actors[i] for i in idx], self.corners[idx], self.normals[idx], self.tags[idx],
-                          self.colour[idx], self.dynamic[idx])
+                          self.colour[idx], self.dynamic[idx], self.ids[idx])
 
 
 def _local_corners(extent, centre, z0: float = 0.0) -> np.ndarray:
@@ -213,51 +222,64 @@ def actor_boxes(world, exclude=()) -> ActorBoxes:
     key = (world._frame, world._elapsed, len(world._actors))
     cached = world.__dict__.get("_sensor_actor_boxes")
     if cached is None or cached[0] != key:
-        cached = (key, _build_actor_boxes(world))
+        cached = (key, _build_actor_boxes(world), {})
         world.__dict__["_sensor_actor_boxes"] = cached
-    boxes = cached[1]
-    skip = {a.id for a in exclude if a is not None}
-    if skip and len(boxes.actors):
-        boxes = boxes.select(np.array([a.id not in skip for a in boxes.actors], bool))
-    return boxes
+    boxes, selections = cached[1], cached[2]
+    skip = tuple(sorted({a.id for a in exclude if a is not None}))
+    if not skip or not len(boxes.actors):
+        return boxes
+    if skip not in selections:                    # the cameras of one rig share their selection
+        selections[skip] = boxes.select(~np.isin(boxes.ids, skip))
+    return selections[skip]
 
 
-def _build_actor_boxes(world) -> ActorBoxes:
-    """Per actor only reads its state; the corners of every part are computed at once."""
-    owners, params, poses, tags, dynamic = [], [], [], [], []
-    for actor in list(world._actors.values()):
-        if not actor.is_alive:
-            continue
-        category = _category(actor.type_id)
-        if category is None:
-            continue
-        bbox = actor.bounding_box
-        extent = (bbox.extent.x, bbox.extent.y, bbox.extent.z)
-        centre = (bbox.location.x, bbox.location.y)
-        if min(extent) <= 0.0:
-            default = _DEFAULT_EXTENT.get(category)
-            if default is None:
-                continue
-            extent, centre = default, (0.0, 0.0)
-        attributes = actor.attributes
-        if category == "vehicle":
-            tag = _BASE_TYPE_TAG.get(str(attributes.get("base_type", "car")).lower(), TAG_CAR)
-        else:
-            tag = {"walker": TAG_PEDESTRIANS, "traffic_light": TAG_TRAFFIC_LIGHT, "traffic": TAG_TRAFFIC_SIGNS,
-                   "static": TAG_STATIC}[category]
-        t = actor.get_transform()
-        pose = (t.location.x, t.location.y, math.radians(t.rotation.yaw))
-        for part in _parts(category, extent, centre, _colour(attributes, category)):
-            owners.append(actor)
-            params.append(part)
-            poses.append(pose)
-            tags.append(tag)
-            dynamic.append(category in ("vehicle", "walker"))
-    if not owners:
-        return ActorBoxes([], np.zeros((0, 8, 3)), np.zeros((0, 5, 3)), np.zeros(0, np.uint8), np.zeros((0, 3)),
-                          np.zeros(0, bool))
-    size = np.array([q[:6] for q in params], np.float64)                 # ex, ey, ez, x, y, z0
-    pose = np.array(poses, np.float64)
+@dataclass
+class _BoxSpec:
+    """What an actor is drawn with, fixed at spawn (type, bounding box, attributes): its parts as
+    (ex, ey, ez, x, y, z0) rows in its frame, their colours, its tag and whether it moves by itself."""
+
+    parts: np.ndarray
+    colours: list
+    tag: int
+    moving: bool
+
+
+def _box_spec(actor) -> _BoxSpec | None:
+    category = _category(actor.type_id)
+    if category is None:
+        return None
+    bbox = actor.bounding_box
+    extent = (bbox.extent.x, bbox.extent.y, bbox.extent.z)
+    centre = (bbox.location.x, bbox.location.y)
+    if min(extent) <= 0.0:
+        default = _DEFAULT_EXTENT.get(category)
+        if default is None:
+            return None
+        extent, centre = default, (0.0, 0.0)
+    attributes = actor.attributes
+    if category == "vehicle":
+        tag = _BASE_TYPE_TAG.get(str(attributes.get("base_type", "car")).lower(), TAG_CAR)
+    else:
+        tag = {"walker": TAG_PEDESTRIANS, "traffic_light": TAG_TRAFFIC_LIGHT, "traffic": TAG_TRAFFIC_SIGNS,
+               "static": TAG_STATIC}[category]
+    parts = _parts(category, extent, centre, _colour(attributes, category))
+    return _BoxSpec(np.array([q[:6] for q in parts], np.float64), [q[6] for q in parts], tag,
+                    category in ("vehicle", "walker"))
+
+
+def _ground_pose(actor) -> tuple:
+    """(x, y, yaw deg) of an actor as ``get_transform()`` reports them (carla keeps float32), without
+    building the transform for the cars, whose pose is plain numbers."""
+    if isinstance(actor, Vehicle):
+        s = actor._state
+        return s.x, s.y, s.yaw
+    t = actor._transform if actor._parent is None else actor.get_transform()
+    return t.location.x, t.location.y, t.rotation.yaw
+
+
+def _yaw_boxes(size: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World corners (P,8,3) and face normals (P,5,3) of parts ``size`` (P,6: ex, ey, ez, x, y, z0 in the
+    actor's frame) at ``pose`` (P,3: x, y, yaw rad), all at once."""
     lx = _UNIT[None, :, 0] * size[:, None, 0] + size[:, None, 3]          # (P,8) in the actor's frame
     ly = _UNIT[None, :, 1] * size[:, None, 1] + size[:, None, 4]
     lz = size[:, None, 5] + (_UNIT[None, :, 2] + 1.0) * size[:, None, 2]
@@ -266,8 +288,78 @@ def _build_actor_boxes(world) -> ActorBoxes:
     n = _LOCAL_NORMALS[None]                                             # yaw-only rotation of the normals
     normals = np.stack([c * n[..., 0] - s * n[..., 1], s * n[..., 0] + c * n[..., 1],
                         np.broadcast_to(n[..., 2], c.shape[:1] + (5,))], axis=-1)
-    return ActorBoxes(owners, corners, normals, np.array(tags, np.uint8),
-                      np.array([q[6] for q in params], np.float64), np.array(dynamic, bool))
+    return corners, normals
+
+
+def _build_actor_boxes(world) -> ActorBoxes:
+    """Each actor's parts are worked out once (``_BoxSpec``, kept per actor id); the boxes of actors
+    that do not move by themselves (Town03: ~100 traffic lights) are kept while the set of actors and
+    their transforms stay the same, and only the cars', walkers' and attached actors' are recomputed."""
+    specs = world.__dict__.setdefault("_sensor_box_specs", {})
+    if len(specs) > 2 * len(world._actors) + 64:                          # forget destroyed actors
+        for actor_id in set(specs) - set(world._actors):
+            del specs[actor_id]
+    shown, moving, still = [], [], []
+    for actor in list(world._actors.values()):
+        spec = specs.get(actor._id, _NO_SPEC)
+        if spec is _NO_SPEC:
+            spec = specs[actor._id] = _box_spec(actor)
+        if spec is None or not actor.is_alive:
+            continue
+        shown.append(actor)
+        if spec.moving or actor._parent is not None:
+            moving.append(actor)
+        else:
+            still.append(actor._transform)      # set_transform replaces it: equal (mostly the same object)
+    key = (tuple(a._id for a in shown), tuple(a._id for a in moving), tuple(still))
+    layout = world.__dict__.get("_sensor_box_layout")
+    if layout is None or layout[0] != key:
+        layout = (key, _box_layout(shown, [specs[a._id] for a in shown], {a._id for a in moving}))
+        world.__dict__["_sensor_box_layout"] = layout
+    boxes, rows, size, owner_of_part = layout[1]
+    if not moving:
+        return boxes
+    pose = np.array([_ground_pose(a) for a in moving], np.float32).astype(np.float64)[owner_of_part]
+    pose[:, 2] = np.radians(pose[:, 2])
+    corners, normals = boxes.corners.copy(), boxes.normals.copy()
+    corners[rows], normals[rows] = _yaw_boxes(size, pose)
+    return ActorBoxes(boxes.actors, corners, normals, boxes.tags, boxes.colour, boxes.dynamic, boxes.ids)
+
+
+_NO_SPEC = object()
+
+
+def _box_layout(shown: list, specs: list, moving_ids: set):
+    """(boxes with the still actors' corners filled in, rows of the moving actors' parts, their sizes,
+    index of each such part's actor among the moving ones)."""
+    owners, sizes, colours, tags, dynamic, is_moving = [], [], [], [], [], []
+    for actor, spec in zip(shown, specs):
+        owners += [actor] * len(spec.parts)
+        sizes.append(spec.parts)
+        colours += spec.colours
+        tags += [spec.tag] * len(spec.parts)
+        dynamic += [spec.moving] * len(spec.parts)
+        is_moving += [actor._id in moving_ids] * len(spec.parts)
+    if not owners:
+        empty = ActorBoxes([], np.zeros((0, 8, 3)), np.zeros((0, 5, 3)), np.zeros(0, np.uint8), np.zeros((0, 3)),
+                           np.zeros(0, bool))
+        return empty, np.zeros(0, np.int64), np.zeros((0, 6)), np.zeros(0, np.int64)
+    size = np.concatenate(sizes)
+    is_moving = np.array(is_moving, bool)
+    corners, normals = np.zeros((len(owners), 8, 3)), np.zeros((len(owners), 5, 3))
+    still = np.nonzero(~is_moving)[0]
+    if len(still):
+        pose = np.array([_ground_pose(owners[i]) for i in still], np.float32).astype(np.float64)
+        pose[:, 2] = np.radians(pose[:, 2])
+        corners[still], normals[still] = _yaw_boxes(size[still], pose)
+    rows = np.nonzero(is_moving)[0]
+    moving_index = {}
+    for i in rows:
+        moving_index.setdefault(owners[i]._id, len(moving_index))
+    owner_of_part = np.array([moving_index[owners[i]._id] for i in rows], np.int64)
+    boxes = ActorBoxes(owners, corners, normals, np.array(tags, np.uint8), np.array(colours, np.float64),
+                       np.array(dynamic, bool))
+    return boxes, rows, size[rows], owner_of_part
 
 
 def _sees_parent(sensor) -> bool:
