@@ -51,7 +51,7 @@ import carla
 from .actors import Actor, Image, RgbCamera as _BaseCamera, Sensor, Vehicle
 from .blueprints import ActorAttribute, ActorBlueprint
 from .errors import UnsupportedFeatureError
-from .render import ExtraBoxes, _GROUND_MAX_DIST, _cam_to_uv, _clip_near, _to_camera, focal_length, rotation_matrix
+from .render import ExtraBoxes, _cam_to_uv, _clip_near, focal_length, rotation_matrix
 from .raster import Material
 from .scenery import BOX_FACES, KIND_BUILDING, KIND_LAMP_HEAD, KIND_POLE, KIND_TRUNK
 
@@ -411,36 +411,23 @@ def render_labels(renderer, boxes: ActorBoxes, camera_transform: carla.Transform
 
 
 def _labels_unrolled(renderer, boxes, origin, pitch, yaw, width, height, f, need_depth):
-    rot = rotation_matrix(pitch, yaw, 0.0)
-    fwd, right, up = rot[:, 0], rot[:, 1], rot[:, 2]
-    cx, cy = width / 2.0, height / 2.0
-    zg = renderer._ground_z(origin)
-    cam_h = max(origin[2] - zg, 0.05)
-    rows = np.arange(height, dtype=np.float64)
-    yv = -(rows - cy) / f
-    dir_z = fwd[2] + yv * up[2]
-    with np.errstate(divide="ignore"):
-        planar = np.where(dir_z < -1e-9, cam_h / -np.minimum(dir_z, -1e-9), np.inf)
-    dist = planar * np.sqrt(1.0 + yv * yv)                      # as the RGB renderer's ground rows
-    ground_rows = np.nonzero(dist < _GROUND_MAX_DIST)[0]
-    v_ground = int(ground_rows[0]) if len(ground_rows) else height
-
+    view = renderer.view(origin, pitch, yaw, width, height, f)       # shared with the RGB camera of the rig
+    v_ground, cx, cy = view.v_ground, view.cx, view.cy
     tags = np.empty((height, width), np.uint8)
     tags[:v_ground] = TAG_SKY
     if v_ground < height:
         r = renderer.raster
-        a = np.column_stack([right / f, -up / f, fwd - right * (cx / f) + up * (cy / f)])
-        g = np.array([[cam_h, 0.0, -origin[0]], [0.0, cam_h, -origin[1]], [0.0, 0.0, -1.0]])
         kr = np.array([[1 / r.resolution, 0, -r.x0 / r.resolution], [0, 1 / r.resolution, -r.y0 / r.resolution],
                        [0, 0, 1.0]])
         shift = np.array([[1.0, 0, 0], [0, 1.0, v_ground], [0, 0, 1.0]])
-        cv2.warpPerspective(_tag_raster(renderer), kr @ (g @ a) @ shift, (width, height - v_ground),
+        cv2.warpPerspective(_tag_raster(renderer), kr @ view.world_h @ shift, (width, height - v_ground),
                             dst=tags[v_ground:], flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=TAG_TERRAIN)
-    faces = _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width)
+    faces = _faces(renderer, view, boxes, need_depth)
     if not need_depth:
+        fill = cv2.fillConvexPoly
         for _, poly, tag, _ in faces:
-            cv2.fillConvexPoly(tags, poly, tag, cv2.LINE_8, 3)
+            fill(tags, poly, tag, cv2.LINE_8, 3)
         return tags, None, None
     # Depth: paint face ids (0 = ground/sky), then look up each pixel's face tag and plane at once.
     ids = np.zeros((height, width), np.int32)
@@ -449,7 +436,7 @@ def _labels_unrolled(renderer, boxes, origin, pitch, yaw, width, height, f, need
     for i, (_, poly, tag, plane) in enumerate(faces, start=1):
         cv2.fillConvexPoly(ids, poly, i, cv2.LINE_8, 3)
         planes[i], face_tags[i] = plane, tag
-    ground_depth = np.minimum(planar, DEPTH_FAR_M).astype(np.float32)
+    ground_depth = np.minimum(view.planar, DEPTH_FAR_M).astype(np.float32)
     ground_depth[:v_ground] = DEPTH_FAR_M
     depth = np.empty((height, width), np.float32)
     depth[:] = ground_depth[:, None]
@@ -509,93 +496,83 @@ _CIRCLE = np.stack([np.cos(np.linspace(0, 2 * np.pi, 16, endpoint=False)),
                     np.sin(np.linspace(0, 2 * np.pi, 16, endpoint=False))], axis=1)
 
 
-def _append_flat(faces: list, dist, polys, z, ids) -> None:
+def _append_flat(faces: list, dist, polys, z, ids, need_depth: bool) -> None:
     """Vegetation drawn as flat shapes at one depth ``z`` each (crowns, conifers)."""
+    if not need_depth:
+        faces.extend(zip(dist.tolist(), polys, [TAG_VEGETATION] * len(z), [None] * len(z)))
+        return
     planes = np.column_stack([1.0 / z, np.zeros_like(z), np.zeros_like(z), z, z, ids])
     faces.extend(zip(dist.tolist(), polys, [TAG_VEGETATION] * len(z), planes))
 
 
-def _faces(renderer, boxes, origin, zg, rot, cx, cy, f, width) -> list:
-    """Every visible face far to near: (distance, int32 polygon in 1/8 px, tag, (a, b, c, zmin, zmax)) with
-    1/depth = a + b (u - cx)/f - c (v - cy)/f within [zmin, zmax]. Culling and ordering as the RGB renderer's."""
-    sc = renderer.scenery
-    half_w = width / (2 * f)
-    dd = renderer.draw_distance
-    ground = np.array([0.0, 0.0, zg])
-    faces: list = []
-
-    def add_boxes(corners_rel, normals, box_tags, bias, centre_rel, radius, inst):
-        if not len(corners_rel):
-            return
-        centre = centre_rel + ground
-        cam = _to_camera(centre, origin, rot)
-        d = np.linalg.norm(centre - origin, axis=1)
-        sel = np.nonzero((d < dd + radius) & (cam[:, 0] > -radius) &
-                         (np.abs(cam[:, 1]) < cam[:, 0] * half_w + radius + 1))[0]
-        if not len(sel):
-            return
-        corners = corners_rel[sel] + ground
-        ccam = _to_camera(corners, origin, rot)                       # (n,8,3)
-        face_centres = corners[:, BOX_FACES].mean(axis=2)
-        visible = np.einsum("nfk,nfk->nf", normals[sel], origin - face_centres) > 0
-        fcam = ccam[:, BOX_FACES]                                     # (n,5,4,3)
-        n = np.cross(fcam[:, :, 1] - fcam[:, :, 0], fcam[:, :, 2] - fcam[:, :, 0])
-        k = np.einsum("nfk,nfk->nf", n, fcam[:, :, 0])
+def _box_faces(faces: list, p, box_tags, bias, inst, view, need_depth: bool) -> None:
+    """Append the faces of projected boxes ``p`` (see ``render.ProjectedBoxes``); with ``need_depth`` each
+    face's plane: (a, b, c, depth min, depth max, instance id) with 1/depth = a + b (u - cx)/f - c (v - cy)/f."""
+    sel = p.sel
+    if not len(sel):
+        return
+    dist = (p.d if bias is None else p.d + bias[sel]).tolist()
+    tag_list = box_tags[sel].tolist()
+    js, fis = p.flat
+    jc, fc = p.clipped
+    planes = clipped_planes = None
+    if need_depth:                              # planes of the faces painted only, all at once
+        rows, fidx = np.concatenate([js, jc]), np.concatenate([fis, fc])
+        fcam = p.ccam[rows[:, None], BOX_FACES[fidx]]                       # (m,4,3)
+        n = np.cross(fcam[:, 1] - fcam[:, 0], fcam[:, 2] - fcam[:, 0])
+        k = np.einsum("mk,mk->m", n, fcam[:, 0])
         with np.errstate(divide="ignore", invalid="ignore"):
-            plane = np.nan_to_num(n / k[..., None])
-        z_range = np.maximum(np.stack([fcam[..., 0].min(axis=2), fcam[..., 0].max(axis=2)], axis=-1), _NEAR)
-        ids = np.repeat(inst[sel].astype(np.float64)[:, None, None], 5, axis=1)
-        plane = np.concatenate([plane, z_range, ids], axis=-1)     # (n,5,6): a, b, c, depth min, max, instance
-        clipped = np.any(fcam[..., 0] <= _NEAR, axis=2)
-        polys = np.ascontiguousarray(np.round(np.clip(_cam_to_uv(fcam, f, cx, cy), -1e5, 1e5) * 8), np.int32)
-        dist = (d[sel] + bias[sel]).tolist()
-        tag_list = box_tags[sel].tolist()
-        js, fis = np.nonzero(visible & ~clipped)
-        for j, fi, poly, pl in zip(js.tolist(), fis.tolist(), polys[js, fis], plane[js, fis]):
-            faces.append((dist[j], poly, tag_list[j], pl))
-        for j, fi in zip(*(a.tolist() for a in np.nonzero(visible & clipped))):
-            poly = _clip_near(fcam[j, fi], _NEAR)
-            if len(poly) >= 3:
-                pts = np.round(np.clip(_cam_to_uv(poly, f, cx, cy), -1e5, 1e5) * 8).astype(np.int32)
-                faces.append((dist[j], pts, tag_list[j], plane[j, fi]))
+            plane = np.nan_to_num(n / k[:, None])
+        z_range = np.maximum(np.stack([fcam[..., 0].min(axis=1), fcam[..., 0].max(axis=1)], axis=-1), _NEAR)
+        ids = inst[sel][rows].astype(np.float64)[:, None]
+        planes = np.concatenate([plane, z_range, ids], axis=-1)             # (m,6)
+        planes, clipped_planes = planes[:len(js)], planes[len(js):]
+    js_list = js.tolist()
+    for i, (j, poly) in enumerate(zip(js_list, p.polys[js, fis])):
+        faces.append((dist[j], poly, tag_list[j], None if planes is None else planes[i]))
+    for i, (j, fi) in enumerate(zip(jc.tolist(), fc.tolist())):
+        poly = _clip_near(p.ccam[j, BOX_FACES[fi]], _NEAR)
+        if len(poly) >= 3:
+            pts = np.round(np.clip(_cam_to_uv(poly, view.f, view.cx, view.cy), -1e5, 1e5) * 8).astype(np.int32)
+            faces.append((dist[j], pts, tag_list[j], None if clipped_planes is None else clipped_planes[i]))
 
+
+def _faces(renderer, view, boxes, need_depth: bool = True) -> list:
+    """Every visible face far to near: (distance, int32 polygon in 1/8 px, tag, plane or None) with the plane
+    (a, b, c, zmin, zmax, instance) only ``need_depth``: 1/depth = a + b (u - cx)/f - c (v - cy)/f within
+    [zmin, zmax]. Culling, projection and order are the RGB renderer's (one ``view`` for both)."""
+    sc = renderer.scenery
+    f, cx, cy = view.f, view.cx, view.cy
+    faces: list = []
     if len(sc.box_kind):
         tags_, bias = _scenery_tags(renderer)
-        add_boxes(sc.box_corners, sc.box_normals, tags_, bias, sc.box_centre, sc.box_radius,
-                  _STATIC_IDS + np.arange(len(sc.box_kind)))
+        p = view.boxes(sc.box_corners, sc.box_centre, sc.box_face_centre, sc.box_normals, sc.box_radius)
+        _box_faces(faces, p, tags_, bias, _STATIC_IDS + np.arange(len(sc.box_kind)), view, need_depth)
     if len(boxes.corners):
-        add_boxes(boxes.corners, boxes.normals, boxes.tags, np.zeros(len(boxes.corners)), boxes.corners.mean(axis=1),
-                  np.linalg.norm(boxes.corners[:, 0] - boxes.corners[:, 6], axis=1) / 2,
-                  np.array([a.id for a in boxes.actors]) % 65536)
+        drawn = boxes.draw_boxes()                       # the RGB camera's ExtraBoxes of these boxes
+        p = view.boxes(drawn.corners, drawn.centre, drawn.face_centre, drawn.normals, drawn.radius)
+        _box_faces(faces, p, boxes.tags, None, boxes.ids % 65536, view, need_depth)
     if len(sc.sphere_radius):                                    # tree crowns: discs facing the camera
-        c = sc.sphere_centre + ground
-        cam = _to_camera(c, origin, rot)
-        d = np.linalg.norm(c - origin, axis=1)
-        rad = sc.sphere_radius
-        sel = np.nonzero((d < dd) & (cam[:, 0] > rad + _NEAR) & (np.abs(cam[:, 1]) < cam[:, 0] * half_w + rad))[0]
+        p = view.crowns(sc.sphere_centre, sc.sphere_radius)
+        sel = p.sel
         if len(sel):
-            uv = _cam_to_uv(cam[sel], f, cx, cy)
-            pr = f * rad[sel] / cam[sel, 0]
+            rad = sc.sphere_radius[sel]
+            uv = _cam_to_uv(p.cam, f, cx, cy)
+            pr = f * rad / p.cam[:, 0]
             discs = np.round((uv[:, None, :] + pr[:, None, None] * _CIRCLE) * 8)
             discs = np.ascontiguousarray(np.clip(discs, -8e5, 8e5), np.int32)
-            z = np.maximum(cam[sel, 0] - 0.5 * rad[sel], _NEAR)
-            _append_flat(faces, d[sel], discs, z, _CROWN_IDS + sel)
+            z = np.maximum(p.cam[:, 0] - 0.5 * rad, _NEAR)
+            _append_flat(faces, p.d, discs, z, _CROWN_IDS + sel, need_depth)
     if len(sc.cone_radius):                                      # conifers: triangles
-        b = sc.cone_base + ground
-        apex = b.copy()
-        apex[:, 2] += sc.cone_height
-        cam_b, cam_a = _to_camera(b, origin, rot), _to_camera(apex, origin, rot)
-        d = np.linalg.norm((b + apex) / 2 - origin, axis=1)
-        rad = sc.cone_radius
-        sel = np.nonzero((d < dd) & (cam_b[:, 0] > rad + _NEAR) & (cam_a[:, 0] > _NEAR) &
-                         (np.abs(cam_b[:, 1]) < cam_b[:, 0] * half_w + rad))[0]
+        p = view.cones(sc.cone_base, sc.cone_radius, sc.cone_height)
+        sel = p.sel
         if len(sel):
             side = np.zeros((len(sel), 3))
-            side[:, 1] = rad[sel]                                # camera coordinates: (depth, right, up)
-            tri = np.stack([cam_a[sel], cam_b[sel] - side, cam_b[sel] + side], axis=1)
+            side[:, 1] = sc.cone_radius[sel]                     # camera coordinates: (depth, right, up)
+            tri = np.stack([p.apex, p.cam - side, p.cam + side], axis=1)
             pts = np.ascontiguousarray(np.round(np.clip(_cam_to_uv(tri, f, cx, cy), -1e5, 1e5) * 8), np.int32)
-            z = np.maximum(cam_b[sel, 0], _NEAR)
-            _append_flat(faces, d[sel], pts, z, _CONE_IDS + sel)
+            z = np.maximum(p.cam[:, 0], _NEAR)
+            _append_flat(faces, p.d, pts, z, _CONE_IDS + sel, need_depth)
     faces.sort(key=lambda t: -t[0])
     return faces
 
