@@ -187,7 +187,7 @@ class _Look:
     lighting: Lighting
     levels: list  # (image, factor) per _LEVELS
     border: tuple
-    pano: np.ndarray
+    pano: np.ndarray  # BGRA
     glow: np.ndarray
     scenery: Optional[Scenery] = None  # the domain-randomised objects, when randomisation is on
 
@@ -279,18 +279,25 @@ class View:
             entry = self._cache[(kind, id(array))] = (array, build())
         return entry[1]
 
-    def boxes(self, corners, centre, face_centre, normals, radius) -> ProjectedBoxes:
-        """Boxes (z relative to the ground plane) seen by this view, see :class:`ProjectedBoxes`."""
+    def boxes(self, corners, centre, face_centre, normals, radius, static: bool = False) -> ProjectedBoxes:
+        """Boxes (z relative to the ground plane) seen by this view, see :class:`ProjectedBoxes`. ``static``:
+        the arrays never change (scenery), so only the boxes near the camera are looked at (``_nearby``)."""
         return self._cached("boxes", corners, lambda: self._project_boxes(corners, centre, face_centre, normals,
-                                                                            radius))
+                                                                            radius, static))
 
-    def _project_boxes(self, corners_all, centre_all, face_centre_all, normals_all, radius) -> ProjectedBoxes:
+    def _project_boxes(self, corners_all, centre_all, face_centre_all, normals_all, radius_all,
+                       static: bool) -> ProjectedBoxes:
         origin, rot, f, cx, cy = self.origin, self.rot, self.f, self.cx, self.cy
-        c = centre_all + self.ground
-        cam = _to_camera(c, origin, rot)
-        d = np.linalg.norm(c - origin, axis=1)
+        near = _nearby(centre_all, radius_all, origin, self.draw_distance) if static else None
+        centre, radius = (centre_all, radius_all) if near is None else (centre_all[near], radius_all[near])
+        rel = centre + self.ground - origin
+        cam = rel @ rot
+        d = np.sqrt(np.add.reduce(rel * rel, axis=1))                  # = np.linalg.norm(rel, axis=1)
         sel = np.nonzero((d < self.draw_distance + radius) & (cam[:, 0] > -radius) &
                          (np.abs(cam[:, 1]) < cam[:, 0] * self.half_w + radius + 1))[0]
+        d = d[sel]
+        if near is not None:
+            sel = near[sel]
         none = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         if not len(sel):
             return ProjectedBoxes(sel, np.zeros((0, 8, 3)), np.zeros((0, 5, 4, 2), np.int32), np.zeros(0), none, none)
@@ -304,32 +311,61 @@ class View:
         margin = 16
         on_image = ((hi[..., 0] >= -margin) & (lo[..., 0] <= self.width * 8 + margin) &
                     (hi[..., 1] >= -margin) & (lo[..., 1] <= self.height * 8 + margin))
-        return ProjectedBoxes(sel, ccam, polys, d[sel], np.nonzero(visible & ~clipped & on_image),
+        return ProjectedBoxes(sel, ccam, polys, d, np.nonzero(visible & ~clipped & on_image),
                               np.nonzero(visible & clipped))
 
-    def crowns(self, centre, radius) -> ProjectedPoints:
+    def crowns(self, centre_all, radius_all) -> ProjectedPoints:
         """Tree crowns (spheres, centre z relative to the ground) in front of the camera and in view."""
         def build():
-            c = centre + self.ground
+            near = _nearby(centre_all, radius_all, self.origin, self.draw_distance)
+            radius = radius_all[near]
+            c = centre_all[near] + self.ground
             cam = _to_camera(c, self.origin, self.rot)
             d = np.linalg.norm(c - self.origin, axis=1)
             sel = np.nonzero((d < self.draw_distance) & (cam[:, 0] > radius + _NEAR) &
                              (np.abs(cam[:, 1]) < cam[:, 0] * self.half_w + radius))[0]
-            return ProjectedPoints(sel, cam[sel], d[sel])
-        return self._cached("crowns", centre, build)
+            return ProjectedPoints(near[sel], cam[sel], d[sel])
+        return self._cached("crowns", centre_all, build)
 
-    def cones(self, base, radius, height) -> ProjectedPoints:
+    def cones(self, base_all, radius_all, height_all) -> ProjectedPoints:
         """Conifers (cones, base z relative to the ground) in front of the camera and in view."""
         def build():
-            b = base + self.ground
+            near = _nearby(base_all, radius_all + height_all, self.origin, self.draw_distance)
+            radius = radius_all[near]
+            b = base_all[near] + self.ground
             apex = b.copy()
-            apex[:, 2] += height
+            apex[:, 2] += height_all[near]
             cam_b, cam_a = _to_camera(b, self.origin, self.rot), _to_camera(apex, self.origin, self.rot)
             d = np.linalg.norm((b + apex) / 2 - self.origin, axis=1)
             sel = np.nonzero((d < self.draw_distance) & (cam_b[:, 0] > radius + _NEAR) & (cam_a[:, 0] > _NEAR) &
                              (np.abs(cam_b[:, 1]) < cam_b[:, 0] * self.half_w + radius))[0]
-            return ProjectedPoints(sel, cam_b[sel], d[sel], cam_a[sel])
-        return self._cached("cones", base, build)
+            return ProjectedPoints(near[sel], cam_b[sel], d[sel], cam_a[sel])
+        return self._cached("cones", base_all, build)
+
+
+_NEARBY_SLACK = 20.0       # m the camera may move before the scenery near it is looked up again
+_NEARBY: dict = {}
+
+
+def _nearby(centre: np.ndarray, reach_extra: np.ndarray, origin: np.ndarray, reach: float) -> np.ndarray:
+    """Indices (ascending) of the static items (scenery) that may lie within ``reach + reach_extra`` of
+    ``origin``: all those within that plus ``_NEARBY_SLACK`` (+1 m for rounding) in the plane of a point
+    the camera is within the slack of, so the result is a superset (triangle inequality; z only shortens
+    the plane distance). Town03's 1565 boxes: ~200 near a camera instead of all, each frame."""
+    entries = _NEARBY.setdefault(id(centre), [])
+    if entries and entries[0][0] is not centre:                # another array now has this id
+        entries.clear()
+    x, y = float(origin[0]), float(origin[1])
+    for _, rx, ry, r, idx in entries:
+        if r == reach and math.hypot(x - rx, y - ry) <= _NEARBY_SLACK:
+            return idx
+    d = np.hypot(centre[:, 0] - x, centre[:, 1] - y)
+    idx = np.nonzero(d < reach + reach_extra + _NEARBY_SLACK + 1.0)[0]
+    entries.insert(0, (centre, x, y, reach, idx))
+    del entries[4:]                                            # a few rigs far apart
+    if len(_NEARBY) > 64:
+        _NEARBY.clear()
+    return idx
 
 
 def _weather_key(w: carla.WeatherParameters) -> tuple:
@@ -439,9 +475,10 @@ class Renderer:
         border = tuple(float(v) for v in np.clip(light.colour_matrix @ ground, 0, 255))
         pano = self._sky_panorama(light)
         if appearance is not None:
-            return _Look(key, light, levels, border, np.ascontiguousarray(appearance.sky_panorama(pano)),
-                         self._glow_sprite(), appearance.scenery(self.scenery))
-        return _Look(key, light, levels, border, np.ascontiguousarray(pano), self._glow_sprite())
+            pano = appearance.sky_panorama(pano)
+        pano = cv2.cvtColor(np.ascontiguousarray(pano), cv2.COLOR_BGR2BGRA)   # 4 channels warp faster, as the ground
+        return _Look(key, light, levels, border, pano, self._glow_sprite(),
+                     appearance.scenery(self.scenery) if appearance is not None else None)
 
     def _material_mask(self, materials) -> np.ndarray:
         """uint8 mask (255 where the raster's material is one of ``materials``), built with one LUT."""
@@ -570,8 +607,9 @@ class Renderer:
         # elevation at row v ~ pitch + (cy - v)/f  ->  panorama row (90 - el)/dpp
         row0 = (90.0 - pitch) / dpp
         m = np.array([[k, 0.0, col0 - k * cx], [0.0, k, row0 - k * cy]])
-        cv2.warpAffine(look.pano, m, (width, dst.shape[0]), dst=dst, flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                       borderMode=cv2.BORDER_REPLICATE)
+        sky = cv2.warpAffine(look.pano, m, (width, dst.shape[0]), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_REPLICATE)
+        cv2.cvtColor(sky, cv2.COLOR_BGRA2BGR, dst=dst)
 
     def _draw_ground(self, out, view: View, look: _Look) -> None:
         height, width = out.shape[:2]
@@ -626,7 +664,8 @@ class Renderer:
 
         # ---- boxes: buildings, trunks, poles, lamp heads; then other actors
         if len(sc.box_kind):
-            p = view.boxes(sc.box_corners, sc.box_centre, sc.box_face_centre, sc.box_normals, sc.box_radius)
+            p = view.boxes(sc.box_corners, sc.box_centre, sc.box_face_centre, sc.box_normals, sc.box_radius,
+                           static=True)
             self._box_draws(draws, p, view, sc.box_normals, sc.box_colour, _trunk_bias(sc), light)
         if boxes is not None and len(boxes.corners):
             p = view.boxes(boxes.corners, boxes.centre, boxes.face_centre, boxes.normals, boxes.radius)

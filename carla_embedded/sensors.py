@@ -546,7 +546,8 @@ def _faces(renderer, view, boxes, need_depth: bool = True) -> list:
     faces: list = []
     if len(sc.box_kind):
         tags_, bias = _scenery_tags(renderer)
-        p = view.boxes(sc.box_corners, sc.box_centre, sc.box_face_centre, sc.box_normals, sc.box_radius)
+        p = view.boxes(sc.box_corners, sc.box_centre, sc.box_face_centre, sc.box_normals, sc.box_radius,
+                       static=True)
         _box_faces(faces, p, tags_, bias, _STATIC_IDS + np.arange(len(sc.box_kind)), view, need_depth)
     if len(boxes.corners):
         drawn = boxes.draw_boxes()                       # the RGB camera's ExtraBoxes of these boxes
