@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from dataclasses import dataclass
 from typing import Optional
 
@@ -37,6 +38,7 @@ from .scenery import BOX_FACES, KIND_TRUNK, Scenery, generate_scenery
 logger = logging.getLogger(__name__)
 
 _PANO_DEG_PER_PX = 0.2
+_FIRST = operator.itemgetter(0)   # painter's sort key: the distance
 _PANO_AZ_PAD = 200.0  # degrees of azimuth repeated on each side so any view fits without wrapping
 _PANO_EL_MIN = -30.0  # lowest elevation row of the panorama (below the horizon: haze)
 _GROUND_MAX_DIST = 1500.0
@@ -722,7 +724,7 @@ class Renderer:
                 size = np.clip(f * 9.0 / cam[sel, 0], 6, 200).astype(int)
                 for j in range(len(sel)):
                     draws.append((d[sel[j]] - 0.5, _blit_glow, (look.glow, uv[j], int(size[j]), float(vis[j]))))
-        draws.sort(key=lambda t: -t[0])
+        draws.sort(key=_FIRST, reverse=True)         # far to near; stable, as reverse keeps ties in order
         for _, func, args in draws:
             func(out, *args)
 

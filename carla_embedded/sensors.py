@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,7 @@ _TYPE = carla.ActorAttributeType
 GRAVITY = 9.81                     # m/s^2, what a resting IMU reads on its z axis (as CARLA)
 DEPTH_FAR_M = 1000.0               # CARLA's depth camera far plane
 _NEAR = 0.15
+_FIRST = operator.itemgetter(0)   # painter's sort key: the distance
 
 
 # ------------------------------------------------------------------------------------------
@@ -574,7 +576,7 @@ def _faces(renderer, view, boxes, need_depth: bool = True) -> list:
             pts = np.ascontiguousarray(np.round(np.clip(_cam_to_uv(tri, f, cx, cy), -1e5, 1e5) * 8), np.int32)
             z = np.maximum(p.cam[:, 0], _NEAR)
             _append_flat(faces, p.d, pts, z, _CONE_IDS + sel, need_depth)
-    faces.sort(key=lambda t: -t[0])
+    faces.sort(key=_FIRST, reverse=True)         # far to near; stable, as reverse keeps ties in order
     return faces
 
 

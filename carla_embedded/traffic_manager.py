@@ -433,8 +433,9 @@ class Autopilot:
         near &= ids[None, :] != own[:, None]
         near &= ~(ignored[:, 1:2] & ~is_walker[None, :]) & ~(ignored[:, 2:3] & is_walker[None, :])
         pairs = set()
-        for npc in npcs:
-            pairs |= {p for p in get_traffic_manager(None, npc.port)._no_collision_pairs if p[0] == npc.vehicle.id}
+        for port in {npc.port for npc in npcs}:                   # pairs whose first car is one of its cars
+            cars = {npc.vehicle.id for npc in npcs if npc.port == port}
+            pairs |= {p for p in get_traffic_manager(None, port)._no_collision_pairs if p[0] in cars}
         if pairs:
             index = {int(i): j for j, i in enumerate(ids)}
             rows = {npc.vehicle.id: r for r, npc in enumerate(npcs)}
