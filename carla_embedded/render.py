@@ -74,7 +74,10 @@ def _to_camera(points: np.ndarray, origin: np.ndarray, rot: np.ndarray) -> np.nd
 
 def _cam_to_uv(cam: np.ndarray, f: float, cx: float, cy: float) -> np.ndarray:
     depth = np.maximum(cam[..., 0], 1e-6)
-    return np.stack([cx + f * cam[..., 1] / depth, cy - f * cam[..., 2] / depth], axis=-1)
+    uv = np.empty(cam.shape[:-1] + (2,))            # filled in place: np.stack costs more than the maths here
+    uv[..., 0] = cx + f * cam[..., 1] / depth
+    uv[..., 1] = cy - f * cam[..., 2] / depth
+    return uv
 
 
 def project_points(points_world, camera_transform: carla.Transform, width: int, height: int,
