@@ -295,30 +295,29 @@ def _yaw_boxes(size: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def _build_actor_boxes(world) -> ActorBoxes:
     """Each actor's parts are worked out once (``_BoxSpec``, kept per actor id); the boxes of actors
-    that do not move by themselves (Town03: ~100 traffic lights) are kept while the set of actors and
-    their transforms stay the same, and only the cars', walkers' and attached actors' are recomputed."""
-    specs = world.__dict__.setdefault("_sensor_box_specs", {})
-    if len(specs) > 2 * len(world._actors) + 64:                          # forget destroyed actors
-        for actor_id in set(specs) - set(world._actors):
-            del specs[actor_id]
-    shown, moving, still = [], [], []
-    for actor in list(world._actors.values()):
-        spec = specs.get(actor._id, _NO_SPEC)
-        if spec is _NO_SPEC:
-            spec = specs[actor._id] = _box_spec(actor)
-        if spec is None or not actor.is_alive:
-            continue
-        shown.append(actor)
-        if spec.moving or actor._parent is not None:
-            moving.append(actor)
-        else:
-            still.append(actor._transform)      # set_transform replaces it: equal (mostly the same object)
-    key = (tuple(a._id for a in shown), tuple(a._id for a in moving), tuple(still))
+    that do not move by themselves (Town03: ~100 traffic lights) are kept until an actor is added,
+    removed or teleported (``World._actors_version``), and only the cars', walkers' and attached
+    actors' are recomputed each frame, all at once."""
+    version = (world._actors_version, len(world._actors))
     layout = world.__dict__.get("_sensor_box_layout")
-    if layout is None or layout[0] != key:
-        layout = (key, _box_layout(shown, [specs[a._id] for a in shown], {a._id for a in moving}))
+    if layout is None or layout[0] != version:
+        specs = world.__dict__.setdefault("_sensor_box_specs", {})
+        if len(specs) > 2 * len(world._actors) + 64:                      # forget destroyed actors
+            for actor_id in set(specs) - set(world._actors):
+                del specs[actor_id]
+        shown, moving = [], []
+        for actor in list(world._actors.values()):
+            spec = specs.get(actor._id, _NO_SPEC)
+            if spec is _NO_SPEC:
+                spec = specs[actor._id] = _box_spec(actor)
+            if spec is None or not actor.is_alive:
+                continue
+            shown.append(actor)
+            if spec.moving or actor._parent is not None:
+                moving.append(actor)
+        layout = (version, moving) + _box_layout(shown, [specs[a._id] for a in shown], {a._id for a in moving})
         world.__dict__["_sensor_box_layout"] = layout
-    boxes, rows, size, owner_of_part = layout[1]
+    _, moving, boxes, rows, size, owner_of_part = layout
     if not moving:
         return boxes
     pose = np.array([_ground_pose(a) for a in moving], np.float32).astype(np.float64)[owner_of_part]
