@@ -13,6 +13,10 @@ How a frame is made (all steps are whole-array cv2/numpy operations, no per-pixe
 5. Rain streaks, then camera roll as a final rotation about the principal point (roll is a rotation
    about the optical axis, so this is exact).
 
+The geometry of steps 1 and 4 (per-row ground distances, the ground homography, the projected and culled
+boxes, crowns and cones) is a :class:`View`, kept per camera pose, size and fov: the semantic, depth and
+instance cameras of a rig (``sensors.render_labels``) paint their labels from the same one.
+
 Approximation (documented for users): elevation is ignored. The ground is the horizontal plane at the
 height of the road nearest the camera and objects stand on that plane, so on the hills of Town03-05 the
 far road does not rise or fall; lane geometry, markings and the camera's pitch are exact.
@@ -38,7 +42,6 @@ from .scenery import BOX_FACES, KIND_TRUNK, Scenery, generate_scenery
 logger = logging.getLogger(__name__)
 
 _PANO_DEG_PER_PX = 0.2
-_FIRST = operator.itemgetter(0)   # painter's sort key: the distance
 _PANO_AZ_PAD = 200.0  # degrees of azimuth repeated on each side so any view fits without wrapping
 _PANO_EL_MIN = -30.0  # lowest elevation row of the panorama (below the horizon: haze)
 _GROUND_MAX_DIST = 1500.0
@@ -48,6 +51,7 @@ _PAVED = (Material.ROAD, Material.SHOULDER, Material.SIDEWALK, Material.CURB, Ma
 _ASPHALT = (Material.ROAD, Material.SHOULDER, Material.MARKING_WHITE, Material.MARKING_YELLOW)
 _FACE_CONTRAST = np.array([1.06, 0.94, 1.03, 0.97, 1.09])  # per box face, see BOX_FACES
 _LEVELS = (1, 3, 9)  # raster downsampling factors: near, middle, far ground
+_FIRST = operator.itemgetter(0)  # painter's sort key: the distance
 
 
 # --------------------------------------------------------------------------- camera geometry
