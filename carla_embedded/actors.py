@@ -117,6 +117,7 @@ class Actor(CarlaSurface, carla.Actor):
         """Teleport (for an attached actor: set the transform relative to its parent)."""
         self._check_alive("set_transform")
         self._transform = _copy_transform(transform)
+        self._world._actors_version += 1                 # the sensors' boxes of still actors are rebuilt
 
     def set_location(self, location: carla.Location) -> None:
         t = self.get_transform() if self._parent is None else _copy_transform(self._transform)

@@ -7,10 +7,16 @@ Usage::
     python -m carla_embedded.bench --cores 0                        # only what a plain user process gets
 
 Prints the CPU model, then one row per case and configuration: median and p99 of ``world.tick()``
-wall time in ms. ``default`` is what a user's script gets: the process unpinned, OpenCV threads
+wall time in ms, and the median process CPU time per tick (``cpu ms``: on a shared, busy machine the
+wall time grows with the competition for the core, the CPU time much less). ``default`` is what a user's script gets: the process unpinned, OpenCV threads
 as the simulator sets them (:mod:`carla_embedded.threads`). ``pinned`` (``--cores N``, default 1)
 pins the process to N CPUs and OpenCV to N threads. The two are timed in alternating blocks in
 one run, so a busy machine hits both alike, and the ratio default/pinned is printed.
+
+The traffic case (``--traffic``, default 30 vehicles + 10 walkers in Town03, with its traffic lights)
+is issue 12's rig: one RGB and one semantic camera at the same hood mount, at the first ``--res``. It is
+timed beside the same rig in the same town without traffic, both configurations, in alternating blocks;
+the last line compares its one-core median with the target (8 ms).
 """
 from __future__ import annotations
 
@@ -76,6 +82,7 @@ class BenchResult:
     median_ms: float
     p99_ms: float
     config: str = "default"   # "default" (unpinned, the simulator's thread settings) or "pinned N"
+    cpu_median_ms: float = math.nan   # median process CPU time per tick
 
 
 class _Configs:
@@ -131,9 +138,9 @@ def sync_world(town: str, seed: int = 0, delta_seconds: float = 0.05):
     return client, world
 
 
-def _listening_camera(world, vehicle, width: int, height: int, fov: float):
-    """(camera, frame ids it delivered): an RGB camera at CARLA's hood mount, listening."""
-    bp = world.get_blueprint_library().find("sensor.camera.rgb")
+def _listening_camera(world, vehicle, width: int, height: int, fov: float, blueprint: str = "sensor.camera.rgb"):
+    """(camera, frame ids it delivered): a camera (RGB by default) at CARLA's hood mount, listening."""
+    bp = world.get_blueprint_library().find(blueprint)
     bp.set_attribute("image_size_x", str(width))
     bp.set_attribute("image_size_y", str(height))
     bp.set_attribute("fov", str(fov))
@@ -161,15 +168,18 @@ def _follow_lane(vehicle, carla_map) -> carla.VehicleControl:
     return carla.VehicleControl(throttle=0.5 if speed < 8.3 else 0.0, steer=max(-1.0, min(1.0, steer)))
 
 
-def _timed_ticks(world, vehicle, n: int, warmup: int) -> np.ndarray:
+def _timed_ticks(world, vehicle, n: int, warmup: int, cpu: list | None = None) -> np.ndarray:
+    """Wall ms of ``n`` ticks after ``warmup``; their process CPU ms are appended to ``cpu`` if given."""
     carla_map = world.get_map()
     times = np.empty(n)
     for i in range(warmup + n):
         vehicle.apply_control(_follow_lane(vehicle, carla_map))
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         world.tick()
         if i >= warmup:
             times[i - warmup] = time.perf_counter() - start
+            if cpu is not None:
+                cpu.append((time.process_time() - cpu_start) * 1e3)
     return times * 1e3
 
 
@@ -177,16 +187,18 @@ def _interleaved(world, vehicle, config: BenchConfig, configs: _Configs, case: s
     """Time ``config.ticks`` ticks per configuration, in ``config.blocks`` alternating blocks each."""
     per_block = max(1, config.ticks // config.blocks)
     times = {name: [] for name in configs.names}
+    cpu = {name: [] for name in configs.names}
     for block in range(config.blocks):
         order = configs.names if block % 2 == 0 else configs.names[::-1]
         for name in order:
             configs.apply(name)
-            times[name].append(_timed_ticks(world, vehicle, per_block, config.warmup if block == 0 else 2))
+            times[name].append(_timed_ticks(world, vehicle, per_block, config.warmup if block == 0 else 2, cpu[name]))
     configs.apply("default")
     out = []
     for name in configs.names:
         t = np.concatenate(times[name])
-        out.append(BenchResult(case, len(t), float(np.median(t)), float(np.percentile(t, 99)), name))
+        out.append(BenchResult(case, len(t), float(np.median(t)), float(np.percentile(t, 99)), name,
+                               float(np.median(cpu[name]))))
     return out
 
 
@@ -199,9 +211,10 @@ def run_bench(config: BenchConfig, configs: _Configs | None = None) -> list[Benc
     vehicle = world.spawn_actor(library.filter("vehicle.*")[0], spawn)
     results = []
     try:
-        times = _timed_ticks(world, vehicle, config.ticks, config.warmup)
+        cpu: list = []
+        times = _timed_ticks(world, vehicle, config.ticks, config.warmup, cpu)
         results.append(BenchResult("no camera", config.ticks, float(np.median(times)),
-                                   float(np.percentile(times, 99))))
+                                   float(np.percentile(times, 99)), cpu_median_ms=float(np.median(cpu))))
         for width, height in config.resolutions:
             vehicle.set_transform(spawn)
             camera, frames = _listening_camera(world, vehicle, width, height, config.fov)
@@ -216,8 +229,13 @@ def run_bench(config: BenchConfig, configs: _Configs | None = None) -> list[Benc
     return results
 
 
+TRAFFIC_CAMERAS = ("rgb", "semantic")       # the issue's rig: one RGB and one semantic camera, same mount
+TARGET_MS = 8.0                             # issue 12: traffic tick median on one core
+
+
 def _traffic_world(config: BenchConfig, vehicles: int, walkers: int):
-    """(world, ego, camera, frames) in ``config.traffic_town`` with NPCs spawned as generate_traffic does."""
+    """(world, ego, [(camera, frames)] per ``TRAFFIC_CAMERAS``) in ``config.traffic_town`` with NPCs
+    spawned as generate_traffic does."""
     client, world = sync_world(config.traffic_town, config.seed)
     library = world.get_blueprint_library()
     points = world.get_map().get_spawn_points()
@@ -243,31 +261,43 @@ def _traffic_world(config: BenchConfig, vehicles: int, walkers: int):
             controller.start()
             controller.go_to_location(world.get_random_location_from_navigation())
     width, height = config.resolutions[0]
-    camera, frames = _listening_camera(world, ego, width, height, config.fov)
-    return world, ego, camera, frames
+    blueprints = {"rgb": "sensor.camera.rgb", "semantic": "sensor.camera.semantic_segmentation"}
+    cameras = [_listening_camera(world, ego, width, height, config.fov, blueprints[name]) for name in TRAFFIC_CAMERAS]
+    return world, ego, cameras
 
 
-def run_traffic_bench(config: BenchConfig) -> list[BenchResult]:
-    """The camera case without and with traffic in ``traffic_town``, interleaved in blocks."""
+def run_traffic_bench(config: BenchConfig, configs: _Configs | None = None) -> list[BenchResult]:
+    """The issue's camera rig (``TRAFFIC_CAMERAS``) without and with traffic in ``traffic_town``: blocks of
+    ``config.block`` ticks alternate over both worlds and every configuration, so load hits all alike."""
+    configs = configs or _Configs(config.cores)
     vehicles, walkers = config.traffic
     width, height = config.resolutions[0]
     cases = {"no traffic": _traffic_world(config, 0, 0), "traffic": _traffic_world(config, vehicles, walkers)}
-    for world, ego, _, _ in cases.values():
+    for world, ego, _ in cases.values():
         _timed_ticks(world, ego, 0, config.warmup)
-    times = {name: [] for name in cases}
+    times = {(case, name): [] for case in cases for name in configs.names}
+    cpu = {key: [] for key in times}
+    rounds = 0
     while min(len(t) for t in times.values()) < config.ticks:
-        for name, (world, ego, _, _) in cases.items():
-            times[name].extend(_timed_ticks(world, ego, config.block, 0))
-    label = f"{width}x{height}"
+        for name in (configs.names if rounds % 2 == 0 else configs.names[::-1]):
+            configs.apply(name)
+            for case, (world, ego, _) in cases.items():
+                times[(case, name)].extend(_timed_ticks(world, ego, config.block, 0, cpu[(case, name)]))
+        rounds += 1
+    configs.apply("default")
+    label = f"{width}x{height} {'+'.join(TRAFFIC_CAMERAS)}"
     results = []
-    for name, (world, ego, camera, frames) in cases.items():
-        t = np.array(times[name][:config.ticks])
-        camera.stop()
-        if not frames:
-            raise RuntimeError(f"camera delivered no images in the {name} case")
-        detail = f" {vehicles}v+{walkers}w" if name == "traffic" else ""
-        results.append(BenchResult(f"{config.traffic_town} {label} {name}{detail}", config.ticks,
-                                   float(np.median(t)), float(np.percentile(t, 99))))
+    for case, (world, ego, cameras) in cases.items():
+        for camera, frames in cameras:
+            camera.stop()
+            if not frames:
+                raise RuntimeError(f"{camera.type_id} delivered no images in the {case} case")
+        detail = f" {vehicles}v+{walkers}w" if case == "traffic" else ""
+        for name in configs.names:
+            t = np.array(times[(case, name)][:config.ticks])
+            results.append(BenchResult(f"{config.traffic_town} {label} {case}{detail}", config.ticks,
+                                       float(np.median(t)), float(np.percentile(t, 99)), name,
+                                       float(np.median(cpu[(case, name)][:config.ticks]))))
     return results
 
 
@@ -298,9 +328,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--blocks", type=int, default=4,
                         help="alternating blocks per configuration (default: 4)")
     parser.add_argument("--traffic", default="30,10",
-                        help="traffic case (default configuration): N vehicles,M walkers with lights and the first "
-                             "--res camera, interleaved with the same camera without traffic; 0,0 skips it "
-                             "(default: 30,10)")
+                        help="traffic case: N vehicles,M walkers with lights and an RGB + semantic camera at the "
+                             "first --res, interleaved with the same cameras without traffic, in every configuration; "
+                             "0,0 skips it (default: 30,10)")
     parser.add_argument("--traffic-town", default="Town03", help="town of the traffic case (default: Town03)")
     return parser
 
@@ -334,7 +364,7 @@ def main(argv=None) -> None:
         results = run_bench(config, configs)
         if sum(config.traffic):
             configs.apply("default")
-            results += run_traffic_bench(config)
+            results += run_traffic_bench(config, configs)
     except TownNotFoundError as exc:
         parser.exit(2, f"error: {exc}\n")
     print(f"carla_embedded tick time, {config.town}, {config.ticks} ticks per case and configuration, "
@@ -342,9 +372,9 @@ def main(argv=None) -> None:
     for name in configs.names:
         print(f"  {configs.describe(name)}")
     width = max(12, max(len(r.case) for r in results))
-    print(f"{'case':>{width}} {'config':>10} {'median ms':>10} {'p99 ms':>8}")
+    print(f"{'case':>{width}} {'config':>10} {'median ms':>10} {'p99 ms':>8} {'cpu ms':>8}")
     for r in results:
-        print(f"{r.case:>{width}} {r.config:>10} {r.median_ms:>10.2f} {r.p99_ms:>8.2f}")
+        print(f"{r.case:>{width}} {r.config:>10} {r.median_ms:>10.2f} {r.p99_ms:>8.2f} {r.cpu_median_ms:>8.2f}")
     for case in dict.fromkeys(r.case for r in results if r.case != "no camera"):
         rows = {r.config: r for r in results if r.case == case}
         if len(rows) == 2:
@@ -352,6 +382,15 @@ def main(argv=None) -> None:
             print(f"{case}: default / {configs.names[1]} median = {default.median_ms / pinned.median_ms:.2f}x "
                   f"(target <= 1.2x)")
 
+    traffic = {r.config: r for r in results if r.case.endswith(f"{config.traffic[0]}v+{config.traffic[1]}w")}
+    if traffic:
+        one_core = traffic.get("pinned 1") or traffic["default"]
+        calm = next(r for r in results if r.case.endswith(" no traffic") and r.config == one_core.config)
+        verdict = "met" if one_core.median_ms <= TARGET_MS else "NOT met"
+        print(f"target (issue 12): {config.traffic_town}, {config.traffic[0]} vehicles + {config.traffic[1]} walkers, "
+              f"lights, {' + '.join(TRAFFIC_CAMERAS)} camera: tick median <= {TARGET_MS:g} ms on one core; "
+              f"{one_core.config}: {one_core.median_ms:.2f} ms ({verdict}; CPU {one_core.cpu_median_ms:.2f} ms), "
+              f"no traffic {calm.median_ms:.2f} ms")
 
 if __name__ == "__main__":
     main()

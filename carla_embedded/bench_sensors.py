@@ -8,7 +8,8 @@ Usage::
 All cases run in one world and are interleaved (blocks of ``--block`` ticks per case, ``--rounds``
 times), so a busy shared machine slows them alike; a case switches sensors on and off with
 ``listen``/``stop`` (a stopped sensor costs nothing). Prints median and p99 of ``world.tick()`` per
-case and its ratio to the RGB-only median.
+case, its ratio to the RGB-only median and the median process CPU time per tick (``cpu ms``, which a
+busy shared machine inflates much less than the wall time).
 """
 from __future__ import annotations
 
@@ -56,8 +57,8 @@ class SensorBenchConfig:
             raise ValueError(f"block={self.block} and rounds={self.rounds} must be >= 1, parked={self.parked} >= 0")
 
 
-def run_sensor_bench(config: SensorBenchConfig) -> dict[str, np.ndarray]:
-    """Tick times (ms) per case, interleaved by blocks."""
+def run_sensor_bench(config: SensorBenchConfig, cpu: dict | None = None) -> dict[str, np.ndarray]:
+    """Tick times (ms) per case, interleaved by blocks; the process CPU ms per tick go to ``cpu[case]`` if given."""
     client, world = sync_world(config.town, config.seed)
     library = world.get_blueprint_library()
     spawns = world.get_map().get_spawn_points()
@@ -85,10 +86,12 @@ def run_sensor_bench(config: SensorBenchConfig) -> dict[str, np.ndarray]:
                         sensor.stop()
                 for i in range(config.block + 2):          # 2 untimed ticks: caches of the previous case
                     vehicle.apply_control(_follow_lane(vehicle, carla_map))
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     world.tick()
                     if i >= 2:
                         times[case].append((time.perf_counter() - t0) * 1e3)
+                        if cpu is not None:
+                            cpu.setdefault(case, []).append((time.process_time() - c0) * 1e3)
     finally:
         for actor in list(sensors.values()) + parked + [vehicle]:
             actor.destroy()
@@ -115,17 +118,19 @@ def main(argv=None) -> None:
         parser.error(str(exc))
     _pin_cores(config.cores)
     try:
-        results = run_sensor_bench(config)
+        cpu: dict = {}
+        results = run_sensor_bench(config, cpu)
     except TownNotFoundError as exc:
         parser.exit(2, f"error: {exc}\n")
     rgb = float(np.median(results["rgb"]))
     w, h = config.resolution
     print(f"carla_embedded sensor tick time, {config.town}, {w}x{h}, {config.parked} parked cars, "
           f"{config.rounds}x{config.block} ticks per case (interleaved), {config.cores or os.cpu_count()} core(s)")
-    print(f"{'case':>20} {'median ms':>10} {'p99 ms':>8} {'x rgb':>6}")
+    print(f"{'case':>20} {'median ms':>10} {'p99 ms':>8} {'x rgb':>6} {'cpu ms':>8}")
     for case, t in results.items():
         med = float(np.median(t))
-        print(f"{case:>20} {med:>10.2f} {float(np.percentile(t, 99)):>8.2f} {med / rgb:>6.2f}")
+        print(f"{case:>20} {med:>10.2f} {float(np.percentile(t, 99)):>8.2f} {med / rgb:>6.2f} "
+              f"{float(np.median(cpu[case])):>8.2f}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ How a frame is made (all steps are whole-array cv2/numpy operations, no per-pixe
 5. Rain streaks, then camera roll as a final rotation about the principal point (roll is a rotation
    about the optical axis, so this is exact).
 
+The geometry of steps 1 and 4 (per-row ground distances, the ground homography, the projected and culled
+boxes, crowns and cones) is a :class:`View`, kept per camera pose, size and fov: the semantic, depth and
+instance cameras of a rig (``sensors.render_labels``) paint their labels from the same one.
+
 Approximation (documented for users): elevation is ignored. The ground is the horizontal plane at the
 height of the road nearest the camera and objects stand on that plane, so on the hills of Town03-05 the
 far road does not rise or fall; lane geometry, markings and the camera's pitch are exact.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from dataclasses import dataclass
 from typing import Optional
 
@@ -46,6 +51,7 @@ _PAVED = (Material.ROAD, Material.SHOULDER, Material.SIDEWALK, Material.CURB, Ma
 _ASPHALT = (Material.ROAD, Material.SHOULDER, Material.MARKING_WHITE, Material.MARKING_YELLOW)
 _FACE_CONTRAST = np.array([1.06, 0.94, 1.03, 0.97, 1.09])  # per box face, see BOX_FACES
 _LEVELS = (1, 3, 9)  # raster downsampling factors: near, middle, far ground
+_FIRST = operator.itemgetter(0)  # painter's sort key: the distance
 
 
 # --------------------------------------------------------------------------- camera geometry
@@ -72,7 +78,10 @@ def _to_camera(points: np.ndarray, origin: np.ndarray, rot: np.ndarray) -> np.nd
 
 def _cam_to_uv(cam: np.ndarray, f: float, cx: float, cy: float) -> np.ndarray:
     depth = np.maximum(cam[..., 0], 1e-6)
-    return np.stack([cx + f * cam[..., 1] / depth, cy - f * cam[..., 2] / depth], axis=-1)
+    uv = np.empty(cam.shape[:-1] + (2,))            # filled in place: np.stack costs more than the maths here
+    uv[..., 0] = cx + f * cam[..., 1] / depth
+    uv[..., 1] = cy - f * cam[..., 2] / depth
+    return uv
 
 
 def project_points(points_world, camera_transform: carla.Transform, width: int, height: int,
@@ -187,7 +196,7 @@ class _Look:
     lighting: Lighting
     levels: list  # (image, factor) per _LEVELS
     border: tuple
-    pano: np.ndarray
+    pano: np.ndarray  # BGRA
     glow: np.ndarray
     scenery: Optional[Scenery] = None  # the domain-randomised objects, when randomisation is on
 
@@ -209,6 +218,163 @@ class ExtraBoxes:
         self.face_centre = self.corners[:, BOX_FACES].mean(axis=2) if len(self.corners) else np.zeros((0, 5, 3))
         self.radius = (np.linalg.norm(self.corners[:, 0] - self.corners[:, 6], axis=1) / 2
                        if len(self.corners) else np.zeros(0))
+
+
+@dataclass
+class ProjectedBoxes:
+    """Boxes of one set (scenery or actors) seen by one view: the selected boxes ``sel`` (within the draw
+    distance and the horizontal field of view), their corners in camera coordinates ``ccam`` (n,8,3), face
+    polygons ``polys`` (n,5,4,2) int32 in 1/8 px, distances ``d`` (n,), and the faces to paint: ``flat``
+    (rows, faces) facing the camera, wholly in front of the near plane and on the image; ``clipped`` (rows,
+    faces) facing it and crossing the near plane (their polygon is clipped by whoever paints them)."""
+
+    sel: np.ndarray
+    ccam: np.ndarray
+    polys: np.ndarray
+    d: np.ndarray
+    flat: tuple
+    clipped: tuple
+
+
+@dataclass
+class ProjectedPoints:
+    """Crowns or conifers seen by one view: selected ``sel``, camera coordinates ``cam`` (n,3) of their
+    centre (crowns) or base (cones), ``apex`` (n,3) of cones, distances ``d`` (n,)."""
+
+    sel: np.ndarray
+    cam: np.ndarray
+    d: np.ndarray
+    apex: Optional[np.ndarray] = None
+
+
+class View:
+    """One unrolled camera's geometry in one frame, shared by the RGB image and the labels/depth of the same
+    pose, size and fov (``Renderer.view``): rotation, the ground's per-row distances and homography, and the
+    projected boxes, crowns and cones (cached per array of them), so a rig's cameras do this work once."""
+
+    def __init__(self, origin: np.ndarray, pitch: float, yaw: float, width: int, height: int, f: float,
+                 zg: float, draw_distance: float):
+        self.origin, self.pitch, self.yaw = origin, float(pitch), float(yaw)
+        self.width, self.height, self.f = int(width), int(height), float(f)
+        self.rot = rot = rotation_matrix(pitch, yaw, 0.0)
+        fwd, right, up = rot[:, 0], rot[:, 1], rot[:, 2]
+        self.cx, self.cy = cx, cy = width / 2.0, height / 2.0
+        self.zg = zg
+        self.ground = np.array([0.0, 0.0, zg])
+        self.cam_h = cam_h = max(origin[2] - zg, 0.05)
+        self.half_w = width / (2 * f)
+        self.draw_distance = draw_distance
+        # Per-row geometry of the ground plane (roll is zero here, so rows are iso-distance lines).
+        rows = np.arange(height, dtype=np.float64)
+        yv = -(rows - cy) / f
+        dir_z = fwd[2] + yv * up[2]
+        with np.errstate(divide="ignore"):
+            self.planar = np.where(dir_z < -1e-9, cam_h / -np.minimum(dir_z, -1e-9), np.inf)   # depth along fwd
+        self.dist = self.planar * np.sqrt(1.0 + yv * yv)
+        ground_rows = np.nonzero(self.dist < _GROUND_MAX_DIST)[0]
+        self.v_ground = int(ground_rows[0]) if len(ground_rows) else height
+        # ray(u, v) = A @ (u, v, 1);  ground hit (homogeneous) = G @ ray
+        a = np.column_stack([right / f, -up / f, fwd - right * (cx / f) + up * (cy / f)])
+        g = np.array([[cam_h, 0.0, -origin[0]], [0.0, cam_h, -origin[1]], [0.0, 0.0, -1.0]])
+        self.world_h = g @ a
+        self._cache: dict = {}
+
+    def _cached(self, kind: str, array: np.ndarray, build):
+        """``build()`` once per (kind, array object); the array is held so its id stays its own."""
+        entry = self._cache.get((kind, id(array)))
+        if entry is None or entry[0] is not array:
+            if len(self._cache) > 16:          # a still camera over many frames: forget old actor arrays
+                self._cache.clear()
+            entry = self._cache[(kind, id(array))] = (array, build())
+        return entry[1]
+
+    def boxes(self, corners, centre, face_centre, normals, radius, static: bool = False) -> ProjectedBoxes:
+        """Boxes (z relative to the ground plane) seen by this view, see :class:`ProjectedBoxes`. ``static``:
+        the arrays never change (scenery), so only the boxes near the camera are looked at (``_nearby``)."""
+        return self._cached("boxes", corners, lambda: self._project_boxes(corners, centre, face_centre, normals,
+                                                                            radius, static))
+
+    def _project_boxes(self, corners_all, centre_all, face_centre_all, normals_all, radius_all,
+                       static: bool) -> ProjectedBoxes:
+        origin, rot, f, cx, cy = self.origin, self.rot, self.f, self.cx, self.cy
+        near = _nearby(centre_all, radius_all, origin, self.draw_distance) if static else None
+        centre, radius = (centre_all, radius_all) if near is None else (centre_all[near], radius_all[near])
+        rel = centre + self.ground - origin
+        cam = rel @ rot
+        d = np.sqrt(np.add.reduce(rel * rel, axis=1))                  # = np.linalg.norm(rel, axis=1)
+        sel = np.nonzero((d < self.draw_distance + radius) & (cam[:, 0] > -radius) &
+                         (np.abs(cam[:, 1]) < cam[:, 0] * self.half_w + radius + 1))[0]
+        d = d[sel]
+        if near is not None:
+            sel = near[sel]
+        none = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        if not len(sel):
+            return ProjectedBoxes(sel, np.zeros((0, 8, 3)), np.zeros((0, 5, 4, 2), np.int32), np.zeros(0), none, none)
+        ccam = _to_camera(corners_all[sel] + self.ground, origin, rot)              # (n,8,3)
+        uv = np.clip(_cam_to_uv(ccam, f, cx, cy), -1e5, 1e5)
+        polys = np.ascontiguousarray(np.round(uv[:, BOX_FACES] * 8), dtype=np.int32)  # (n,5,4,2)
+        visible = np.einsum("nfk,nfk->nf", normals_all[sel], origin - (face_centre_all[sel] + self.ground)) > 0
+        clipped = np.any(ccam[:, BOX_FACES, 0] <= _NEAR, axis=2)
+        # Faces wholly off the image (2 px margin for anti-aliased edges) paint nothing: skip them.
+        lo, hi = polys.min(axis=2), polys.max(axis=2)                               # (n,5,2)
+        margin = 16
+        on_image = ((hi[..., 0] >= -margin) & (lo[..., 0] <= self.width * 8 + margin) &
+                    (hi[..., 1] >= -margin) & (lo[..., 1] <= self.height * 8 + margin))
+        return ProjectedBoxes(sel, ccam, polys, d, np.nonzero(visible & ~clipped & on_image),
+                              np.nonzero(visible & clipped))
+
+    def crowns(self, centre_all, radius_all) -> ProjectedPoints:
+        """Tree crowns (spheres, centre z relative to the ground) in front of the camera and in view."""
+        def build():
+            near = _nearby(centre_all, radius_all, self.origin, self.draw_distance)
+            radius = radius_all[near]
+            c = centre_all[near] + self.ground
+            cam = _to_camera(c, self.origin, self.rot)
+            d = np.linalg.norm(c - self.origin, axis=1)
+            sel = np.nonzero((d < self.draw_distance) & (cam[:, 0] > radius + _NEAR) &
+                             (np.abs(cam[:, 1]) < cam[:, 0] * self.half_w + radius))[0]
+            return ProjectedPoints(near[sel], cam[sel], d[sel])
+        return self._cached("crowns", centre_all, build)
+
+    def cones(self, base_all, radius_all, height_all) -> ProjectedPoints:
+        """Conifers (cones, base z relative to the ground) in front of the camera and in view."""
+        def build():
+            near = _nearby(base_all, radius_all + height_all, self.origin, self.draw_distance)
+            radius = radius_all[near]
+            b = base_all[near] + self.ground
+            apex = b.copy()
+            apex[:, 2] += height_all[near]
+            cam_b, cam_a = _to_camera(b, self.origin, self.rot), _to_camera(apex, self.origin, self.rot)
+            d = np.linalg.norm((b + apex) / 2 - self.origin, axis=1)
+            sel = np.nonzero((d < self.draw_distance) & (cam_b[:, 0] > radius + _NEAR) & (cam_a[:, 0] > _NEAR) &
+                             (np.abs(cam_b[:, 1]) < cam_b[:, 0] * self.half_w + radius))[0]
+            return ProjectedPoints(near[sel], cam_b[sel], d[sel], cam_a[sel])
+        return self._cached("cones", base_all, build)
+
+
+_NEARBY_SLACK = 20.0       # m the camera may move before the scenery near it is looked up again
+_NEARBY: dict = {}
+
+
+def _nearby(centre: np.ndarray, reach_extra: np.ndarray, origin: np.ndarray, reach: float) -> np.ndarray:
+    """Indices (ascending) of the static items (scenery) that may lie within ``reach + reach_extra`` of
+    ``origin``: all those within that plus ``_NEARBY_SLACK`` (+1 m for rounding) in the plane of a point
+    the camera is within the slack of, so the result is a superset (triangle inequality; z only shortens
+    the plane distance). Town03's 1565 boxes: ~200 near a camera instead of all, each frame."""
+    entries = _NEARBY.setdefault(id(centre), [])
+    if entries and entries[0][0] is not centre:                # another array now has this id
+        entries.clear()
+    x, y = float(origin[0]), float(origin[1])
+    for _, rx, ry, r, idx in entries:
+        if r == reach and math.hypot(x - rx, y - ry) <= _NEARBY_SLACK:
+            return idx
+    d = np.hypot(centre[:, 0] - x, centre[:, 1] - y)
+    idx = np.nonzero(d < reach + reach_extra + _NEARBY_SLACK + 1.0)[0]
+    entries.insert(0, (centre, x, y, reach, idx))
+    del entries[4:]                                            # a few rigs far apart
+    if len(_NEARBY) > 64:
+        _NEARBY.clear()
+    return idx
 
 
 def _weather_key(w: carla.WeatherParameters) -> tuple:
@@ -307,17 +473,21 @@ class Renderer:
             del puddle
         if light.lamps_on:
             self._paint_lamp_pools(lit)
-        levels = [(lit, 1)]
-        for k in _LEVELS[1:]:
-            h, w = lit.shape[:2]
-            levels.append((cv2.resize(lit, (max(1, w // k), max(1, h // k)), interpolation=cv2.INTER_AREA), k))
+        # Kept as BGRA: OpenCV's bilinear warp of 4-channel uint8 is vectorised, of 3-channel it is not
+        # (Town03's near band: 0.95 vs 3.0 ms); the unused alpha costs a third more memory.
+        h, w = lit.shape[:2]
+        levels = [(cv2.resize(lit, (max(1, w // k), max(1, h // k)), interpolation=cv2.INTER_AREA), k)
+                  for k in _LEVELS[1:]]
+        levels = [(cv2.cvtColor(img, cv2.COLOR_BGR2BGRA), k) for img, k in [(lit, 1)] + levels]
+        del lit
         ground = np.array(self.raster.image.reshape(-1, 3)[:: 997].mean(axis=0), np.float64)
         border = tuple(float(v) for v in np.clip(light.colour_matrix @ ground, 0, 255))
         pano = self._sky_panorama(light)
         if appearance is not None:
-            return _Look(key, light, levels, border, np.ascontiguousarray(appearance.sky_panorama(pano)),
-                         self._glow_sprite(), appearance.scenery(self.scenery))
-        return _Look(key, light, levels, border, np.ascontiguousarray(pano), self._glow_sprite())
+            pano = appearance.sky_panorama(pano)
+        pano = cv2.cvtColor(np.ascontiguousarray(pano), cv2.COLOR_BGR2BGRA)   # 4 channels warp faster, as the ground
+        return _Look(key, light, levels, border, pano, self._glow_sprite(),
+                     appearance.scenery(self.scenery) if appearance is not None else None)
 
     def _material_mask(self, materials) -> np.ndarray:
         """uint8 mask (255 where the raster's material is one of ``materials``), built with one LUT."""
@@ -412,30 +582,29 @@ class Renderer:
             self._ground_z_last = (key, float(wp.transform.location.z) if wp is not None else 0.0)
         return self._ground_z_last[1]
 
+    def view(self, origin: np.ndarray, pitch: float, yaw: float, width: int, height: int, f: float) -> View:
+        """The :class:`View` of an unrolled camera; the last few are kept, so the cameras of a rig that share
+        pose, size and fov (an RGB and a semantic camera) share one."""
+        key = (float(origin[0]), float(origin[1]), float(origin[2]), float(pitch), float(yaw), int(width),
+               int(height), float(f), self.draw_distance)
+        views = self.__dict__.setdefault("_views", {})
+        view = views.get(key)
+        if view is None:
+            if len(views) >= 8:
+                views.clear()
+            view = views[key] = View(np.asarray(origin, np.float64), pitch, yaw, width, height, f,
+                                     self._ground_z(origin), self.draw_distance)
+        return view
+
     def _render_unrolled(self, origin, pitch, yaw, width, height, f, look: _Look, boxes=None) -> np.ndarray:
         light = look.lighting
-        rot = rotation_matrix(pitch, yaw, 0.0)
-        fwd, right, up = rot[:, 0], rot[:, 1], rot[:, 2]
-        cx, cy = width / 2.0, height / 2.0
-        zg = self._ground_z(origin)
-        cam_h = max(origin[2] - zg, 0.05)
-
-        # Per-row geometry of the ground plane (roll is zero here, so rows are iso-distance lines).
-        rows = np.arange(height, dtype=np.float64)
-        yv = -(rows - cy) / f
-        dir_z = fwd[2] + yv * up[2]
-        norm = np.sqrt(1.0 + yv * yv)
-        with np.errstate(divide="ignore"):
-            dist = np.where(dir_z < -1e-9, cam_h * norm / -np.minimum(dir_z, -1e-9), np.inf)
-        ground_rows = np.nonzero(dist < _GROUND_MAX_DIST)[0]
-        v_ground = int(ground_rows[0]) if len(ground_rows) else height
-
+        view = self.view(origin, pitch, yaw, width, height, f)
         out = np.empty((height, width, 3), np.uint8)
-        if v_ground > 0:
-            self._draw_sky(out[:v_ground], pitch, yaw, width, cx, cy, f, look)
-        if v_ground < height:
-            self._draw_ground(out, v_ground, dist, origin, zg, cam_h, rot, cx, cy, f, look)
-        self._draw_objects(out, origin, zg, rot, cx, cy, f, look, boxes)
+        if view.v_ground > 0:
+            self._draw_sky(out[:view.v_ground], pitch, yaw, width, view.cx, view.cy, f, look)
+        if view.v_ground < height:
+            self._draw_ground(out, view, look)
+        self._draw_objects(out, view, look, boxes)
         if light.rain > 0.02:
             self._draw_rain(out, origin, light)
         return out
@@ -447,16 +616,13 @@ class Renderer:
         # elevation at row v ~ pitch + (cy - v)/f  ->  panorama row (90 - el)/dpp
         row0 = (90.0 - pitch) / dpp
         m = np.array([[k, 0.0, col0 - k * cx], [0.0, k, row0 - k * cy]])
-        cv2.warpAffine(look.pano, m, (width, dst.shape[0]), dst=dst, flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                       borderMode=cv2.BORDER_REPLICATE)
+        sky = cv2.warpAffine(look.pano, m, (width, dst.shape[0]), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_REPLICATE)
+        cv2.cvtColor(sky, cv2.COLOR_BGRA2BGR, dst=dst)
 
-    def _draw_ground(self, out, v_ground, dist, origin, zg, cam_h, rot, cx, cy, f, look: _Look) -> None:
-        fwd, right, up = rot[:, 0], rot[:, 1], rot[:, 2]
+    def _draw_ground(self, out, view: View, look: _Look) -> None:
         height, width = out.shape[:2]
-        # ray(u, v) = A @ (u, v, 1);  ground hit (homogeneous) = G @ ray
-        a = np.column_stack([right / f, -up / f, fwd - right * (cx / f) + up * (cy / f)])
-        g = np.array([[cam_h, 0.0, -origin[0]], [0.0, cam_h, -origin[1]], [0.0, 0.0, -1.0]])
-        world_h = g @ a
+        v_ground, dist, world_h, f = view.v_ground, view.dist, view.world_h, view.f
         r = self.raster
         # Level by row: fine while one screen pixel spans < ~2 raster pixels across the road.
         footprint = dist / f
@@ -477,9 +643,9 @@ class Renderer:
             kr = np.array([[1 / res, 0, -x0 / res], [0, 1 / res, -y0 / res], [0, 0, 1.0]])
             shift = np.array([[1.0, 0, 0], [0, 1.0, r0], [0, 0, 1.0]])
             hm = kr @ world_h @ shift
-            cv2.warpPerspective(img, hm, (width, r1 - r0), dst=out[r0:r1],
-                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=look.border)
+            band = cv2.warpPerspective(img, hm, (width, r1 - r0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                       borderMode=cv2.BORDER_CONSTANT, borderValue=look.border + (255.0,))
+            cv2.cvtColor(band, cv2.COLOR_BGRA2BGR, dst=out[r0:r1])
         # Fog / haze / night darkness, in bands of nearly equal weight.
         alpha, beta = look.lighting.row_blend(dist[v_ground:])
         qa = np.round(alpha * 40.0)
@@ -496,38 +662,32 @@ class Renderer:
             band = out[v_ground + s0:v_ground + s1]
             cv2.addWeighted(band, a_, fog_rows[: s1 - s0], b_, 0.0, dst=band)
 
-    def _draw_objects(self, out, origin, zg, rot, cx, cy, f, look: _Look, boxes=None) -> None:
+    def _draw_objects(self, out, view: View, look: _Look, boxes=None) -> None:
         """Painter's algorithm over every visible face/crown/lamp (and actor box) within ``draw_distance``."""
         sc = look.scenery if look.scenery is not None else self.scenery
         light = look.lighting
-        width = out.shape[1]
+        origin, rot, f, cx, cy = view.origin, view.rot, view.f, view.cx, view.cy
         dd = self.draw_distance
-        ground = np.array([0.0, 0.0, zg])
         fog = np.asarray(light.fog_colour)
-        half_w = width / (2 * f)
         draws: list = []  # (distance, drawing function, args)
 
         # ---- boxes: buildings, trunks, poles, lamp heads; then other actors
         if len(sc.box_kind):
-            self._box_draws(draws, sc.box_corners, sc.box_centre, sc.box_face_centre, sc.box_normals, sc.box_colour,
-                            sc.box_radius, np.where(sc.box_kind == KIND_TRUNK, 0.5, 0.0), ground, origin, rot,
-                            cx, cy, f, light, half_w)
+            p = view.boxes(sc.box_corners, sc.box_centre, sc.box_face_centre, sc.box_normals, sc.box_radius,
+                           static=True)
+            self._box_draws(draws, p, view, sc.box_normals, sc.box_colour, _trunk_bias(sc), light)
         if boxes is not None and len(boxes.corners):
-            self._box_draws(draws, boxes.corners, boxes.centre, boxes.face_centre, boxes.normals, boxes.colour,
-                            boxes.radius, np.zeros(len(boxes.corners)), ground, origin, rot, cx, cy, f, light,
-                            half_w)
+            p = view.boxes(boxes.corners, boxes.centre, boxes.face_centre, boxes.normals, boxes.radius)
+            self._box_draws(draws, p, view, boxes.normals, boxes.colour, None, light)
 
         # ---- tree crowns: a shaded disc with a sunlit highlight
         if len(sc.sphere_radius):
-            c = sc.sphere_centre + ground
-            cam = _to_camera(c, origin, rot)
-            d = np.linalg.norm(c - origin, axis=1)
-            rad = sc.sphere_radius
-            sel = np.nonzero((d < dd) & (cam[:, 0] > rad + _NEAR) & (np.abs(cam[:, 1]) < cam[:, 0] * half_w + rad))[0]
+            p = view.crowns(sc.sphere_centre, sc.sphere_radius)
+            sel = p.sel
             if len(sel):
-                uv = _cam_to_uv(cam[sel], f, cx, cy)
-                pr = f * rad[sel] / cam[sel, 0]
-                al, be = light.row_blend(d[sel])
+                uv = _cam_to_uv(p.cam, f, cx, cy)
+                pr = f * sc.sphere_radius[sel] / p.cam[:, 0]
+                al, be = light.row_blend(p.d)
                 base = sc.sphere_colour[sel] @ light.colour_matrix.T * (
                     (light.ambient + 0.4 * light.diffuse) / light.flat_shade)
                 dark = np.clip(base * 0.8 * al[:, None] + fog * be[:, None], 0, 255).tolist()
@@ -536,37 +696,32 @@ class Renderer:
                 p1 = np.round((uv - pr[:, None] * np.array([0.22, 0.25])) * 8).astype(np.int64).tolist()
                 r0 = np.round(pr * 8).astype(np.int64).tolist()
                 r1 = np.round(pr * 0.62 * 8).astype(np.int64).tolist()
+                d = p.d.tolist()
                 for j in range(len(sel)):
-                    draws.append((d[sel[j]], _crown, (p0[j], r0[j], tuple(dark[j]), p1[j], r1[j], tuple(lit[j]))))
+                    draws.append((d[j], _crown, (p0[j], r0[j], tuple(dark[j]), p1[j], r1[j], tuple(lit[j]))))
 
         # ---- conifers: a cone seen from the side is a triangle, lit on one half
         if len(sc.cone_radius):
-            b = sc.cone_base + ground
-            apex = b.copy()
-            apex[:, 2] += sc.cone_height
-            cam_b = _to_camera(b, origin, rot)
-            cam_a = _to_camera(apex, origin, rot)
-            d = np.linalg.norm((b + apex) / 2 - origin, axis=1)
-            rad = sc.cone_radius
-            sel = np.nonzero((d < dd) & (cam_b[:, 0] > rad + _NEAR) & (cam_a[:, 0] > _NEAR) &
-                             (np.abs(cam_b[:, 1]) < cam_b[:, 0] * half_w + rad))[0]
+            p = view.cones(sc.cone_base, sc.cone_radius, sc.cone_height)
+            sel = p.sel
             if len(sel):
-                uvb = _cam_to_uv(cam_b[sel], f, cx, cy)
-                uva = _cam_to_uv(cam_a[sel], f, cx, cy)
-                pr = (f * rad[sel] / cam_b[sel, 0])[:, None] * np.array([1.0, 0.0])
-                al, be = light.row_blend(d[sel])
+                uvb = _cam_to_uv(p.cam, f, cx, cy)
+                uva = _cam_to_uv(p.apex, f, cx, cy)
+                pr = (f * sc.cone_radius[sel] / p.cam[:, 0])[:, None] * np.array([1.0, 0.0])
+                al, be = light.row_blend(p.d)
                 base = sc.cone_colour[sel] @ light.colour_matrix.T * (
                     (light.ambient + 0.4 * light.diffuse) / light.flat_shade)
                 dark = np.clip(base * 0.8 * al[:, None] + fog * be[:, None], 0, 255).tolist()
                 lit = np.clip(base * (0.85 + 0.35 * light.diffuse) * al[:, None] + fog * be[:, None], 0, 255).tolist()
                 tri = np.ascontiguousarray(np.round(np.stack([uva, uvb - pr, uvb + pr], 1) * 8), dtype=np.int32)
                 half = np.ascontiguousarray(np.round(np.stack([uva, uvb - pr, uvb], 1) * 8), dtype=np.int32)
+                d = p.d.tolist()
                 for j in range(len(sel)):
-                    draws.append((d[sel[j]], _cone, (tri[j], tuple(dark[j]), half[j], tuple(lit[j]))))
+                    draws.append((d[j], _cone, (tri[j], tuple(dark[j]), half[j], tuple(lit[j]))))
 
         # ---- street lamps at night: additive glow, dimmed by fog only
         if light.lamps_on and len(sc.lamp_pos):
-            c = sc.lamp_pos + ground
+            c = sc.lamp_pos + view.ground
             cam = _to_camera(c, origin, rot)
             d = np.linalg.norm(c - origin, axis=1)
             sel = np.nonzero((d < dd * 1.5) & (cam[:, 0] > 1.0))[0]
@@ -576,44 +731,32 @@ class Renderer:
                 size = np.clip(f * 9.0 / cam[sel, 0], 6, 200).astype(int)
                 for j in range(len(sel)):
                     draws.append((d[sel[j]] - 0.5, _blit_glow, (look.glow, uv[j], int(size[j]), float(vis[j]))))
-        draws.sort(key=lambda t: -t[0])
+        draws.sort(key=_FIRST, reverse=True)         # far to near; stable, as reverse keeps ties in order
         for _, func, args in draws:
             func(out, *args)
 
-    def _box_draws(self, draws, corners_all, centre_all, face_centre_all, normals_all, colour_all, radius_all,
-                   dist_bias, ground, origin, rot, cx, cy, f, light: Lighting, half_w) -> None:
-        """Append the visible faces of boxes (z relative to the ground plane) to the painter's list."""
-        fog = np.asarray(light.fog_colour)
-        fill = cv2.fillConvexPoly
-        c = centre_all + ground
-        cam = _to_camera(c, origin, rot)
-        d = np.linalg.norm(c - origin, axis=1)
-        radius = radius_all
-        sel = np.nonzero((d < self.draw_distance + radius) & (cam[:, 0] > -radius) &
-                         (np.abs(cam[:, 1]) < cam[:, 0] * half_w + radius + 1))[0]
+    @staticmethod
+    def _box_draws(draws, p: ProjectedBoxes, view: View, normals_all, colour_all, dist_bias, light: Lighting) -> None:
+        """Append the faces of projected boxes ``p`` to the painter's list, shaded and fogged."""
+        sel = p.sel
         if not len(sel):
             return
-        corners = corners_all[sel] + ground
-        ccam = _to_camera(corners, origin, rot)  # (n,8,3)
-        uv = np.clip(_cam_to_uv(ccam, f, cx, cy), -1e5, 1e5)
-        centres = face_centre_all[sel] + ground
+        fog = np.asarray(light.fog_colour)
+        fill = cv2.fillConvexPoly
         normals = normals_all[sel]
-        visible = np.einsum("nfk,nfk->nf", normals, origin - centres) > 0
         shade = light.ambient + light.diffuse * np.clip(normals @ np.array(light.sun_dir), 0, None)
         shade = shade * _FACE_CONTRAST  # keeps edges readable when there is no direct sun
         colour = (colour_all[sel] @ light.colour_matrix.T) * (shade / light.flat_shade)[..., None]
-        al, be = light.row_blend(d[sel])
+        al, be = light.row_blend(p.d)
         colour = np.clip(colour * al[:, None, None] + fog * be[:, None, None], 0, 255)
-        face_depth = ccam[:, BOX_FACES, 0]  # (n,5,4)
-        clipped = np.any(face_depth <= _NEAR, axis=2)
-        polys = np.ascontiguousarray(np.round(uv[:, BOX_FACES] * 8), dtype=np.int32)  # (n,5,4,2)
-        dist = d[sel] + dist_bias[sel]
-        for j, fi in zip(*np.nonzero(visible & ~clipped)):
-            draws.append((dist[j], fill, (polys[j, fi], tuple(colour[j, fi].tolist()), cv2.LINE_AA, 3)))
-        for j, fi in zip(*np.nonzero(visible & clipped)):
-            poly = _clip_near(ccam[j, BOX_FACES[fi]])
+        dist = (p.d if dist_bias is None else p.d + dist_bias[sel]).tolist()
+        js, fis = p.flat
+        for j, poly, c in zip(js.tolist(), p.polys[js, fis], colour[js, fis].tolist()):
+            draws.append((dist[j], fill, (poly, tuple(c), cv2.LINE_AA, 3)))
+        for j, fi in zip(*(a.tolist() for a in p.clipped)):
+            poly = _clip_near(p.ccam[j, BOX_FACES[fi]])
             if len(poly) >= 3:
-                pts = np.round(np.clip(_cam_to_uv(poly, f, cx, cy), -1e5, 1e5) * 8).astype(np.int32)
+                pts = np.round(np.clip(_cam_to_uv(poly, view.f, view.cx, view.cy), -1e5, 1e5) * 8).astype(np.int32)
                 draws.append((dist[j], fill, (pts, tuple(colour[j, fi].tolist()), cv2.LINE_AA, 3)))
 
     def _fog_image(self, shape, colour) -> np.ndarray:
@@ -642,6 +785,14 @@ class Renderer:
             self._rain_cache = {key: overlay}
         off = int(abs(origin[0] * 37.0 + origin[1] * 53.0)) % h
         cv2.add(out, overlay[off:off + h], dst=out)
+
+
+def _trunk_bias(sc: Scenery) -> np.ndarray:
+    """Painter's distance bias per scenery box: trunks count 0.5 m farther, behind their crowns (cached)."""
+    bias = sc.__dict__.get("_trunk_bias")
+    if bias is None:
+        bias = sc.__dict__["_trunk_bias"] = np.where(sc.box_kind == KIND_TRUNK, 0.5, 0.0)
+    return bias
 
 
 def _clip_near(poly: np.ndarray, near: float = _NEAR) -> np.ndarray:

@@ -245,6 +245,7 @@ class Autopilot:
         self._npcs: dict[int, _Npc] = {}
         self._cache_key = None
         self._cache = None
+        self._rows = None           # (cars, route, light index, limits) of the last tick, see _routes
 
     def __len__(self) -> int:
         return len(self._npcs)
@@ -301,21 +302,7 @@ class Autopilot:
         v_set, diff, s0, ignore, geometry = self._cache
         draws = managers[0]._rng.random((n, 3))
         ignored = draws < ignore
-        # -- route upkeep: drop points behind the car, extend ahead -----------------------
-        route = np.full((n, ROUTE_POINTS, 2), np.nan)
-        light_idx = np.full((n, ROUTE_POINTS), -1, dtype=np.int64)
-        limits = np.empty(n)
-        for i, (npc, tm) in enumerate(zip(npcs, managers)):
-            pts, xy = npc.route, npc.xy
-            hx, hy, px, py = heading[i, 0], heading[i, 1], pos[i, 0], pos[i, 1]
-            while len(pts) > 1 and (xy[0][0] - px) * hx + (xy[0][1] - py) * hy <= 0.5:
-                del pts[0], xy[0], npc.poses[0], npc.lights[0], npc.limits[0]
-            self._extend(npc, tm._rng)
-            k = len(pts)
-            route[i, :k] = xy
-            light_idx[i, :k] = npc.lights
-            limits[i] = npc.limits[0]
-            npc.vehicle._road_hint = npc.poses[0]
+        route, light_idx, limits = self._routes(npcs, managers, pos, heading)
         valid = ~np.isnan(route[:, :, 0])
         # arc length from the car along its route (inf past the route's end)
         first = np.hypot(route[:, 0, 0] - pos[:, 0], route[:, 0, 1] - pos[:, 1])
@@ -371,6 +358,42 @@ class Autopilot:
         for npc, t, st, b in zip(npcs, throttle.tolist(), steer.tolist(), brake.tolist()):
             npc.vehicle._control = _Control(t, st, b)
 
+    def _routes(self, npcs, managers, pos, heading) -> tuple:
+        """Route upkeep: drop the points behind each car, extend ahead. Returns (route (n, ROUTE_POINTS, 2) x, y
+        with NaN past its end, light index (n, ROUTE_POINTS), speed limit at the first point (n,)).
+
+        The arrays are kept between ticks for the same cars: a car passes a point about every fifth tick,
+        so only the rows of cars that passed one (found for all at once) or whose route is short are rebuilt."""
+        n = len(npcs)
+        rows = self._rows
+        if rows is None or len(rows[0]) != n or any(a is not b for a, b in zip(rows[0], npcs)):
+            route = np.full((n, ROUTE_POINTS, 2), np.nan)
+            light_idx = np.full((n, ROUTE_POINTS), -1, dtype=np.int64)
+            rows = self._rows = (list(npcs), route, light_idx, np.empty(n))
+            todo = range(n)
+        else:
+            route = rows[1]
+            # the first point is behind the car (same test as the loop below, all cars at once; NaN: no point)
+            ahead = (route[:, 0, 0] - pos[:, 0]) * heading[:, 0] + (route[:, 0, 1] - pos[:, 1]) * heading[:, 1]
+            todo = np.nonzero((ahead <= 0.5) | np.isnan(route[:, ROUTE_POINTS - 1, 0]))[0].tolist()
+        _, route, light_idx, limits = rows
+        for i in todo:
+            npc, tm = npcs[i], managers[i]
+            pts, xy = npc.route, npc.xy
+            hx, hy, px, py = heading[i, 0], heading[i, 1], pos[i, 0], pos[i, 1]
+            while len(pts) > 1 and (xy[0][0] - px) * hx + (xy[0][1] - py) * hy <= 0.5:
+                del pts[0], xy[0], npc.poses[0], npc.lights[0], npc.limits[0]
+            self._extend(npc, tm._rng)
+            k = len(pts)
+            route[i] = np.nan
+            route[i, :k] = xy
+            light_idx[i] = -1
+            light_idx[i, :k] = npc.lights
+            limits[i] = npc.limits[0]
+        for npc in npcs:
+            npc.vehicle._road_hint = npc.poses[0]
+        return route, light_idx, limits
+
     @staticmethod
     def _settings(npcs, managers) -> tuple:
         """(desired km/h or NaN, speed difference %, min gap m, ignore chances (lights, vehicles,
@@ -410,8 +433,9 @@ class Autopilot:
         near &= ids[None, :] != own[:, None]
         near &= ~(ignored[:, 1:2] & ~is_walker[None, :]) & ~(ignored[:, 2:3] & is_walker[None, :])
         pairs = set()
-        for npc in npcs:
-            pairs |= {p for p in get_traffic_manager(None, npc.port)._no_collision_pairs if p[0] == npc.vehicle.id}
+        for port in {npc.port for npc in npcs}:                   # pairs whose first car is one of its cars
+            cars = {npc.vehicle.id for npc in npcs if npc.port == port}
+            pairs |= {p for p in get_traffic_manager(None, port)._no_collision_pairs if p[0] in cars}
         if pairs:
             index = {int(i): j for j, i in enumerate(ids)}
             rows = {npc.vehicle.id: r for r, npc in enumerate(npcs)}

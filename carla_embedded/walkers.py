@@ -213,7 +213,7 @@ class WalkerAIController(Actor, carla.WalkerAIController):
         for _ in range(4):                               # a few short waypoint steps per tick at most
             if budget <= 1e-6:
                 break
-            point = self._hop if self._hop is not None else self._waypoint.transform.location
+            point = self._hop if self._hop is not None else self._waypoint_location()
             dx, dy = point.x - x, point.y - y
             dist = math.hypot(dx, dy)
             if dist < 0.05:
@@ -227,6 +227,13 @@ class WalkerAIController(Actor, carla.WalkerAIController):
             budget -= move
         walker._velocity = carla.Vector3D((x - loc.x) / dt, (y - loc.y) / dt, 0.0)
         walker._transform = carla.Transform(carla.Location(x, y, z), carla.Rotation(yaw=yaw))
+
+    def _waypoint_location(self) -> carla.Location:
+        """``self._waypoint.transform.location``, read once per waypoint (carla builds the transform each time)."""
+        cached = self.__dict__.get("_waypoint_at")
+        if cached is None or cached[0] is not self._waypoint:
+            cached = self.__dict__["_waypoint_at"] = (self._waypoint, self._waypoint.transform.location)
+        return cached[1]
 
     def get_transform(self) -> carla.Transform:
         return self._parent.get_transform() if self._parent is not None else super().get_transform()

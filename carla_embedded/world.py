@@ -220,6 +220,8 @@ class World(CarlaSurface, carla.World):
     """carla.World on an embedded map. Obtain it from ``Client.get_world``/``load_world``."""
 
     _carla_class = carla.World
+    #: bumped when an actor is added, removed or teleported: what the sensors' actor boxes keep depends on it
+    _actors_version = 0
 
     def __init__(self, carla_map: EmbeddedMap, settings: carla.WorldSettings | None = None,
                  render_seed: int = 0, episode_id: int = 1):
@@ -437,11 +439,13 @@ class World(CarlaSurface, carla.World):
     def _add(self, actor: Actor) -> Actor:
         with self._lock if hasattr(self, "_lock") else _NO_LOCK:
             self._actors[actor.id] = actor
+            self._actors_version += 1
         return actor
 
     def _remove_actor(self, actor: Actor) -> None:
         with self._lock:
             self._actors.pop(actor.id, None)
+            self._actors_version += 1
             if isinstance(actor, Vehicle):
                 self._autopilot.unregister(actor)
             if isinstance(actor, Walker) and actor._controller is not None:

@@ -131,3 +131,18 @@ def test_bench_reports_each_case(capsys):
         assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "800by600" in err and "Town99" in err and "ticks=0" in err and "blocks=0" in err
+
+
+def test_traffic_bench_times_the_issue_rig_beside_no_traffic(capsys):
+    from carla_embedded.bench import main
+
+    main(["--res", "64x48", "--ticks", "4", "--warmup", "1", "--town", "Embedded01", "--blocks", "2",
+          "--traffic", "3,2", "--traffic-town", "Embedded01"])
+    out = capsys.readouterr().out
+    # both worlds carry the RGB + semantic rig (the bench raises if a camera delivered nothing), in both configurations
+    for case in ("Embedded01 64x48 rgb+semantic no traffic", "Embedded01 64x48 rgb+semantic traffic 3v+2w"):
+        rows = [line.split() for line in out.splitlines() if line.strip().startswith(case + " ")]
+        assert sorted(" ".join(r[len(case.split()):-3]) for r in rows) == ["default", "pinned 1"], out
+        assert all(0 < float(r[-3]) <= float(r[-2]) and float(r[-1]) > 0 for r in rows), out   # median, p99, cpu
+    target = [line for line in out.splitlines() if line.startswith("target (issue 12)")]
+    assert len(target) == 1 and "<= 8 ms on one core; pinned 1:" in target[0] and "no traffic" in target[0], out

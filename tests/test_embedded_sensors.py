@@ -259,6 +259,22 @@ def test_walkers_and_traffic_lights_held_by_the_world_appear(world, ego):
     assert (tags == TAG_TRAFFIC_LIGHT).sum() > 20
 
 
+def test_a_teleported_traffic_light_is_seen_at_its_new_place(world, ego):
+    """Boxes of actors that never move by themselves are kept between ticks: a teleport must still show."""
+    light = Actor(world, 902, "traffic.traffic_light", carla.Transform(carla.Location(x=25.0, y=-1.0)))
+    world._add(light)
+    cam, sem = camera(world, ego, "sensor.camera.semantic_segmentation")
+    z = world.get_map().get_waypoint(ego.get_location()).transform.location.z
+    seen = []
+    for y in (-1.0, -1.0, 5.0):                          # two ticks in place, then moved across the road
+        light.set_transform(carla.Transform(carla.Location(x=25.0, y=y)))
+        world.tick()
+        cols = np.nonzero(pixels(sem[-1])[..., 2] == TAG_TRAFFIC_LIGHT)[1]
+        u, _, _ = project(carla.Location(25.0, y, z + 2.0), cam.get_transform())
+        seen.append((len(cols), cols.mean() - u if len(cols) else None))
+    assert all(n > 20 and abs(off) < 3 for n, off in seen), seen
+
+
 def test_chase_camera_sees_its_own_car_but_a_mounted_one_does_not(world, ego):
     _, mounted = camera(world, ego, "sensor.camera.semantic_segmentation")
     _, chase = camera(world, ego, "sensor.camera.semantic_segmentation",
