@@ -17,14 +17,29 @@ all autopilot cars at once with numpy:
   ahead (any actor within ``CORRIDOR_M`` of a route point) and against the stop line of a red
   light (or a yellow one it can still stop for) on the route;
 * ``ignore_*_percentage``: the chance, drawn each tick per car, that it ignores that kind of
-  obstacle. Cars that ignore each other collide (the world stops both and reports the contact).
+  obstacle. Cars that ignore each other collide (the world stops both and reports the contact);
+* lane changes (map rules and path in ``lane_change``): a car moves to the same-direction Driving
+  lane beside it where the lane markings allow, never in or into a junction, with a smooth lateral
+  move over 20-40 m (its route is re-planned onto the neighbour lane; the steering follows). With
+  ``auto_lane_change`` on (the default) a car held behind a slower vehicle (below 80 % of its own
+  target speed, within max(20 m, 3 s)) for ``HOLD_S`` overtakes, right lane first as CARLA, where the
+  move gains it speed. ``force_lane_change(actor, direction)`` (True: right, as CARLA) asks for one
+  change; ``random_left/right_lanechange_percentage`` and ``keep_slow_lane_rule_percentage`` (0.9.14:
+  ``keep_right_rule_percentage``) are the chance per tick, above 5 m/s, of one, as CARLA. After a
+  change the car keeps its lane for max(10 m, 10 s of travel) (CARLA's rule). Every change first
+  passes the car-following model's tests: its footprint clears everyone during the move, nobody is
+  alongside in the target lane, and neither the car nor the one coming up behind it there would
+  have to brake harder than ``SAFE_DECEL``. Unlike CARLA's TM, which also changes lanes for a
+  same-speed car 20-50 m ahead and whose forced change ignores collisions and is dropped unless it
+  can start on the next tick, a forced change here is dropped at once only where no lane beside
+  may be entered; in or near a junction, right after a change, or with the target lane taken it
+  waits up to ``FORCE_WAIT_S``.
 
 Accepted and recorded, with no effect (documented, harmless): ``set_synchronous_mode`` (the
 autopilot always runs inside the world's tick, which is what synchronous mode guarantees),
 hybrid physics and its radius (every car is already kinematic), dormant-vehicle respawn (no car
-is ever dormant), ``ignore_signs_percentage`` (no stop/yield signs are modelled), lane-change
-settings and ``auto_lane_change`` (NPC cars keep their lane), vehicle lights, OSM mode and lane
-offsets. ``force_lane_change``, ``set_path``, ``set_route``, ``get_next_action`` and
+is ever dormant), ``ignore_signs_percentage`` (no stop/yield signs are modelled), vehicle lights,
+OSM mode and lane offsets. ``set_path``, ``set_route``, ``get_next_action`` and
 ``get_all_actions`` raise ``UnsupportedFeatureError``.
 """
 from __future__ import annotations
@@ -37,6 +52,7 @@ import numpy as np
 
 import carla
 
+from . import lane_change
 from .errors import CarlaSurface, UnsupportedFeatureError
 
 logger = logging.getLogger(__name__)
@@ -52,6 +68,20 @@ IDM_HEADWAY_S = 1.2
 DEFAULT_DISTANCE_M = 2.0             # CARLA TM's default minimum distance to the car ahead
 DEFAULT_SPEED_DIFFERENCE = 30.0      # CARLA TM: cars drive 30 % under the limit by default
 _LIGHT_STOP_MARGIN_M = 1.0
+# lane changes (CARLA's LocalizationStage where it has a number; the rest is this simulator's choice)
+MIN_LANE_CHANGE_SPEED = 5.0          # m/s, CARLA: random and keep-slow-lane changes only above it
+INTER_LANE_CHANGE_M = 10.0           # CARLA: a new change only max(10 m, 10 s of travel) past the last one
+HOLD_S = 1.0                         # held this long behind a slower vehicle before overtaking
+RETRY_S = 0.5                        # then tries again this often while held (every 2 s where no lane is beside)
+SLOWER = 0.8                         # a leader below this fraction of the car's target speed holds it ...
+HOLD_LOOK_M, HOLD_LOOK_S = 20.0, 3.0  # ... within max(20 m, 3 s of travel)
+MIN_TRANSITION_M = 12.0              # shortest lateral move (overtaking a stopped car close ahead) ...
+MIN_OVERTAKE_GAP_M = 6.0             # ... which a car closer than this to its leader cannot steer round
+SAFE_DECEL = 4.0                     # m/s^2: no car (this one or the new follower) must brake harder after a change
+OVERTAKE_GAIN = 0.3                  # m/s^2: an overtake must improve the car's IDM acceleration this much
+BACK_M = 50.0                        # the target lane is checked this far behind the car
+FORCE_WAIT_S = 5.0                   # a forced change waits at most this long for a legal, safe place
+_CLEARANCE_MARGIN_M = 0.4            # between footprints during the lateral move
 
 _MANAGERS: dict[int, "TrafficManager"] = {}
 
@@ -82,6 +112,7 @@ class TrafficManager(CarlaSurface):
         self._per_vehicle: dict[int, dict] = {}
         self._version = 0
         self._no_collision_pairs: set[tuple[int, int]] = set()
+        self._forced: dict[int, list] = {}      # actor id -> [right?, seconds it may still wait], see force_lane_change
         self.recorded: dict[str, object] = {"synchronous_mode": False}
 
     def __repr__(self):
@@ -149,19 +180,34 @@ class TrafficManager(CarlaSurface):
         else:
             self._no_collision_pairs.add(pair)
 
-    # -- recorded, no effect (see module docstring) ------------------------------------------
+    # -- lane changes (see the module docstring) ----------------------------------------------
     def auto_lane_change(self, actor, enable: bool) -> None:
+        """On (CARLA's default): the car overtakes a slower vehicle ahead on a free neighbour lane."""
         self._vehicle(actor)["auto_lane_change"] = bool(enable)
 
+    def force_lane_change(self, actor, direction: bool) -> None:
+        """One lane change to the right (``direction`` True) or left (False), as CARLA: dropped at once
+        where no same-direction lane on that side may be entered; it waits up to ``FORCE_WAIT_S`` while
+        the car is in or near a junction, just changed lanes, or the target lane is taken alongside."""
+        self._forced[actor.id] = [bool(direction), FORCE_WAIT_S]
+
     def random_left_lanechange_percentage(self, actor, percentage: float) -> None:
+        """Chance (%), drawn every tick above 5 m/s, that the car changes to its left lane (CARLA)."""
         self._vehicle(actor)["random_left_lanechange"] = _percentage(percentage, "percentage")
 
     def random_right_lanechange_percentage(self, actor, percentage: float) -> None:
+        """Chance (%), drawn every tick above 5 m/s, that the car changes to its right lane (CARLA)."""
         self._vehicle(actor)["random_right_lanechange"] = _percentage(percentage, "percentage")
 
     def keep_slow_lane_rule_percentage(self, actor, perc: float) -> None:
+        """Chance (%), drawn every tick above 5 m/s, that the car moves back to its right (slow) lane."""
         self._vehicle(actor)["keep_slow_lane"] = _percentage(perc, "perc")
 
+    def keep_right_rule_percentage(self, actor, perc: float) -> None:
+        """CARLA 0.9.14's name of ``keep_slow_lane_rule_percentage``."""
+        self.keep_slow_lane_rule_percentage(actor, perc)
+
+    # -- recorded, no effect (see module docstring) ------------------------------------------
     def update_vehicle_lights(self, actor, do_update: bool) -> None:
         self._vehicle(actor)["update_lights"] = bool(do_update)
 
@@ -190,12 +236,10 @@ class TrafficManager(CarlaSurface):
         """Forget every setting (autopilot cars keep driving with the defaults, as after a TM restart)."""
         self._per_vehicle.clear()
         self._no_collision_pairs.clear()
+        self._forced.clear()
         self._version += 1
 
     # -- not modelled ------------------------------------------------------------------------
-    def force_lane_change(self, actor, direction: bool) -> None:
-        raise UnsupportedFeatureError("TrafficManager.force_lane_change", "NPC cars keep their lane")
-
     def set_path(self, actor, path, empty_buffer: bool = True) -> None:
         raise UnsupportedFeatureError("TrafficManager.set_path")
 
@@ -218,6 +262,7 @@ class _Npc:
     poses: list = field(default_factory=list)            # their (x, y, z, yaw, pitch, waypoint), for the car's z/pitch
     lights: list = field(default_factory=list)           # index of the light whose stop line is at route[k], or -1
     limits: list = field(default_factory=list)           # speed limit at route[k], km/h
+    lane_change_end: tuple | None = None                  # (x, y, dir x, dir y) where the last lane change ended
 
 
 class _Control:
@@ -237,6 +282,14 @@ _STATE_CODE = {carla.TrafficLightState.Red: 0, carla.TrafficLightState.Yellow: 1
                carla.TrafficLightState.Unknown: 3}
 
 
+def idm_accel(speed, v0, gap, lead_speed, s0):
+    """Intelligent Driver Model acceleration (m/s^2) of a car at ``speed`` wanting ``v0`` (m/s), ``gap`` m
+    behind a leader at ``lead_speed``, keeping at least ``s0`` m (scalars or arrays)."""
+    s_star = s0 + np.maximum(0.0, speed * IDM_HEADWAY_S
+                             + speed * (speed - lead_speed) / (2.0 * math.sqrt(IDM_ACCEL * IDM_DECEL)))
+    return IDM_ACCEL * (1.0 - (speed / v0) ** 4 - (s_star / np.maximum(gap, 0.01)) ** 2)
+
+
 class Autopilot:
     """Drives every autopilot car of one world (see the module docstring)."""
 
@@ -245,7 +298,8 @@ class Autopilot:
         self._npcs: dict[int, _Npc] = {}
         self._cache_key = None
         self._cache = None
-        self._rows = None           # (cars, route, light index, limits) of the last tick, see _routes
+        self._rows = None           # (cars, route, light index, limits, held s) of the last tick, see _routes
+        self._others = None         # this tick's (actors, their _planar rows) from _obstacles
 
     def __len__(self) -> int:
         return len(self._npcs)
@@ -295,11 +349,12 @@ class Autopilot:
         heading = np.stack([np.cos(yaw), np.sin(yaw)], axis=1)
         # -- per-car settings and limits: cached until a car or a TM setting changes --------
         managers = [get_traffic_manager(None, npc.port) for npc in npcs]
-        key = (tuple(npc.vehicle.id for npc in npcs), tuple((id(tm), tm._version) for tm in set(managers)),
+        distinct = set(managers)
+        key = (tuple(npc.vehicle.id for npc in npcs), tuple((id(tm), tm._version) for tm in distinct),
                tuple(id(npc.vehicle._params) for npc in npcs))
         if key != self._cache_key:
             self._cache_key, self._cache = key, self._settings(npcs, managers)
-        v_set, diff, s0, ignore, geometry = self._cache
+        v_set, diff, s0, ignore, geometry, auto_change, change_chances = self._cache
         draws = managers[0]._rng.random((n, 3))
         ignored = draws < ignore
         route, light_idx, limits = self._routes(npcs, managers, pos, heading)
@@ -330,7 +385,7 @@ class Autopilot:
         curvature = np.max(np.where(near & np.isfinite(turn), turn, 0.0), axis=1, initial=0.0) / ROUTE_STEP_M
         v0 = np.maximum(np.minimum(v0, np.sqrt(LATERAL_ACCEL / np.maximum(curvature, 1e-4))), 0.1)
         # -- obstacles on the route: vehicles and walkers ----------------------------------
-        gap, lead_speed = self._obstacles(npcs, pos, heading, route, arc, half_length, ignored)
+        gap, lead_speed, lead_vehicle = self._obstacles(npcs, pos, heading, route, arc, half_length, ignored)
         # -- red lights (and yellow ones the car can still stop for) -----------------------
         codes = self._world._light_codes()
         if codes.size:
@@ -344,10 +399,9 @@ class Autopilot:
             closer = light_gap < gap
             gap = np.where(closer, light_gap, gap)
             lead_speed = np.where(closer, 0.0, lead_speed)
+            lead_vehicle &= ~closer
         # -- IDM ------------------------------------------------------------------------------
-        dv = speed - lead_speed
-        s_star = s0 + np.maximum(0.0, speed * IDM_HEADWAY_S + speed * dv / (2.0 * math.sqrt(IDM_ACCEL * IDM_DECEL)))
-        accel = IDM_ACCEL * (1.0 - (speed / v0) ** 4 - (s_star / np.maximum(gap, 0.01)) ** 2)
+        accel = idm_accel(speed, v0, gap, lead_speed, s0)
         accel = np.where(last < 1, -IDM_DECEL, accel)            # dead end ahead
         resist = rolling + drag * speed * speed
         fade = np.maximum(0.05, 1.0 - speed / top)
@@ -357,6 +411,15 @@ class Autopilot:
         throttle = np.where(brake > 0, 0.0, throttle)
         for npc, t, st, b in zip(npcs, throttle.tolist(), steer.tolist(), brake.tolist()):
             npc.vehicle._control = _Control(t, st, b)
+        # -- lane changes: they re-plan routes for the next tick ------------------------------
+        held = self._rows[4]
+        holding = (auto_change & lead_vehicle & (lead_speed < SLOWER * v0) & (gap > MIN_OVERTAKE_GAP_M)
+                   & (gap < np.maximum(HOLD_LOOK_M, HOLD_LOOK_S * speed)))
+        np.copyto(held, np.where(holding, held + dt, 0.0))
+        wanted = np.flatnonzero(held >= HOLD_S)
+        if wanted.size or change_chances is not None or any(tm._forced for tm in distinct):
+            self._lane_changes(npcs, managers, dt, wanted, change_chances,
+                               (pos, heading, speed, v0, s0, gap, lead_speed, half_length))
 
     def _routes(self, npcs, managers, pos, heading) -> tuple:
         """Route upkeep: drop the points behind each car, extend ahead. Returns (route (n, ROUTE_POINTS, 2) x, y
@@ -369,14 +432,14 @@ class Autopilot:
         if rows is None or len(rows[0]) != n or any(a is not b for a, b in zip(rows[0], npcs)):
             route = np.full((n, ROUTE_POINTS, 2), np.nan)
             light_idx = np.full((n, ROUTE_POINTS), -1, dtype=np.int64)
-            rows = self._rows = (list(npcs), route, light_idx, np.empty(n))
+            rows = self._rows = (list(npcs), route, light_idx, np.empty(n), np.zeros(n))
             todo = range(n)
         else:
             route = rows[1]
             # the first point is behind the car (same test as the loop below, all cars at once; NaN: no point)
             ahead = (route[:, 0, 0] - pos[:, 0]) * heading[:, 0] + (route[:, 0, 1] - pos[:, 1]) * heading[:, 1]
             todo = np.nonzero((ahead <= 0.5) | np.isnan(route[:, ROUTE_POINTS - 1, 0]))[0].tolist()
-        _, route, light_idx, limits = rows
+        _, route, light_idx, limits, _ = rows
         for i in todo:
             npc, tm = npcs[i], managers[i]
             pts, xy = npc.route, npc.xy
@@ -394,35 +457,196 @@ class Autopilot:
             npc.vehicle._road_hint = npc.poses[0]
         return route, light_idx, limits
 
+    def _lane_changes(self, npcs, managers, dt, wanted, chances, state) -> None:
+        """Start this tick's lane changes: forced ones (``force_lane_change``), the random and
+        keep-slow-lane ones (one draw per car and tick, as CARLA) and overtakes of the cars in
+        ``wanted`` (held behind a slower vehicle for ``HOLD_S``)."""
+        speed = state[2]
+        requests: dict[int, tuple] = {}                 # car row -> (sides to try in order, overtake?, forced entry)
+        for i in wanted.tolist():
+            requests[i] = ((True, False), True, None)   # CARLA tries the right lane first
+        if chances is not None:
+            for i in np.flatnonzero((chances >= 0).any(axis=1) & (speed > MIN_LANE_CHANGE_SPEED)).tolist():
+                keep, right, left = chances[i]
+                draws = managers[i]._rng.random(3) * 100.0
+                to_right = keep > draws[0] or right >= draws[1]
+                if left >= draws[2]:
+                    to_right = managers[i]._rng.random() * 100.0 < 50.0 if to_right else False
+                elif not to_right:
+                    continue
+                requests[i] = ((bool(to_right),), False, None)
+        for tm in set(managers):
+            if tm._forced:
+                for i, npc in enumerate(npcs):
+                    entry = tm._forced.get(npc.vehicle.id)
+                    if entry is not None and managers[i] is tm:
+                        requests[i] = ((entry[0],), False, (tm, npc.vehicle.id, entry))
+        for i, (sides, overtake, forced) in requests.items():
+            outcome = self._try_lane_change(i, npcs[i], managers[i], sides, overtake, state)
+            if overtake and outcome != "done":
+                self._rows[4][i] = HOLD_S - (RETRY_S if outcome == lane_change.LATER else 4 * RETRY_S)
+            if forced is not None:
+                tm, actor_id, entry = forced
+                entry[1] -= dt
+                if outcome != lane_change.LATER or entry[1] <= 0.0:
+                    tm._forced.pop(actor_id, None)
+
+    def _try_lane_change(self, i, npc, tm, sides, overtake, state) -> str:
+        """Change car ``i`` to the first of ``sides`` (True: right) where the move is legal and safe;
+        returns "done", ``lane_change.NEVER`` (no legal neighbour lane on any side here) or
+        ``lane_change.LATER``."""
+        pos, heading, speed, v0, s0, gap, lead_speed, half_length = (a[i] for a in state)
+        px, py, v = float(pos[0]), float(pos[1]), float(speed)
+        if npc.lane_change_end is not None:                 # CARLA: not again until past and away from the last
+            ex, ey, hx, hy = npc.lane_change_end
+            if (px - ex) * hx + (py - ey) * hy <= 0 or math.hypot(px - ex, py - ey) <= max(10.0 * v, INTER_LANE_CHANGE_M):
+                return lane_change.LATER
+        length = lane_change.transition_length(v)
+        if overtake:
+            length = min(length, max(MIN_TRANSITION_M, 1.6 * float(gap)))
+        outcome = lane_change.NEVER
+        for right in sides:
+            plan = lane_change.plan(npc.route, npc.xy, right, length, ROUTE_STEP_M, ROUTE_POINTS)
+            if isinstance(plan, str):
+                outcome = lane_change.LATER if plan == lane_change.LATER else outcome
+                continue
+            current = idm_accel(v, float(v0), float(gap), float(lead_speed), float(s0)) if overtake else None
+            if self._safe(npc, plan, pos, heading, v, float(v0), float(s0), float(half_length), current):
+                self._commit(i, npc, tm, plan)
+                return "done"
+            outcome = lane_change.LATER
+        return outcome
+
+    def _safe(self, npc, plan, pos, heading, v, v0, s0, half_length, current) -> bool:
+        """Whether the move ``plan`` is safe now, by the car-following model's own tests:
+
+        * footprints: along the lateral move the car keeps clear of every vehicle and walker not
+          behind it, each extrapolated with its velocity to when the car gets there;
+        * the target lane, from ``BACK_M`` behind the car to the route's end (actors within
+          ``CORRIDOR_M`` of its centre): nobody alongside; neither the car behind a vehicle/walker
+          ahead nor a vehicle coming up behind would need the IDM to brake harder than ``SAFE_DECEL``;
+        * an overtake (``current``: the IDM acceleration behind today's leader) must gain
+          ``OVERTAKE_GAIN`` on the new route, whose leader is found as car following finds it."""
+        if self._others is None:
+            return True
+        actors, info = self._others
+        rel = info[:, 0:2] - pos
+        lon = rel @ heading
+        keep = (info[:, 6] != npc.vehicle.id) & (np.hypot(rel[:, 0], rel[:, 1]) < BACK_M + len(plan.xy) * ROUTE_STEP_M)
+        if not keep.any():
+            return True
+        actors = [a for a, k in zip(actors, keep.tolist()) if k]
+        opos, ovel, olen, walker, lon = info[keep, 0:2], info[keep, 2:4], info[keep, 4], info[keep, 5] > 0, lon[keep]
+        # -- footprints along the move ------------------------------------------------------
+        move = plan.xy[:plan.k_end + 2]
+        seg = np.diff(move, axis=0)
+        length = np.maximum(np.hypot(seg[:, 0], seg[:, 1]), 1e-6)
+        arc = math.hypot(move[0, 0] - pos[0], move[0, 1] - pos[1]) + np.concatenate([[0.0], np.cumsum(length)[:-1]])
+        front = lon > -(half_length + olen)
+        if front.any():
+            idx = np.flatnonzero(front)
+            yaw = np.radians([actors[j]._transform.rotation.yaw for j in idx])
+            width = np.array([actors[j]._bbox.extent.y for j in idx])
+            if not lane_change.footprints_clear(
+                    move[:-1], seg / length[:, None], half_length, arc / max(v, 3.0), opos[idx], ovel[idx],
+                    np.stack([np.cos(yaw), np.sin(yaw)], axis=1), olen[idx],
+                    npc.vehicle._bbox.extent.y + width + _CLEARANCE_MARGIN_M):
+                return False
+        # -- the target lane: alongside, ahead, behind ----------------------------------------
+        behind = [(t.location.x, t.location.y)
+                  for t in (w.transform for w in lane_change.lane_behind(plan.target, BACK_M, ROUTE_STEP_M))]
+        lane = np.concatenate([np.array(behind).reshape(-1, 2), plan.lane_xy])
+        arcs, inside, lane_dir = lane_change.along(lane, np.vstack([pos[None], opos]), CORRIDOR_M)
+        car_front, car_rear = arcs[0] + half_length, arcs[0] - half_length
+        arcs, inside, lane_dir = arcs[1:], inside[1:], lane_dir[1:]
+        u = np.maximum((ovel * lane_dir).sum(axis=1), 0.0)
+        ahead = inside & (arcs - olen >= car_front)
+        back = inside & (arcs + olen <= car_rear)
+        if (inside & ~ahead & ~back).any():
+            return False                                                     # someone alongside
+        if ahead.any() and (idm_accel(v, v0, arcs[ahead] - olen[ahead] - car_front, u[ahead], s0) < -SAFE_DECEL).any():
+            return False
+        back &= ~walker
+        if back.any():
+            follower = u[back]                                               # IDM of the car behind, free-road term left out
+            s_star = DEFAULT_DISTANCE_M + np.maximum(0.0, follower * IDM_HEADWAY_S + follower * (follower - v)
+                                                     / (2.0 * math.sqrt(IDM_ACCEL * IDM_DECEL)))
+            gap = np.maximum(car_rear - arcs[back] - olen[back], 0.01)
+            if (IDM_ACCEL * (1.0 - (s_star / gap) ** 2) < -SAFE_DECEL).any():
+                return False
+        if current is None:
+            return True
+        # -- an overtake must pay: the new route's leader, found as _obstacles finds it ------------
+        path = plan.xy
+        seg = np.diff(path, axis=0)
+        length = np.hypot(seg[:, 0], seg[:, 1])
+        arc = math.hypot(path[0, 0] - pos[0], path[0, 1] - pos[1]) + np.concatenate([[0.0], np.cumsum(length)])
+        hit = (((path[None, :, :] - opos[:, None, :]) ** 2).sum(axis=2) < CORRIDOR_M ** 2) & (lon > 0)[:, None]
+        rows = np.flatnonzero(hit.any(axis=1))
+        gap_new, lead_new = 1e9, 0.0
+        if rows.size:
+            k = np.argmax(hit[rows], axis=1)
+            gaps = arc[k] - olen[rows] - half_length
+            j = int(np.argmin(gaps))
+            kk = min(int(k[j]), len(seg) - 1)
+            gap_new = float(gaps[j])
+            lead_new = max(float(ovel[rows[j]] @ seg[kk]) / max(float(length[kk]), 1e-6), 0.0)
+        return idm_accel(v, v0, gap_new, lead_new, s0) >= current + OVERTAKE_GAIN
+
+    def _commit(self, i, npc, tm, plan) -> None:
+        """Replace car ``i``'s route by the plan's (the route row is rebuilt next tick)."""
+        npc.route, npc.xy, npc.poses, npc.lights, npc.limits = [], [], [], [], []
+        for wp in plan.waypoints:
+            self._append(npc, wp)
+        for k in range(plan.k_end + 1):                       # the lateral move: between the lanes
+            x, y = float(plan.xy[k, 0]), float(plan.xy[k, 1])
+            npc.xy[k] = (x, y)
+            npc.poses[k] = (x, y) + npc.poses[k][2:]
+        self._extend(npc, tm._rng)
+        end, before = plan.lane_xy[plan.k_end], plan.lane_xy[plan.k_end - 1]
+        d = (end - before) / max(float(np.hypot(*(end - before))), 1e-6)
+        npc.lane_change_end = (float(end[0]), float(end[1]), float(d[0]), float(d[1]))
+        self._rows[1][i, -1] = np.nan                         # _routes rebuilds the row
+        self._rows[4][i] = 0.0
+
     @staticmethod
     def _settings(npcs, managers) -> tuple:
         """(desired km/h or NaN, speed difference %, min gap m, ignore chances (lights, vehicles,
-        walkers), car limits) per car, as arrays."""
+        walkers), car limits, auto lane change on, lane change chances % (keep slow lane, random
+        right, random left; -1 unset) or None when no car has one) per car, as arrays."""
         n = len(npcs)
         v_set, diff, s0, ignore = np.empty(n), np.empty(n), np.empty(n), np.empty((n, 3))
+        auto, chances = np.empty(n, dtype=bool), np.empty((n, 3))
         for i, (npc, tm) in enumerate(zip(npcs, managers)):
             own = tm._per_vehicle.get(npc.vehicle.id, {})
             v_set[i] = own.get("desired_speed", np.nan)
             diff[i] = own.get("speed_difference", tm._global_speed_difference)
             s0[i] = own.get("distance", tm._global_distance)
             ignore[i] = own.get("ignore_lights", 0.0), own.get("ignore_vehicles", 0.0), own.get("ignore_walkers", 0.0)
+            auto[i] = own.get("auto_lane_change", True)
+            chances[i] = (own.get("keep_slow_lane", -1.0), own.get("random_right_lanechange", -1.0),
+                          own.get("random_left_lanechange", -1.0))
         geometry = np.array([(p.wheelbase, p.max_steer_deg, p.max_accel, p.top_speed, p.max_brake_decel,
                               p.rolling_resistance, p.drag_coefficient, npc.vehicle._spec.extent[0])
                              for p, npc in ((m.vehicle._params, m) for m in npcs)])
-        return v_set, diff, s0, ignore, geometry
+        return v_set, diff, s0, ignore, geometry, auto, (chances if (chances >= 0).any() else None)
 
     def _obstacles(self, npcs, pos, heading, route, arc, half_length, ignored):
-        """(gap m, speed m/s along the route) of the nearest vehicle or walker on each car's route.
+        """(gap m, speed m/s along the route, is it a vehicle) of the nearest vehicle or walker on each
+        car's route. Keeps the actors and their ``_planar`` rows in ``self._others`` for lane changes.
 
         Broad phase on the (car, actor) distance matrix, then the route-point test only for the
         few pairs close enough to matter."""
         n = len(npcs)
         gap = np.full(n, 1e9)
         lead_speed = np.zeros(n)
+        lead_vehicle = np.zeros(n, dtype=bool)
         others = self._world._moving_actors()
+        self._others = None
         if not others:
-            return gap, lead_speed
+            return gap, lead_speed, lead_vehicle
         info = np.array([a._planar() for a in others])           # x, y, vx, vy, half length, is walker, id
+        self._others = (others, info)
         opos, ovel, olen = info[:, 0:2], info[:, 2:4], info[:, 4]
         is_walker = info[:, 5] > 0
         ids = info[:, 6]
@@ -444,12 +668,12 @@ class Autopilot:
                     near[rows[a], index[b]] = False
         ci, cj = np.nonzero(near)
         if ci.size == 0:
-            return gap, lead_speed
+            return gap, lead_speed, lead_vehicle
         d2 = ((route[ci] - opos[cj][:, None, :]) ** 2).sum(axis=2)          # (P, K)
         hit = (d2 < CORRIDOR_M ** 2) & np.isfinite(arc[ci])
         blocking = hit.any(axis=1)
         if not blocking.any():
-            return gap, lead_speed
+            return gap, lead_speed, lead_vehicle
         ci, cj, hit = ci[blocking], cj[blocking], hit[blocking]
         k_first = np.argmax(hit, axis=1)
         along = arc[ci, k_first] - olen[cj] - half_length[ci]
@@ -461,4 +685,5 @@ class Autopilot:
         ok = np.isfinite(norm) & (norm > 0)
         along_speed = np.where(ok, (ovel[cj] * np.nan_to_num(seg)).sum(axis=1) / np.where(ok, norm, 1.0), 0.0)
         lead_speed[ci] = np.maximum(along_speed, 0.0)
-        return gap, lead_speed
+        lead_vehicle[ci] = ~is_walker[cj]
+        return gap, lead_speed, lead_vehicle

@@ -486,7 +486,7 @@ def test_versions():
 
 @pytest.mark.parametrize("call, feature", [
     (lambda c, w, car: c.get_trafficmanager().set_path(car, []), "TrafficManager.set_path"),
-    (lambda c, w, car: c.get_trafficmanager().force_lane_change(car, True), "force_lane_change"),
+    (lambda c, w, car: c.get_trafficmanager().set_route(car, ["Left"]), "TrafficManager.set_route"),
     (lambda c, w, car: w.debug, "World.debug"),
     (lambda c, w, car: car.apply_physics_control(carla.VehiclePhysicsControl(wheels=[carla.WheelPhysicsControl()] * 4)),
      "max_steer_angle"),                                            # four steered wheels

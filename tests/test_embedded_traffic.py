@@ -97,8 +97,6 @@ def test_traffic_manager_api_and_what_it_does_not_model():
     tm.auto_lane_change(car, False)
     with pytest.raises(ValueError, match="percentage"):
         tm.vehicle_percentage_speed_difference(car, 150)
-    with pytest.raises(UnsupportedFeatureError, match="force_lane_change"):
-        tm.force_lane_change(car, True)
     with pytest.raises(UnsupportedFeatureError, match="TrafficManager.get_next_action"):
         tm.get_next_action(car)
 
