@@ -7,8 +7,11 @@ world (``carla_client.sync.CarlaSyncMode``), small helpers, and ``try/finally`` 
 written, the world settings are restored and every actor we spawned is destroyed.
 
 Per tick, in order (each a :class:`launch.timing.CycleTimer` section): ``tick`` (simulation step and
-camera frame), ``infer`` (classifier), ``control`` (ground truth + gate + experts), ``overlay``,
-``encode`` (video), ``display`` (window + keys).
+camera frame), ``infer`` (classifier), ``control`` (ground truth + gate + experts), then what a
+person sees: ``overlay`` (the HUD, with a window), ``record`` (hand the frame to the recording
+thread; waits only when its queue is full), ``display`` (window + keys). The recording thread draws
+the HUD (headless) and encodes off the control path; its times are the stages ``bg_overlay`` and
+``bg_encode``. The control of tick t always comes from tick t's frame: nothing is pipelined.
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ from launch.display import Action, open_display
 from launch.metrics import LEADERBOARD_1_0, DriveTrace, TickRecord, episode_metrics
 from launch.overlay import HudState, Minimap, Overlay, bgra_to_bgr, image_to_array, route_to_xy
 from launch.timing import CycleTimer
-from launch.video import VideoWriter, video_path
+from launch.video import FrameWorker, VideoWriter, video_path
 
 log = logging.getLogger(__name__)
 
@@ -247,12 +250,18 @@ def plan_route(ctx: WorldContext, seed: int, length_m: float):
 
 
 class _Recorder:
-    """Owns the current video (R toggles it); one frame per tick while on."""
+    """Owns the current video (R toggles it); one frame per tick while on.
+
+    Frames are drawn (headless: the HUD too) and encoded on a :class:`launch.video.FrameWorker`
+    thread, in tick order, so the encoder overlaps the next tick instead of delaying the control;
+    :meth:`shutdown` waits for every queued frame, so an exception or Ctrl-C loses none.
+    """
 
     def __init__(self, cfg: DriveConfig, gate_name: str) -> None:
         self.cfg = cfg
         self.gate_name = gate_name
         self.writer: VideoWriter | None = None
+        self.worker: FrameWorker | None = None
         self.videos: list[Path] = []
         self.wanted = cfg.record is not None
 
@@ -264,7 +273,8 @@ class _Recorder:
         else:
             self.wanted = True
 
-    def write(self, frame: np.ndarray) -> None:
+    def write(self, frame: np.ndarray, draw: Callable[[np.ndarray], object] | None = None) -> None:
+        """Queue ``frame`` (BGR, not touched by the caller afterwards): ``draw(frame)``, then encode."""
         if not self.wanted:
             return
         if self.writer is None:
@@ -274,12 +284,35 @@ class _Recorder:
                 path = path.with_name(f"{path.stem}_{len(self.videos)}{path.suffix}")
             self.writer = VideoWriter(path, self.cfg.fps, (frame.shape[1], frame.shape[0]))
             self.videos.append(path)
-        self.writer.write(frame)
+        if self.worker is None:
+            self.worker = FrameWorker(maxsize=RECORD_QUEUE_JOBS)
+        if draw is not None:
+            self.worker.submit(draw, frame, stage="bg_overlay")
+        self.worker.submit(self.writer.write, frame, stage="bg_encode")
 
     def close(self) -> None:
+        """End the current video; the worker finalises it after the frames queued before (even after an error)."""
         if self.writer is not None:
-            self.writer.close()
+            self.worker.submit(self.writer.close, always=True)
             self.writer = None
+
+    def shutdown(self, timer: CycleTimer | None = None) -> None:
+        """Close the video and wait until it is written; the worker's timings go to ``timer``. Raises its error."""
+        try:
+            self.close()
+        finally:
+            worker, self.worker = self.worker, None
+            if worker is not None:
+                try:
+                    worker.close()
+                finally:
+                    for stage, seconds in worker.timings if timer is not None else ():
+                        timer.add(stage, seconds)
+
+
+RECORD_QUEUE_JOBS = 8
+"""Recording jobs that may wait (two per frame headless: HUD, encode). Beyond that the loop waits:
+no frame is dropped; a SIGKILL loses at most these few frames on top of the video's last fragment."""
 
 
 def _predict(classifier, frame_bgra: np.ndarray):
@@ -421,37 +454,66 @@ class _View:
         return None
 
     def draw(self, rec: TickRecord, step: MoEStep, raw: np.ndarray, timer: CycleTimer) -> None:
-        """Overlay the HUD on the frame, write it to the video and show it (only when someone looks)."""
+        """Overlay the HUD on the frame, record it and show it (only when someone looks).
+
+        Headless, the HUD is drawn on the recording thread too: the loop only copies the frame
+        (the simulator may reuse its buffer) and snapshots the HUD's numbers. With a window the
+        HUD is drawn here, for the window, and only the encoding is left to the recording thread.
+        """
         if not (self.recorder.wanted or self.display is not None):
             return
-        cfg = self.cfg
+        if self.display is None:
+            with timer.section("record"):
+                hud = self._hud_inputs(rec, step, timer)
+                self.recorder.write(bgra_to_bgr(raw), lambda bgr: self._draw_hud(bgr, *hud))
+            return
         with timer.section("overlay"):
             bgr = bgra_to_bgr(raw)
-            if self.minimap is not None:
-                self.minimap.mark(rec.x, rec.y, _expert_color(step.in_charge))
-            tick_rate = timer.rolling("tick")["p50_ms"]
-            infer_stats = timer.rolling("infer")
-            self.overlay.draw(bgr, HudState(
-                pred_label=rec.pred, p_curve=rec.p_curve, truth=rec.truth, gate=rec.gate,
-                weights=step.decision.weights, in_charge=step.in_charge, fallback=step.fallback,
-                speed_kmh=rec.speed_kmh, steer=rec.steer, throttle=rec.throttle, brake=rec.brake,
-                sim_fps=1000.0 / tick_rate if tick_rate > 0 else float("nan"),
-                client_fps=timer.rolling_fps(), infer_p50_ms=infer_stats["p50_ms"],
-                infer_p99_ms=infer_stats["p99_ms"], town=cfg.town, weather=cfg.weather,
-                sim_time=rec.t, x=rec.x, y=rec.y, yaw=rec.yaw,
-                recording=self.recorder.wanted, paused=self.paused), show_hud=self.show_hud)
+            self._draw_hud(bgr, *self._hud_inputs(rec, step, timer))
         if self.recorder.wanted:
-            with timer.section("encode"):
+            with timer.section("record"):
                 self.recorder.write(bgr)
-        if self.display is not None:
-            with timer.section("display"):
-                self.display.show(bgr)
-            self.last_frame = bgr
+        with timer.section("display"):
+            self.display.show(bgr)
+        self.last_frame = bgr
 
-    def close(self) -> None:
-        self.recorder.close()
-        if self.display is not None:
-            self.display.close()
+    def _hud_inputs(self, rec: TickRecord, step: MoEStep, timer: CycleTimer) -> tuple:
+        """What the HUD of this tick needs, frozen now (the timer's windows are copied, not yet reduced)."""
+        recent = {name: tuple(timer.stages[name].recent) if name in timer.stages else () for name in ("tick", "infer")}
+        return (rec, step, recent["tick"], recent["infer"], tuple(timer.cycles.recent), self.recorder.wanted,
+                self.paused, self.show_hud)
+
+    def _draw_hud(self, bgr: np.ndarray, rec: TickRecord, step: MoEStep, tick_s: tuple, infer_s: tuple,
+                  cycle_s: tuple, recording: bool, paused: bool, show_hud: bool) -> None:
+        cfg = self.cfg
+        if self.minimap is not None:
+            self.minimap.mark(rec.x, rec.y, _expert_color(step.in_charge))
+        tick_p50 = _percentiles_ms(tick_s)[0]
+        infer_p50, infer_p99 = _percentiles_ms(infer_s)
+        self.overlay.draw(bgr, HudState(
+            pred_label=rec.pred, p_curve=rec.p_curve, truth=rec.truth, gate=rec.gate,
+            weights=step.decision.weights, in_charge=step.in_charge, fallback=step.fallback,
+            speed_kmh=rec.speed_kmh, steer=rec.steer, throttle=rec.throttle, brake=rec.brake,
+            sim_fps=1000.0 / tick_p50 if tick_p50 > 0 else float("nan"),
+            client_fps=1.0 / max(float(np.mean(cycle_s)), 1e-9) if cycle_s else float("nan"),
+            infer_p50_ms=infer_p50, infer_p99_ms=infer_p99, town=cfg.town, weather=cfg.weather,
+            sim_time=rec.t, x=rec.x, y=rec.y, yaw=rec.yaw, recording=recording, paused=paused), show_hud=show_hud)
+
+    def close(self, timer: CycleTimer | None = None) -> None:
+        """Finish the recording (waits for every queued frame) and close the window, even if that fails."""
+        try:
+            self.recorder.shutdown(timer)
+        finally:
+            if self.display is not None:
+                self.display.close()
+
+
+def _percentiles_ms(seconds: tuple) -> tuple[float, float]:
+    """(p50, p99) in ms of durations in s; NaN for none (as :meth:`CycleTimer.rolling`)."""
+    if not seconds:
+        return float("nan"), float("nan")
+    p50, p99 = np.percentile(np.asarray(seconds, dtype=np.float64) * 1000.0, (50, 99))
+    return float(p50), float(p99)
 
 
 def _ticks(drive: _Drive, view: _View, on_tick: TickHook | None) -> str:
@@ -562,8 +624,15 @@ def run_episode(ctx: WorldContext, cfg: DriveConfig, classifier=None, on_tick: T
         end_reason = f"error: {e.__class__.__name__}: {e}"
         raise
     finally:
+        view_error = None
         if view is not None:
-            view.close()
+            try:
+                view.close(timer)
+            except Exception as e:  # noqa: BLE001 - e.g. the disk filled while encoding: metrics first, then raise
+                if end_reason.startswith("error"):   # already failing: keep that error, log this one
+                    log.error("closing the view failed too: %s: %s", e.__class__.__name__, e)
+                else:
+                    view_error, end_reason = e, f"error: {e.__class__.__name__}: {e}"
         records = drive.records if drive is not None else []
         videos = view.recorder.videos if view is not None else []
         metrics = _drive_metrics(cfg, records, path.length, timer, videos, end_reason)
@@ -573,6 +642,8 @@ def run_episode(ctx: WorldContext, cfg: DriveConfig, classifier=None, on_tick: T
         metrics_path = Path(cfg.metrics) if cfg.metrics else None
         if metrics_path is not None:  # strict JSON (NaN -> null), atomic: also on SIGTERM / Ctrl-C
             write_json_atomic(metrics_path, json.loads(json.dumps(metrics, default=_json_default)))
+        if view_error is not None:
+            raise view_error
     return DriveResult(metrics=metrics, records=records, videos=videos, metrics_path=metrics_path,
                        interrupted=interrupted, end_reason=end_reason)
 

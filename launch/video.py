@@ -6,19 +6,31 @@ speed the car drove in simulated time however slow or fast the client loop was. 
 when libx264 is missing. :class:`VideoWriter` is a context manager so a Ctrl-C or an exception still
 writes the trailer and leaves a playable file.
 
+:class:`FrameWorker` takes the HUD drawing and the encoding off the drive's control path: one
+background thread runs the per-frame jobs in order (cv2 and PyAV release the GIL, so they run on
+the other core while the next tick renders); a full queue blocks the loop (nothing is dropped),
+and closing it drains the queue, so Ctrl-C or an exception still writes every submitted frame.
+
 A SIGKILL (or a crash, or power loss) never reaches the trailer, and a classic MP4 keeps its index
 (``moov``) in the trailer: without it nothing plays. So the file is a *fragmented* MP4
 (``movflags=frag_keyframe+empty_moov+default_base_moof``): an empty index up front, then one
 self-describing fragment per keyframe, with a keyframe every :data:`KEYFRAME_INTERVAL_S` seconds
 and packets flushed as they are muxed. A killed recording plays up to its last complete fragment
-(at most about one second lost); browsers, ffmpeg and PyAV play fragmented MP4.
+(at most about one second lost, plus the few frames still queued in a :class:`FrameWorker`);
+browsers, ffmpeg and PyAV play fragmented MP4.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
+import queue
 import re
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -136,3 +148,78 @@ def probe(path: str | Path) -> dict:
                 "width": stream.codec_context.width, "height": stream.codec_context.height}
         info["frames"] = sum(1 for _ in container.decode(video=0))
     return info
+
+
+class FrameWorker:
+    """One background thread that runs submitted jobs in submission order: the recording's HUD + encode.
+
+    Why: drawing the HUD and H.264-encoding an 800x600 frame cost ~6 ms, as much as the rest of the
+    loop after the tick; both release the GIL, so on a second core they overlap the next tick.
+
+    Args:
+        maxsize: jobs that may wait; :meth:`submit` blocks when that many are queued (backpressure:
+            the loop slows to the encoder's pace rather than dropping frames or growing memory).
+        nice: added to the thread's nice value (Linux; elsewhere ignored), so the control path's
+            threads (simulator, inference) win the cores and the encoder uses what they leave.
+
+    A job that raises stops the jobs after it (except ``always`` ones, e.g. closing the video, so
+    the file is still finalised); the error is raised in the caller by the next :meth:`submit` or
+    by :meth:`close`. Timings of jobs submitted with ``stage`` go to :attr:`timings` (name, s).
+    """
+
+    def __init__(self, maxsize: int = 4, nice: int = 10, name: str = "frame-worker") -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        self.nice = int(nice)
+        self.timings: list[tuple[str, float]] = []
+        self._queue: queue.Queue = queue.Queue(maxsize)
+        self._error: BaseException | None = None
+        self._reported = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable, *args, stage: str | None = None, always: bool = False) -> None:
+        """Queue ``fn(*args)`` (blocks while the queue is full). Raises the error of an earlier job."""
+        if self._closed:
+            raise RuntimeError("FrameWorker is closed")
+        if not always:               # an ``always`` job (a finaliser) is queued even after an error
+            self._raise_error()
+        self._queue.put((fn, args, stage, always))
+
+    def close(self) -> None:
+        """Run every queued job, stop the thread, then raise a job's error not raised yet. Safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._error is not None and not self._reported:
+            self._reported = True
+            raise self._error
+
+    def _run(self) -> None:
+        if self.nice and sys.platform.startswith("linux"):
+            try:                       # on Linux a thread id is a valid PRIO_PROCESS target: this thread only
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + self.nice)
+            except OSError:
+                pass
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            fn, args, stage, always = job
+            if self._error is not None and not always:
+                continue
+            t0 = time.perf_counter()
+            try:
+                fn(*args)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                if self._error is None:
+                    self._error = e
+                    log.error("frame worker: %s: %s (later frames are not written)", e.__class__.__name__, e)
+                continue
+            if stage is not None:
+                self.timings.append((stage, time.perf_counter() - t0))

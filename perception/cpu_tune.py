@@ -1,4 +1,4 @@
-"""Choose the ONNX Runtime CPU configuration (execution provider + precision) by measurement, and cache it.
+"""Choose the ONNX Runtime CPU configuration (execution provider, precision, threads) by measurement, and cache it.
 
 Why measure: which one is fastest depends on the CPU, not on its flags. bf16 on the OpenVINO EP
 was 1.45x faster than FP32 on a Zen 4 and 1.4x slower on a Xeon with ``avx512_bf16`` but no AMX
@@ -7,13 +7,21 @@ was 1.45x faster than FP32 on a Zen 4 and 1.4x slower on a Xeon with ``avx512_bf
 What is measured, once per (CPU model, ONNX Runtime build, model bytes, thread count):
 
 1. Candidates: every (provider, precision) the installed build offers on this CPU: OpenVINO EP in
-   FP32, OpenVINO EP in bf16 (CPUs with native bf16), the plain CPU EP in the ONNX's own precision.
+   FP32, OpenVINO EP in bf16 (CPUs with native bf16), the plain CPU EP in the ONNX's own precision;
+   each with one intra-op thread and with one per physical core (:func:`thread_options`) unless
+   the caller or ``$CARLA_PERCEPTION_THREADS`` fixes the count.
 2. Agreement: each candidate's class (argmax) on reference frames against the CPU EP in the ONNX's
    own precision (exact FP32 for an FP32 ONNX). A candidate must agree on >= 99.5 % of them, the
    bar of the FP16 ONNX; with fewer than 200 frames that means on every frame.
 3. Speed: batch-1 inference, candidates interleaved round by round for a bounded time budget, median.
 
-The fastest agreeing candidate wins. The decision is written to ``<cache>/cpu-tune/<key>.json``
+The fastest agreeing candidate wins, except that more threads must earn their cores: a candidate
+with more threads is chosen only when it is at least :data:`THREAD_GAIN` faster than the fastest
+with fewer (:func:`choose`). Why: in the drive the inference shares the cores with the simulator
+and the video encoder; an extra intra-op thread takes a core from them (two OpenVINO workers burnt
+~1 ms more CPU per call, spinning after it returned), and for a small model it bought nothing:
+EfficientNet-B0 at 96 px took 3.17 ms on one thread and 3.50 ms on two, while at 224 px two
+threads were 1.38x faster in the closed loop (docs/benchmarks.md, issue 16). The decision is written to ``<cache>/cpu-tune/<key>.json``
 (``$CARLA_PERCEPTION_CACHE``, else the user cache dir), like the TensorRT engine cache; a load with
 the same key reads it and times nothing. ``perception.export`` and ``python -m perception.tune``
 run the full measurement (more frames, longer budget) and overwrite the entry; a first load
@@ -44,6 +52,8 @@ from perception.meta import ModelMeta, sha256_file
 log = logging.getLogger(__name__)
 
 MIN_AGREEMENT = 0.995
+THREAD_GAIN = 0.15
+"""How much faster (fraction of the fewer-thread median) more intra-op threads must be to be chosen."""
 CACHE_VERSION = 1
 OPENVINO, CPU = "OpenVINOExecutionProvider", "CPUExecutionProvider"
 _SHORT = {OPENVINO: "OpenVINO EP", CPU: "CPU EP"}
@@ -68,13 +78,16 @@ FULL = Budget(frames=200, seconds=1.5)         # perception.export, perception.t
 
 @dataclass(frozen=True)
 class Candidate:
-    """One ONNX Runtime session configuration: provider name and the precision it computes in."""
+    """One ONNX Runtime session configuration: provider name, the precision it computes in, and its
+    intra-op threads (0: the thread count the tuning was called with)."""
     provider: str
     precision: str
+    threads: int = 0
 
     @property
     def label(self) -> str:
-        return f"{_SHORT.get(self.provider, self.provider)} {self.precision}"
+        base = f"{_SHORT.get(self.provider, self.provider)} {self.precision}"
+        return f"{base} x{self.threads}" if self.threads else base
 
 
 @dataclass(frozen=True)
@@ -119,17 +132,19 @@ class Decision:
     def report(self) -> str:
         """Human-readable: the choice, then one line per candidate (median ms, agreement, verdict)."""
         fastest = min((m for m in self.measurements if not m.error), key=lambda m: m.median_ms, default=None)
+        threads = (f"up to {self.key.threads} threads (xN: N threads)" if any(m.candidate.threads for m in self.measurements)
+                   else f"{self.key.threads} threads")
         lines = [f"precision auto -> {self.chosen.label} "
                  f"({'cached decision' if self.cached else f'measured in {self.seconds:.2f} s'}; "
-                 f"{self.key.cpu}; {self.key.runtime}; {self.key.threads} threads)"]
+                 f"{self.key.cpu}; {self.key.runtime}; {threads})"]
         for m in self.measurements:
             if m.error:
-                lines.append(f"  {m.candidate.label:18s} failed to start: {m.error}")
+                lines.append(f"  {m.candidate.label:21s} failed to start: {m.error}")
                 continue
             verdict = "CHOSEN" if m.candidate == self.chosen else (
                 "rejected: disagrees" if not m.agrees(self.min_agreement) else "slower")
             rel = f" ({m.median_ms / fastest.median_ms:.2f}x fastest)" if fastest else ""
-            lines.append(f"  {m.candidate.label:18s} {m.median_ms:6.2f} ms median of {m.rounds}{rel}, agrees with "
+            lines.append(f"  {m.candidate.label:21s} {m.median_ms:6.2f} ms median of {m.rounds}{rel}, agrees with "
                          f"fp32 on {100 * m.agreement:.2f} % of {m.frames} frames -> {verdict}")
         return "\n".join(lines)
 
@@ -147,12 +162,18 @@ class Decision:
 
 
 def choose(measurements: list[Measurement], reference: Candidate,
-           min_agreement: float = MIN_AGREEMENT) -> Candidate:
-    """The fastest candidate agreeing with the reference on >= ``min_agreement`` of frames (else the reference)."""
+           min_agreement: float = MIN_AGREEMENT, thread_gain: float = THREAD_GAIN) -> Candidate:
+    """The fastest candidate agreeing with the reference on >= ``min_agreement`` of frames (else the reference),
+    where more threads win only by at least ``thread_gain`` over the best with fewer (see the module doc)."""
     agreeing = [m for m in measurements if m.agrees(min_agreement)]
     if not agreeing:
         return reference
-    return min(agreeing, key=lambda m: m.median_ms).candidate
+    best = None
+    for n in sorted({m.candidate.threads for m in agreeing}):
+        fastest = min((m for m in agreeing if m.candidate.threads == n), key=lambda m: m.median_ms)
+        if best is None or fastest.median_ms <= (1.0 - thread_gain) * best.median_ms:
+            best = fastest
+    return best.candidate
 
 
 def cpu_model() -> str:
@@ -189,14 +210,36 @@ def runtime_build() -> str:
     return f"{dist} {ort.__version__}{extra}"
 
 
-def cpu_candidates(providers: list[str], model_precision: str, native_bf16: bool) -> list[Candidate]:
-    """Candidates the providers offer; the reference (CPU EP, the ONNX's precision) is always first."""
-    out = [Candidate(CPU, model_precision)]
+def cpu_candidates(providers: list[str], model_precision: str, native_bf16: bool,
+                   threads: tuple[int, ...] = ()) -> list[Candidate]:
+    """Candidates the providers offer; the reference (CPU EP, the ONNX's precision) is always first.
+
+    ``threads``: the thread counts to try, each (provider, precision) with each (the reference with
+    the most); empty: no thread count in the candidates (the tuning call's count is used).
+    """
+    base = [(CPU, model_precision)]
     if OPENVINO in providers:
-        out.append(Candidate(OPENVINO, model_precision))
+        base.append((OPENVINO, model_precision))
         if native_bf16 and model_precision == "fp32":
-            out.append(Candidate(OPENVINO, "bf16"))
-    return out
+            base.append((OPENVINO, "bf16"))
+    if not threads:
+        return [Candidate(p, prec) for p, prec in base]
+    counts = sorted(set(threads), reverse=True)
+    return [Candidate(p, prec, n) for n in counts for p, prec in base]
+
+
+def thread_options() -> tuple[int, ...]:
+    """Thread counts the tuning tries when nobody fixed one: one thread, and one per physical core."""
+    from perception.backends.onnxruntime_backend import physical_cores
+    return tuple(sorted({1, physical_cores()}))
+
+
+def default_candidates(providers: list[str], model_precision: str) -> list[Candidate]:
+    """What ``precision="auto"`` chooses among here: :func:`cpu_candidates` for this CPU, with the thread
+    counts of :func:`thread_options` unless ``$CARLA_PERCEPTION_THREADS`` fixes the count."""
+    from perception.backends.onnxruntime_backend import BF16_CPU_FLAGS, cpu_flags, env_threads
+    return cpu_candidates(providers, model_precision, bool(BF16_CPU_FLAGS & cpu_flags()),
+                          () if env_threads() else thread_options())
 
 
 def reference_inputs(meta: ModelMeta, n: int, frames: tuple[list[np.ndarray], str] | None = None) -> np.ndarray:
@@ -290,7 +333,8 @@ def tune(path: str | os.PathLike, meta: ModelMeta | None = None, *, candidates: 
         path: the ONNX file (its bytes are part of the cache key).
         meta: its ModelMeta (read from the file when None).
         candidates: to choose among, reference first (default: :func:`cpu_candidates` for this build/CPU).
-        threads: intra-op threads every session uses (default: the backend's default).
+        threads: intra-op threads of the candidates that name none (default: the backend's default);
+            with candidates that name theirs, the most of them (the cache key's thread count).
         budget: frames and seconds to spend when measuring.
         force: measure even when a cached decision exists (and overwrite it).
         cache_dir: cache root (default ``$CARLA_PERCEPTION_CACHE`` / user cache).
@@ -299,17 +343,17 @@ def tune(path: str | os.PathLike, meta: ModelMeta | None = None, *, candidates: 
         measure_fn: the measuring function (tests inject timings here).
         keep_sessions: keep the live sessions in ``Decision.sessions`` so the caller reuses the winner's.
     """
-    from perception.backends.onnxruntime_backend import (BF16_CPU_FLAGS, cpu_flags, default_threads,
-                                                         session_for)
+    from perception.backends.onnxruntime_backend import cpu_flags, default_threads, session_for
     path = Path(path)
     if meta is None:
         from perception.meta import read_onnx_meta
         meta = read_onnx_meta(path)
-    threads = threads or default_threads()
     if candidates is None:
         import onnxruntime as ort
-        candidates = cpu_candidates(ort.get_available_providers(), meta.precision,
-                                    bool(BF16_CPU_FLAGS & cpu_flags()))
+        from perception.backends.onnxruntime_backend import BF16_CPU_FLAGS
+        candidates = (default_candidates(ort.get_available_providers(), meta.precision) if threads is None else
+                      cpu_candidates(ort.get_available_providers(), meta.precision, bool(BF16_CPU_FLAGS & cpu_flags())))
+    threads = threads or max((c.threads for c in candidates), default=0) or default_threads()
     key = TuneKey(cpu=cpu_model(), runtime=runtime_build(), model_sha256=sha256_file(path), threads=int(threads),
                   candidates=tuple(c.label for c in candidates))
     if not force and (cached := read_cached(key, cache_dir)) is not None:
@@ -318,7 +362,7 @@ def tune(path: str | os.PathLike, meta: ModelMeta | None = None, *, candidates: 
     t0 = time.perf_counter()
     if build is None:
         def build(c: Candidate):
-            return session_for(path, meta, c.provider, c.precision, threads)
+            return session_for(path, meta, c.provider, c.precision, c.threads or threads)
     sessions: dict = {}
     x = reference_inputs(meta, budget.frames, frames)
     measurements = measure_fn(candidates, build, x, budget, sessions)

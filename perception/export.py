@@ -244,9 +244,9 @@ def _tune_cpu(onnx_path: Path, meta: ModelMeta, frames: list[np.ndarray], order:
     only one CPU candidate (nothing to choose).
     """
     from perception import cpu_tune
-    from perception.backends.onnxruntime_backend import BF16_CPU_FLAGS, GPU_PROVIDERS, best_providers, cpu_flags
+    from perception.backends.onnxruntime_backend import GPU_PROVIDERS, best_providers
     providers = best_providers()
-    candidates = cpu_tune.cpu_candidates(providers, meta.precision, bool(BF16_CPU_FLAGS & cpu_flags()))
+    candidates = cpu_tune.default_candidates(providers, meta.precision)   # what a default load looks up
     if providers[0] in GPU_PROVIDERS or len(candidates) < 2:
         return None
     budget = cpu_tune.Budget(max(len(frames), cpu_tune.FULL.frames), cpu_tune.FULL.seconds)

@@ -1,4 +1,5 @@
-"""Measure which ONNX Runtime CPU configuration ``precision="auto"`` uses for a model here, and cache it.
+"""Measure which ONNX Runtime CPU configuration (provider, precision, threads) ``precision="auto"`` uses
+for a model here, and cache it.
 
 Usage::
 
@@ -64,7 +65,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=cpu_tune.FULL.seconds,
                    help=f"timing budget, all candidates together (default: {cpu_tune.FULL.seconds})")
     p.add_argument("--threads", type=int, default=None,
-                   help="intra-op threads per session (default: $CARLA_PERCEPTION_THREADS, else physical cores)")
+                   help="intra-op threads per session (default: $CARLA_PERCEPTION_THREADS, else measured: one "
+                        "thread or one per physical core)")
     p.add_argument("--cache-dir", type=Path, default=None, help="cache root (default: $CARLA_PERCEPTION_CACHE)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p

@@ -89,6 +89,41 @@ def test_ctrl_c_finalises_video_and_metrics(tmp_path, ctx):
     assert not ctx.world.get_settings().synchronous_mode
 
 
+def test_encoder_failure_ends_the_drive_after_the_metrics_and_keeps_the_frames_before_it(tmp_path, ctx, monkeypatch):
+    from launch.video import VideoWriter
+    write = VideoWriter.write
+
+    def failing(self, frame):
+        if self.frames_written == 6:
+            raise OSError(28, "No space left on device")
+        write(self, frame)
+
+    monkeypatch.setattr(VideoWriter, "write", failing)
+    cfg = _cfg(frames=40, record=str(tmp_path / "f.mp4"), metrics=str(tmp_path / "f.json"))
+    with pytest.raises(OSError, match="No space left"):
+        run_episode(ctx, cfg)
+    m = json.loads((tmp_path / "f.json").read_text())
+    assert m["end_reason"].startswith("error: OSError") and 6 < m["ticks"] < 40
+    assert probe(tmp_path / "f.mp4")["frames"] == 6
+    assert _our_actors(ctx.world) == []
+
+
+def test_recording_changes_neither_the_drive_nor_the_frames_hud(tmp_path, ctx):
+    """The HUD is drawn on the recording thread: same controls as without video, HUD in the file."""
+    plain = run_episode(ctx, _cfg(frames=30))
+    recorded = run_episode(ctx, _cfg(frames=30, record=str(tmp_path / "h.mp4")))
+    no_hud = run_episode(ctx, _cfg(frames=30, record=str(tmp_path / "n.mp4"), hud=False))
+    key = lambda r: (r.frame - plain.records[0].frame, r.x, r.y, r.steer, r.throttle, r.brake)  # noqa: E731
+    start = recorded.records[0].frame
+    assert [key(r) for r in plain.records] == [(r.frame - start, r.x, r.y, r.steer, r.throttle, r.brake)
+                                               for r in recorded.records]
+    import av
+    def panel(path):  # mean brightness of the HUD panel's area (top left) over the video
+        with av.open(str(path)) as c:
+            return np.mean([f.to_ndarray(format="bgr24")[:60, :40].mean() for f in c.decode(video=0)])
+    assert panel(tmp_path / "h.mp4") < 0.6 * panel(tmp_path / "n.mp4")
+
+
 def test_oracle_gate_follows_the_map_label_along_the_route(ctx):
     result = run_episode(ctx, _cfg(gate="oracle", frames=400, seed=1, minimap=False, hud=False,
                                    route_length_m=150.0, extend_route=False))

@@ -1,6 +1,7 @@
 """launch/ building blocks without a simulator: video, timing, overlay, metrics, keys."""
 import datetime as dt
 import math
+import threading
 import time
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from launch.metrics import LEADERBOARD_1_0, PenaltyTable, TickRecord, episode_metrics, route_progress
 from launch.overlay import HudState, Minimap, Overlay
 from launch.timing import CycleTimer
-from launch.video import VideoWriter, probe, video_path
+from launch.video import FrameWorker, VideoWriter, probe, video_path
 
 
 # ------------------------------------------------------------------ video
@@ -48,6 +49,50 @@ def test_video_rejects_bad_frame(tmp_path):
     with VideoWriter(tmp_path / "b.mp4", fps=20, size=(64, 48)) as vw:
         with pytest.raises(ValueError, match="expected a >= 64x48 BGR frame"):
             vw.write(np.zeros((48, 64, 4), np.uint8))
+
+
+def test_frame_worker_runs_jobs_in_order_and_blocks_instead_of_dropping():
+    gate, done = threading.Event(), []
+    worker = FrameWorker(maxsize=2, nice=0)
+    worker.submit(gate.wait)                     # the worker is stuck on this job ...
+    worker.submit(done.append, 0)
+    worker.submit(done.append, 1)                # ... and the queue is full
+    third = threading.Thread(target=worker.submit, args=(done.append, 2))
+    third.start()
+    third.join(0.3)
+    assert third.is_alive() and done == []       # the caller waits: nothing dropped, nothing skipped ahead
+    gate.set()
+    third.join(5)
+    assert not third.is_alive()
+    for i in range(3, 40):
+        worker.submit(done.append, i, stage="append")
+    worker.close()                               # close drains the queue
+    assert done == list(range(40))
+    assert [name for name, _ in worker.timings] == ["append"] * 37
+    with pytest.raises(RuntimeError, match="closed"):
+        worker.submit(done.append, 99)
+
+
+def test_frame_worker_error_reaches_the_caller_and_the_video_is_still_finalised(tmp_path):
+    path = tmp_path / "w.mp4"
+    vw = VideoWriter(path, fps=20.0, size=(64, 48))
+    worker = FrameWorker(maxsize=4, nice=0)
+    for i in range(3):
+        worker.submit(vw.write, np.full((48, 64, 3), i * 50, np.uint8))
+    worker.submit(vw.write, np.zeros((48, 64, 4), np.uint8))           # wrong shape: raises in the worker
+    worker.submit(vw.write, np.zeros((48, 64, 3), np.uint8))           # skipped after the error
+    worker.submit(vw.close, always=True)                                # a finaliser still runs
+    with pytest.raises(ValueError, match="expected a >= 64x48 BGR frame"):
+        worker.close()
+    worker.close()                                                      # reported once
+    assert probe(path)["frames"] == 3
+    worker = FrameWorker(maxsize=1, nice=0)
+    worker.submit(int, "x")
+    deadline = time.monotonic() + 5
+    with pytest.raises(ValueError, match="invalid literal"):            # raised at the next submit
+        while time.monotonic() < deadline:
+            worker.submit(time.sleep, 0.001)
+    worker.close()
 
 
 # ------------------------------------------------------------------ timing

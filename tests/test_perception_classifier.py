@@ -122,12 +122,15 @@ def test_auto_backend_on_this_machine(onnx_path, trained_ckpt):
 
 def test_onnxruntime_session_is_tuned(onnx_path, cache):
     clf = CurveClassifier.load(onnx_path, backend="onnxruntime", warmup=0)
-    assert clf.backend.threads == max(1, physical_cores())          # every physical core (idle-machine measurement)
     decision = clf.backend.decision
-    if best_providers()[0] == OPENVINO:      # two or more CPU candidates: auto measured them
-        assert (clf.backend.providers[0], clf.backend.precision) == (decision.chosen.provider, decision.chosen.precision)
+    if best_providers()[0] == OPENVINO:      # two or more CPU candidates: auto measured them, thread counts too
+        chosen = decision.chosen
+        assert (clf.backend.providers[0], clf.backend.precision, clf.backend.threads) == \
+            (chosen.provider, chosen.precision, chosen.threads)
+        assert {m.candidate.threads for m in decision.measurements} == {1, max(1, physical_cores())}
     else:
         assert decision is None and clf.backend.providers[0] == best_providers()[0]
+        assert clf.backend.threads == max(1, physical_cores())      # nothing measured: every physical core
 
 
 def test_threads_from_the_environment(onnx_path, cache, monkeypatch):
@@ -157,12 +160,14 @@ def test_auto_measures_once_then_reuses_and_decides_like_fp32(onnx_path, trained
     assert not decision.cached and decision.chosen in [m.candidate for m in decision.measurements]
     assert list(cache.glob("cpu-tune/*.json")), "decision not cached on disk"
     chosen = next(m for m in decision.measurements if m.candidate == decision.chosen)
-    assert chosen.agrees() and chosen.median_ms == min(m.median_ms for m in decision.measurements if m.agrees())
+    assert chosen.agrees() and decision.chosen == cpu_tune.choose(decision.measurements, decision.measurements[0].candidate)
+    fewer = [m.median_ms for m in decision.measurements if m.agrees() and m.candidate.threads < decision.chosen.threads]
+    assert all(chosen.median_ms <= (1 - cpu_tune.THREAD_GAIN) * ms for ms in fewer)   # more threads only if they pay
     second = CurveClassifier.load(onnx_path, warmup=0)
     assert second.backend.decision.cached and second.backend.decision.chosen == decision.chosen
     assert "(auto: cached decision)" in second.backend.describe()
     if BF16_HERE:
-        assert cpu_tune.Candidate(OPENVINO, "bf16") in [m.candidate for m in decision.measurements]
+        assert (OPENVINO, "bf16") in [(m.candidate.provider, m.candidate.precision) for m in decision.measurements]
     frames, _ = frames_and_labels(200, seed=21)
     ref = CurveClassifier.load(trained_ckpt, backend="torch", warmup=0)
     x = np.concatenate([second.preprocess(f) for f in frames])

@@ -30,6 +30,45 @@ def test_choose(measurements, want):
     assert choose(measurements, REF) == want
 
 
+OV16x1, OV16x2, REFx2 = Candidate(OPENVINO, "bf16", 1), Candidate(OPENVINO, "bf16", 2), Candidate(CPU, "fp32", 2)
+
+
+@pytest.mark.parametrize("measurements, want", [
+    ([_m(REFx2, 5.0), _m(OV16x2, 2.6), _m(OV16x1, 2.7)], OV16x1),            # 4 % faster: not worth a core (96 px)
+    ([_m(REFx2, 5.0), _m(OV16x2, 2.2), _m(OV16x1, 2.7)], OV16x2),            # 19 % faster: worth it
+    ([_m(REFx2, 17.1), _m(OV16x2, 9.9), _m(OV16x1, 13.7)], OV16x2),          # 224 px: 28 % faster
+    ([_m(REFx2, 5.0), _m(OV16x2, 2.0), _m(OV16x1, 2.7, agreement=0.9)], OV16x2),  # one thread disagrees: out
+    ([_m(REFx2, 2.0), _m(OV16x2, 3.0), _m(OV16x1, 2.1)], OV16x1),            # the fewest threads first, any provider
+])
+def test_choose_more_threads_only_when_they_pay(measurements, want):
+    assert choose(measurements, REFx2) == want
+    assert cpu_tune.THREAD_GAIN == 0.15
+
+
+def test_candidates_with_thread_counts_reference_first_with_the_most():
+    got = cpu_tune.cpu_candidates(["OpenVINOExecutionProvider", "CPUExecutionProvider"], "fp32", True, (1, 2))
+    assert got == [REFx2, Candidate(OPENVINO, "fp32", 2), OV16x2, Candidate(CPU, "fp32", 1),
+                   Candidate(OPENVINO, "fp32", 1), OV16x1]
+    assert [c.label for c in got[2:4]] == ["OpenVINO EP bf16 x2", "CPU EP fp32 x1"] and OV16.label == "OpenVINO EP bf16"
+
+
+def test_tune_builds_each_candidate_with_its_own_thread_count(model_file, tmp_path):
+    built = []
+
+    def build(c):
+        built.append(c)
+        return FakeSession(clock, {1: 3.0, 2: 2.0}[c.threads])
+
+    clock = FakeClock()
+    candidates = [REFx2, OV16x2, Candidate(CPU, "fp32", 1), OV16x1]
+    kw = dict(candidates=candidates, cache_dir=tmp_path / "c", build=build)
+    d = tune(model_file, META, **kw, measure_fn=lambda *a: measure(*a, clock=clock))
+    assert d.key.threads == 2 and built == candidates
+    assert d.chosen.threads == 2                      # 1.5x faster on two threads: they pay
+    assert "x2" in d.report() and "up to 2 threads" in d.report()
+    assert tune(model_file, META, **kw).chosen == d.chosen      # cached, with the thread count
+
+
 class FakeSession:
     """A 'session' whose class per input is fixed and whose inference takes a fixed (fake) time."""
     def __init__(self, clock, ms, flip_every=0):

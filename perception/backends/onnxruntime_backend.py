@@ -95,24 +95,32 @@ def best_providers(available: list[str] | None = None) -> list[str]:
     return [p for p in PROVIDER_PREFERENCE if p in available] or ["CPUExecutionProvider"]
 
 
-def default_threads() -> int:
-    """Intra-op threads of a session: ``$CARLA_PERCEPTION_THREADS`` if set, else the physical cores.
-
-    Measured on the idle 2-core dev machine (docs/benchmarks.md), in one session: the closed loop
-    (``launch.bench``, 224-px EfficientNet-B0, bf16) ran 41.1 FPS with two inference threads vs 35.2
-    with one (video on), 54.9 vs 44.6 (video off). On the same machine heavily shared with other
-    jobs one thread had won (its spinning workers slowed the tick and encoder), so where several
-    processes share the cores, set the variable to 1.
+def env_threads() -> int | None:
+    """``$CARLA_PERCEPTION_THREADS`` as a count, None when unset.
 
     Raises:
         ValueError: the variable is not a positive integer.
     """
     env = os.environ.get(THREADS_ENV, "").strip()
-    if env:
-        if not env.isdigit() or int(env) < 1:
-            raise ValueError(f"{THREADS_ENV}={env!r}: want a positive integer (intra-op threads per session)")
-        return int(env)
-    return max(1, physical_cores())
+    if not env:
+        return None
+    if not env.isdigit() or int(env) < 1:
+        raise ValueError(f"{THREADS_ENV}={env!r}: want a positive integer (intra-op threads per session)")
+    return int(env)
+
+
+def default_threads() -> int:
+    """Intra-op threads of a session nothing measured: ``$CARLA_PERCEPTION_THREADS`` if set, else the physical cores.
+
+    With ``precision="auto"`` on the CPU the count is measured instead (one thread or one per
+    physical core, :mod:`perception.cpu_tune`). Measured on the idle 2-core dev machine
+    (docs/benchmarks.md), in one session: the closed loop (``launch.bench``, 224-px EfficientNet-B0,
+    bf16) ran 41.1 FPS with two inference threads vs 35.2 with one (video on), 54.9 vs 44.6 (video off).
+
+    Raises:
+        ValueError: the variable is not a positive integer.
+    """
+    return env_threads() or max(1, physical_cores())
 
 
 def session_for(path: Path, meta: ModelMeta, provider: str, precision: str, threads: int,
@@ -130,8 +138,9 @@ class OnnxRuntimeBackend:
     Session options: full graph optimisation (conv+BN/activation fusion, NCHWc layout on x86),
     sequential execution (the graph is a chain; a parallel executor only adds overhead), and
     :func:`default_threads` intra-op threads. With ``precision="auto"`` on the CPU providers the
-    provider and precision come from :func:`perception.cpu_tune.tune` (measured once per CPU,
-    build and model, then cached; :attr:`decision` holds why); ``fp32``/``bf16`` force.
+    provider, precision and (unless ``threads`` or ``$CARLA_PERCEPTION_THREADS`` fix it) thread
+    count come from :func:`perception.cpu_tune.tune` (measured once per CPU, build and model, then
+    cached; :attr:`decision` holds why); ``fp32``/``bf16`` force.
     :attr:`precision` says what the session really computes in.
     """
     name = "onnxruntime"
@@ -144,12 +153,14 @@ class OnnxRuntimeBackend:
         if unknown:
             raise ValueError(f"onnxruntime provider(s) {', '.join(unknown)} not available; "
                              f"valid here: {', '.join(ort.get_available_providers())}")
-        threads = threads or default_threads()
+        fixed = threads or env_threads()
+        threads = fixed or default_threads()
         wanted = resolve_precision(precision, names[0], meta.precision)
         self.decision = None
         if precision == "auto" and names[0] not in GPU_PROVIDERS:
             from perception import cpu_tune
-            candidates = cpu_tune.cpu_candidates(names, meta.precision, bool(BF16_CPU_FLAGS & cpu_flags()))
+            candidates = cpu_tune.cpu_candidates(names, meta.precision, bool(BF16_CPU_FLAGS & cpu_flags()),
+                                                 () if fixed else cpu_tune.thread_options())
             if len(candidates) > 1:
                 self.decision = cpu_tune.tune(path, meta, candidates=candidates, threads=threads,
                                               cache_dir=cache_dir, keep_sessions=True)
@@ -159,7 +170,7 @@ class OnnxRuntimeBackend:
                 if live is not None:                  # measured just now: reuse the winner's session
                     self.__dict__.update({k: v for k, v in live.__dict__.items() if k != "decision"})
                     return
-                names, wanted = [chosen.provider], chosen.precision
+                names, wanted, threads = [chosen.provider], chosen.precision, chosen.threads or threads
         self._open(Path(path), meta, names, threads, wanted, cache_dir, forced=precision)
 
     def _open(self, path: Path, meta: ModelMeta, names: list[str], threads: int, wanted: str,
