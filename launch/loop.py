@@ -62,6 +62,25 @@ def _weather(name: str) -> str:
     return name
 
 
+def parse_experts(text: str) -> tuple[tuple[str, str], ...]:
+    """``curve=a.pt,straight=b.pt`` or ``monolithic=m.pt`` -> ((name, path), ...); one line on bad input."""
+    if not text:
+        return ()
+    pairs = []
+    for item in str(text).split(","):
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--experts {text!r}: expected NAME=PATH, e.g. curve=runs/curve/weights/best.pt")
+        pairs.append((name.strip(), path.strip()))
+    names = {n for n, _ in pairs}
+    if names not in ({CURVE, STRAIGHT}, {"monolithic"}):
+        raise ValueError(f"--experts {text!r}: give {CURVE}=PATH,{STRAIGHT}=PATH or monolithic=PATH")
+    missing = [p for _, p in pairs if not Path(p).is_file()]
+    if missing:
+        raise ValueError(f"--experts: no such file {missing[0]!r}")
+    return tuple(pairs)
+
+
 @dataclass
 class DriveConfig(SimConfig):
     """Everything one drive needs. Defaults give a 20 Hz drive on the embedded Town02.
@@ -113,6 +132,14 @@ class DriveConfig(SimConfig):
     traffic: int = field(default=0, metadata=arg("NPC vehicles driven by the Traffic Manager"))
     walkers: int = field(default=0, metadata=arg("NPC walkers on the sidewalks"))
     tm_port: int = field(default=8000, metadata=arg("Traffic Manager port"))
+    experts: tuple[tuple[str, str], ...] = field(default=(), metadata=arg(
+        "learned camera experts in place of the route followers: curve=CKPT,straight=CKPT (the gate picks "
+        "between them) or monolithic=CKPT (one policy in both slots); training.train_policy checkpoints",
+        parse=parse_experts, metavar="NAME=PATH,..."))
+    expert_longitudinal: str = field(default="cruise", metadata=arg(
+        "learned experts: 'cruise' holds --cruise-kmh and takes only their steering, 'learned' their throttle/brake too",
+        choices=("cruise", "learned")))
+    cruise_kmh: float = field(default=20.0, metadata=arg("learned experts' cruise speed, km/h"))
     max_route_deviation_m: float = 30.0
     blocked_s: float = 30.0
     extend_route: bool = True
@@ -142,6 +169,8 @@ class DriveConfig(SimConfig):
             raise ValueError(f"--traffic and --walkers must be >= 0, got {self.traffic} and {self.walkers}")
         if self.fov is not None and not 0 < self.fov < 180:
             raise ValueError(f"--fov must be in (0, 180) deg, got {self.fov:g}")
+        self.experts = parse_experts(self.experts) if isinstance(self.experts, str) else tuple(map(tuple, self.experts))
+        parse_experts(",".join(f"{k}={v}" for k, v in self.experts))  # names and files
         bad = set(self.expert_params) - {CURVE, STRAIGHT}
         if bad:
             raise ValueError(f"expert_params for unknown expert(s) {sorted(bad)}; valid: {CURVE}, {STRAIGHT}")
@@ -157,6 +186,24 @@ class DriveConfig(SimConfig):
         if self.duration is not None:
             return int(math.ceil(self.duration * self.fps - 1e-9))
         return None
+
+
+@contextlib.contextmanager
+def learned_experts(cfg: DriveConfig):
+    """Bind the ``curve``/``straight`` expert slots to the camera policies of ``cfg.experts`` for one drive."""
+    if not cfg.experts:
+        yield
+        return
+    from control.vision_experts import expert_slots, register_vision_experts
+    from perception.policy_runtime import PolicyRuntime
+    mapping = dict(cfg.experts)
+    runtime = PolicyRuntime.load(mapping, "onnxruntime")
+    prefix = "vision_drive_"
+    register_vision_experts(runtime, prefix=prefix, longitudinal=cfg.expert_longitudinal, cruise_kmh=cfg.cruise_kmh)
+    binding = ({CURVE: prefix + "monolithic", STRAIGHT: prefix + "monolithic"} if "monolithic" in mapping
+               else {CURVE: prefix + CURVE, STRAIGHT: prefix + STRAIGHT})
+    with expert_slots(binding):
+        yield
 
 
 def resolve_contract(cfg: DriveConfig, model_contract: Contract | None) -> tuple[Contract, list[str]]:
@@ -337,6 +384,18 @@ def model_contract(cfg: DriveConfig, classifier=None) -> Contract | None:
     if contract is None and cfg.model:
         from perception.meta import read_contract
         contract = read_contract(cfg.model)
+    for name, path in cfg.experts:  # learned experts see the same camera frame as the classifier
+        from training.policy import load_policy_checkpoint
+        theirs = Contract.from_json(load_policy_checkpoint(path)[1].get("contract"))
+        if theirs is None:
+            continue
+        if contract is None:
+            contract = theirs
+            continue
+        changed = Contract(theirs.camera, contract.label).differences(contract)
+        if changed and not cfg.camera_override:
+            raise ValueError(f"--experts {name}: trained with another camera than the classifier ({', '.join(changed)}); "
+                             "use models trained on one dataset, or pass --camera-override")
     return contract
 
 
@@ -679,4 +738,5 @@ def run_drive(cfg: DriveConfig, on_tick: TickHook | None = None) -> DriveResult:
     """Connect, load the classifier (warmed up), drive one episode, clean up. What ``launch.drive`` runs."""
     classifier = load_classifier(cfg.model, cfg.backend, cfg.warmup)
     ctx = open_world(cfg)
-    return run_episode(ctx, cfg, classifier, on_tick=on_tick)
+    with learned_experts(cfg):
+        return run_episode(ctx, cfg, classifier, on_tick=on_tick)
