@@ -484,6 +484,7 @@ class _View:
         self.display = open_display(camera.res, cfg.display, title=f"carla-drive {cfg.town}")
         self.realtime = cfg.realtime if cfg.realtime is not None else self.display is not None
         self.show_hud, self.paused, self.last_frame = cfg.hud, False, None
+        self.monitor = None  # carla_client.infractions.InfractionMonitor: its counts go on the HUD
 
     def poll(self, moe: MoEController, timer: CycleTimer) -> str | None:
         """Handle the keys: ``"quit"``, ``"paused"`` (do not tick; the window stays alive) or None."""
@@ -539,11 +540,14 @@ class _View:
     def _hud_inputs(self, rec: TickRecord, step: MoEStep, timer: CycleTimer) -> tuple:
         """What the HUD of this tick needs, frozen now (the timer's windows are copied, not yet reduced)."""
         recent = {name: tuple(timer.stages[name].recent) if name in timer.stages else () for name in ("tick", "infer")}
+        m = self.monitor
+        infractions = (m.counts(), m.penalty()) if m is not None else ({}, 1.0)
         return (rec, step, recent["tick"], recent["infer"], tuple(timer.cycles.recent), self.recorder.wanted,
-                self.paused, self.show_hud)
+                self.paused, self.show_hud, infractions)
 
     def _draw_hud(self, bgr: np.ndarray, rec: TickRecord, step: MoEStep, tick_s: tuple, infer_s: tuple,
-                  cycle_s: tuple, recording: bool, paused: bool, show_hud: bool) -> None:
+                  cycle_s: tuple, recording: bool, paused: bool, show_hud: bool,
+                  infractions: tuple = ({}, 1.0)) -> None:
         cfg = self.cfg
         if self.minimap is not None:
             self.minimap.mark(rec.x, rec.y, _expert_color(step.in_charge))
@@ -556,7 +560,8 @@ class _View:
             sim_fps=1000.0 / tick_p50 if tick_p50 > 0 else float("nan"),
             client_fps=1.0 / max(float(np.mean(cycle_s)), 1e-9) if cycle_s else float("nan"),
             infer_p50_ms=infer_p50, infer_p99_ms=infer_p99, town=cfg.town, weather=cfg.weather,
-            sim_time=rec.t, x=rec.x, y=rec.y, yaw=rec.yaw, recording=recording, paused=paused), show_hud=show_hud)
+            sim_time=rec.t, x=rec.x, y=rec.y, yaw=rec.yaw, recording=recording, paused=paused,
+            infractions=infractions[0], penalty=infractions[1]), show_hud=show_hud)
 
     def close(self, timer: CycleTimer | None = None) -> None:
         """Finish the recording (waits for every queued frame) and close the window, even if that fails."""
@@ -675,6 +680,7 @@ def run_episode(ctx: WorldContext, cfg: DriveConfig, classifier=None, on_tick: T
             drive = _Drive(ctx, cfg, ego, route, path, contract, predict, timer)
             drive.monitor = monitor
             view = _View(ctx, cfg, route, contract.camera, gate_order)
+            view.monitor = monitor
             end_reason = _ticks(drive, view, on_tick)
     except KeyboardInterrupt:
         interrupted, end_reason = True, "interrupted"
