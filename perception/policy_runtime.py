@@ -188,39 +188,14 @@ def build_policy_engine(onnx_path: str | Path, engine_path: str | Path, cfg=None
     strong = te.is_strongly_typed_api(trt)
     t0 = time.perf_counter()
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strong else 0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT {trt.__version__} could not parse {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace))
-    if not strong and key.precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    shapes = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
-    if sorted(shapes) != sorted(INPUT_NAMES):
-        raise ValueError(f"{onnx_path}: policy inputs are {', '.join(INPUT_NAMES)}, this ONNX has {', '.join(shapes)}")
-    dynamic = [name for name, shape in shapes.items() if shape[0] == -1]
-    if dynamic:
-        profile = builder.create_optimization_profile()
-        for name in dynamic:
-            rest = shapes[name][1:]
-            profile.set_shape(name, (1, *rest), (cfg.opt_batch, *rest), (cfg.max_batch, *rest))
-        config.add_optimization_profile(profile)
-    cache_path = te._timing_cache_path(cfg, key.trt_version, key.gpu_name, key.compute_capability)
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, False)
+    def check_inputs(shapes):
+        if sorted(shapes) != sorted(INPUT_NAMES):
+            raise ValueError(f"{onnx_path}: policy inputs are {', '.join(INPUT_NAMES)}, this ONNX has {', '.join(shapes)}")
 
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise RuntimeError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path} "
-                           f"(see the TensorRT log above)")
+    plan, shapes = te.serialize_network(trt, onnx_path, key, cfg, strong, check_inputs)
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(bytes(plan))
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    engine_path.write_bytes(plan)
+    cache_path = te._timing_cache_path(cfg, key.trt_version, key.gpu_name, key.compute_capability)
     sidecar = {"key": asdict(key), "policy_meta": meta.to_json(), "onnx": str(onnx_path.resolve()),
                "api": "strongly-typed" if strong else "builder-flag",
                "input_shapes": {n: [key.max_batch if d == -1 else int(d) for d in s] for n, s in shapes.items()},

@@ -154,6 +154,46 @@ def expected_key(onnx_path: Path, cfg: EngineBuildConfig, trt: ModuleType | None
                      _wanted_precision(meta, cfg, trt), cfg.max_batch if batch is None else batch)
 
 
+def serialize_network(trt, onnx_path: Path, key: EngineKey, cfg: EngineBuildConfig, strong: bool,
+                      check_inputs=None) -> tuple[bytes, dict[str, tuple]]:
+    """The build every engine here shares: parse the ONNX (strongly typed on TensorRT 11), workspace and
+    precision, ONE optimisation profile giving every dynamic-batch input the range 1..max_batch (TensorRT
+    refuses a dynamic input the profile leaves out), the timing cache read and saved. Returns the serialized
+    plan and the network's input shapes by name; ``check_inputs(shapes)`` may refuse them before the build.
+    """
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strong else 0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT {trt.__version__} could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace))
+    if not strong and key.precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    shapes = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
+    if check_inputs is not None:
+        check_inputs(shapes)
+    dynamic = [name for name, shape in shapes.items() if shape[0] == -1]
+    if dynamic:   # dynamic batch: one profile covering 1..max_batch, tuned at opt_batch
+        profile = builder.create_optimization_profile()
+        for name in dynamic:
+            rest = shapes[name][1:]
+            profile.set_shape(name, (1, *rest), (cfg.opt_batch, *rest), (cfg.max_batch, *rest))
+        config.add_optimization_profile(profile)
+    cache_path = _timing_cache_path(cfg, key.trt_version, key.gpu_name, key.compute_capability)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path} "
+                           f"(see the TensorRT log above)")
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return bytes(plan), shapes
+
+
 def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineBuildConfig = EngineBuildConfig()) -> EngineKey:
     """Parse ``onnx_path``, build a serialized engine into ``engine_path`` and write its sidecar.
 
@@ -168,40 +208,10 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineBuildConfig = En
     strong = is_strongly_typed_api(trt)
     t0 = time.perf_counter()
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strong else 0
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT {trt.__version__} could not parse {onnx_path}: {errors}")
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace))
-    if not strong and key.precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-
-    inp = network.get_input(0)
-    shape = tuple(inp.shape)
-    if shape[0] == -1:   # dynamic batch: one profile covering 1..max_batch, tuned at opt_batch
-        profile = builder.create_optimization_profile()
-        rest = shape[1:]
-        profile.set_shape(inp.name, (1, *rest), (cfg.opt_batch, *rest), (cfg.max_batch, *rest))
-        config.add_optimization_profile(profile)
-
-    cache_path = _timing_cache_path(cfg, key.trt_version, key.gpu_name, key.compute_capability)
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, False)
-
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise RuntimeError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path} "
-                           f"(see the TensorRT log above)")
+    plan, shapes = serialize_network(trt, onnx_path, key, cfg, strong)
+    shape = next(iter(shapes.values()))
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(bytes(plan))
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    engine_path.write_bytes(plan)
     sidecar = {
         "key": asdict(key),
         "meta": meta.replace(precision=key.precision, dynamic_batch=shape[0] == -1).to_json(),
@@ -212,7 +222,8 @@ def build_engine(onnx_path: Path, engine_path: Path, cfg: EngineBuildConfig = En
     }
     sidecar_path(engine_path).write_text(json.dumps(sidecar, indent=2))
     log.info("built TensorRT %s %s engine %s in %.1f s (%s API, timing cache %s)", key.trt_version, key.precision,
-             engine_path, time.perf_counter() - t0, sidecar["api"], cache_path)
+             engine_path, time.perf_counter() - t0, sidecar["api"],
+             _timing_cache_path(cfg, key.trt_version, key.gpu_name, key.compute_capability))
     return key
 
 
