@@ -276,6 +276,20 @@ class ProjectedPoints:
     apex: Optional[np.ndarray] = None
 
 
+_ROW_SCALE: dict = {}
+
+
+def _row_scale(yv: np.ndarray) -> np.ndarray:
+    """sqrt(1 + yv^2) per row (distance over planar depth at the image centre column), kept per row set."""
+    key = (len(yv), float(yv[0]), float(yv[-1]))
+    scale = _ROW_SCALE.get(key)
+    if scale is None:
+        if len(_ROW_SCALE) > 16:
+            _ROW_SCALE.clear()
+        scale = _ROW_SCALE[key] = np.sqrt(1.0 + yv * yv)
+    return scale
+
+
 class View:
     """One unrolled camera's geometry in one frame, shared by the RGB image and the labels/depth of the same
     pose, size and fov (``Renderer.view``): rotation, the ground's per-row distances and homography, and the
@@ -303,7 +317,7 @@ class View:
             dir_z = fwd[2] + yv * up[2]
             with np.errstate(divide="ignore"):
                 self.planar = np.where(dir_z < -1e-9, cam_h / -np.minimum(dir_z, -1e-9), np.inf)   # depth along fwd
-            self.dist = self.planar * np.sqrt(1.0 + yv * yv)
+            self.dist = self.planar * _row_scale(yv)
             ground_rows = np.nonzero(self.dist < _GROUND_MAX_DIST)[0]
             self.v_ground = int(ground_rows[0]) if len(ground_rows) else height
             # ground hit (homogeneous) = G @ ray
@@ -348,40 +362,45 @@ class View:
         g = np.concatenate([[0.0], slope, [0.0]])
         c0 = np.concatenate([[zk[0]], zk[:-1] - slope * tk[:-1], [zk[-1]]])
         far = len(g) - 1
-        ray_t = fwd[:2] @ h + yv * (up[:2] @ h)                     # per row: horizontal run along the view
+        ray_t = float(fwd[:2] @ h) + yv * float(up[:2] @ h)         # per row: horizontal run along the view
         ray_z = fwd[2] + yv * up[2]                                  # and rise, per unit planar depth
-        reach = np.maximum.accumulate((zk[1:] - oz) / tk[1:])        # highest knot slope so far
-        ahead = ray_t > 1e-9
+        rise = (zk[1:] - oz) / tk[1:]
+        reach = np.maximum.accumulate(rise)                          # highest knot slope so far
+        self._crest = bool(np.any(rise < reach))                     # a knot hidden: the ground hides things
         with np.errstate(divide="ignore", invalid="ignore"):
-            m = np.where(ahead, ray_z / np.where(ahead, ray_t, 1.0), 0.0)
-            seg = np.searchsorted(reach, m) + 1                      # first knot above the ray ends the segment
-            seg = np.where(seg < far, seg, np.where(m < 0, far, -1))  # above every knot: far level ground or sky
-            seg = np.where(ahead, seg, np.where(ray_z < 0, 0, -1))    # looking back down: level ground at zg
+            seg = np.searchsorted(reach, ray_z / ray_t) + 1          # first knot above the ray ends the segment
+            seg = np.where(ray_t > 1e-9, seg, 0)                     # looking back (down): level ground at zg
             s = (c0[seg] - oz) / (ray_z - g[seg] * ray_t)
-        hit = (seg >= 0) & (s > 0)
+            # no hit: up into the sky, or over every knot and not down onto the far level ground
+            hit = (s > 0) & ((seg != far) | (s * ray_t >= tk[-1] - 1e-6))
         self.planar = np.where(hit, s, np.inf)
-        self.dist = self.planar * np.sqrt(1.0 + yv * yv)
+        self.dist = self.planar * _row_scale(yv)
         ground_rows = np.nonzero(self.dist < _GROUND_MAX_DIST)[0]
         height = len(yv)
         self.v_ground = v_ground = int(ground_rows[0]) if len(ground_rows) else height
-        seg = np.where(hit, seg, far)                                 # rays grazing the far level ground
         self.bands = []
         if v_ground < height:
-            change = np.nonzero(np.diff(seg[v_ground:]))[0] + 1 + v_ground
-            edges = [v_ground, *change.tolist(), height]
-            for r0, r1 in zip(edges[:-1], edges[1:]):
-                k = int(seg[r0])
-                n = np.array([-g[k] * h[0], -g[k] * h[1], 1.0])
-                m_ = np.array([[ox * n[0] + c0[k] - oz, ox * n[1], ox * n[2]],
-                               [oy * n[0], oy * n[1] + c0[k] - oz, oy * n[2]], n])
-                self.bands.append((r0, r1, m_ @ a))
+            seg = np.where(hit[v_ground:], seg[v_ground:], far)       # rays grazing the far level ground
+            change = np.nonzero(seg[1:] != seg[:-1])[0] + 1
+            starts = np.concatenate([[0], change])
+            k = seg[starts]
+            # plane of segment k: normal n = (-g h, 1), n . P = c0 - g h . O_xy. The ray R = a (u, v, 1) from
+            # O meets it at (homogeneous xy, w) = (O_xy, 1) (n . R) + (R_xy, 0) (c0 - oz): per band a 3x3
+            # matrix of (u, v, 1), O' (n^T a) + (c0 - oz) [a_xy; 0].
+            n_a = a[2][None, :] - g[k][:, None] * (h @ a[:2])[None, :]                # (b,3): n^T a
+            a_xy = np.vstack([a[:2], np.zeros((1, 3))])
+            homs = (np.array([ox, oy, 1.0])[None, :, None] * n_a[:, None, :] +
+                    (c0[k] - oz)[:, None, None] * a_xy[None])
+            edges = (starts + v_ground).tolist() + [height]
+            self.bands = [(r0, r1, hm) for r0, r1, hm in zip(edges[:-1], edges[1:], homs)]
 
     def visible_rows(self, depth) -> Optional[list]:
         """For objects whose nearest point lies at planar ``depth`` (array): how many image rows from the top
         each may paint, as the ground hides what lies behind it (below a crest the ground is nearer than
-        the object); None when it hides nothing (level ground). The margin (10 % + 0.5 m) keeps objects
+        the object); None when it hides nothing (level ground, or no crest: every knot of the profile is
+        seen above the ones before it, so every point of it is). The margin (10 % + 0.5 m) keeps objects
         that stand on the ground whole."""
-        if self.profile is None:
+        if self.profile is None or not self._crest:
             return None
         if self._nearest_ground is None:      # ground depth at or above each row, far to near: non-increasing
             self._nearest_ground = -np.minimum.accumulate(self.planar[self.v_ground:])
@@ -767,7 +786,9 @@ class Renderer:
         level = np.zeros(len(footprint), np.int64)
         for k in _LEVELS[1:]:
             level += footprint > 2.2 * r.resolution * k / 3.0
-        for r0, r1, level_k, world_h in _ground_pieces(view.bands, level, v_ground):
+        pieces = _ground_pieces(view.bands, level, v_ground)
+        ground = np.empty((height - v_ground, width, 4), np.uint8) if len(pieces) > 1 else None
+        for r0, r1, level_k, world_h in pieces:
             img, k = look.levels[level_k]
             res = r.resolution * k
             x0 = r.x0 + (k - 1) / 2.0 * r.resolution
@@ -776,8 +797,12 @@ class Renderer:
             shift = np.array([[1.0, 0, 0], [0, 1.0, r0], [0, 0, 1.0]])
             hm = kr @ world_h @ shift
             band = cv2.warpPerspective(img, hm, (width, r1 - r0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                       dst=None if ground is None else ground[r0 - v_ground:r1 - v_ground],
                                        borderMode=cv2.BORDER_CONSTANT, borderValue=look.border + (255.0,))
-            cv2.cvtColor(band, cv2.COLOR_BGRA2BGR, dst=out[r0:r1])
+            if ground is None:
+                cv2.cvtColor(band, cv2.COLOR_BGRA2BGR, dst=out[r0:r1])
+        if ground is not None:                          # one conversion for all the pieces
+            cv2.cvtColor(ground, cv2.COLOR_BGRA2BGR, dst=out[v_ground:])
         # Fog / haze / night darkness, in bands of nearly equal weight.
         alpha, beta = look.lighting.row_blend(dist[v_ground:])
         qa = np.round(alpha * 40.0)
