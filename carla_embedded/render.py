@@ -786,9 +786,7 @@ class Renderer:
         level = np.zeros(len(footprint), np.int64)
         for k in _LEVELS[1:]:
             level += footprint > 2.2 * r.resolution * k / 3.0
-        pieces = _ground_pieces(view.bands, level, v_ground)
-        ground = np.empty((height - v_ground, width, 4), np.uint8) if len(pieces) > 1 else None
-        for r0, r1, level_k, world_h in pieces:
+        for r0, r1, level_k, world_h in _ground_pieces(view.bands, level, v_ground):
             img, k = look.levels[level_k]
             res = r.resolution * k
             x0 = r.x0 + (k - 1) / 2.0 * r.resolution
@@ -797,12 +795,8 @@ class Renderer:
             shift = np.array([[1.0, 0, 0], [0, 1.0, r0], [0, 0, 1.0]])
             hm = kr @ world_h @ shift
             band = cv2.warpPerspective(img, hm, (width, r1 - r0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                       dst=None if ground is None else ground[r0 - v_ground:r1 - v_ground],
                                        borderMode=cv2.BORDER_CONSTANT, borderValue=look.border + (255.0,))
-            if ground is None:
-                cv2.cvtColor(band, cv2.COLOR_BGRA2BGR, dst=out[r0:r1])
-        if ground is not None:                          # one conversion for all the pieces
-            cv2.cvtColor(ground, cv2.COLOR_BGRA2BGR, dst=out[v_ground:])
+            cv2.cvtColor(band, cv2.COLOR_BGRA2BGR, dst=out[r0:r1])      # per piece: a one-frame buffer costs more
         # Fog / haze / night darkness, in bands of nearly equal weight.
         alpha, beta = look.lighting.row_blend(dist[v_ground:])
         qa = np.round(alpha * 40.0)
