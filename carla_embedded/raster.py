@@ -225,6 +225,7 @@ class TownRaster:
     y0: float
     roadside: np.ndarray
     roadside_normal: np.ndarray
+    cache_dir: Optional[Path] = field(default=None, compare=False, repr=False)  # where from_map cached it
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -275,8 +276,10 @@ class TownRaster:
         if use_cache:
             cached = cls._load(path)
             if cached is not None:
+                cached.cache_dir = path.parent
                 return cached
         raster = cls._build(carla_map, xodr, resolution, margin)
+        raster.cache_dir = path.parent if use_cache else None
         if use_cache:
             try:
                 raster._save(path)
@@ -436,6 +439,165 @@ class TownRaster:
             return None
         return cls(image=image, material=material, resolution=float(meta["resolution"]), x0=float(meta["x0"]),
                    y0=float(meta["y0"]), roadside=side["roadside"], roadside_normal=side["roadside_normal"])
+
+
+#: Bump when the elevation field's construction changes so cached fields are rebuilt.
+ELEVATION_VERSION = 1
+
+
+@dataclass
+class ElevationField:
+    """Height (m) of a town's ground on a coarse grid, from the OpenDRIVE road surface.
+
+    Driving-lane centres and edges (``generate_waypoints``) are averaged per ``cell`` and the empty cells filled
+    outward by push-pull (coarser and coarser normalised averages), so off-road ground follows the
+    nearby roads. Where a road passes over another (bridges, overpasses: more than ``LEVEL_GAP`` m above
+    the lowest road within ~``LEVEL_REACH`` m) its points go to a second layer, ``high``; elsewhere
+    ``high`` equals ``low``. :meth:`profile` follows the layer continuous with where it starts.
+    ``x0``/``y0`` are the world coordinates of cell (0, 0)'s centre; outside the grid the edge holds.
+    """
+
+    low: np.ndarray
+    high: np.ndarray
+    cell: float
+    x0: float
+    y0: float
+
+    LEVEL_GAP = 3.0
+    LEVEL_REACH = 7.0
+
+    @property
+    def flat(self) -> bool:
+        """True when every road of the town lies at one height (Town01, Town02)."""
+        return float(self.low.max() - self.low.min()) < 1e-3 and bool(np.array_equal(self.low, self.high))
+
+    def _bilinear(self, grid: np.ndarray, x, y) -> np.ndarray:
+        h, w = grid.shape
+        u = np.clip((np.asarray(x, np.float64) - self.x0) / self.cell, 0.0, w - 1.0)
+        v = np.clip((np.asarray(y, np.float64) - self.y0) / self.cell, 0.0, h - 1.0)
+        i0 = np.minimum(u.astype(np.int64), w - 2) if w > 1 else np.zeros(u.shape, np.int64)
+        j0 = np.minimum(v.astype(np.int64), h - 2) if h > 1 else np.zeros(v.shape, np.int64)
+        fu, fv = u - i0, v - j0
+        i1, j1 = np.minimum(i0 + 1, w - 1), np.minimum(j0 + 1, h - 1)
+        top = grid[j0, i0] * (1 - fu) + grid[j0, i1] * fu
+        bottom = grid[j1, i0] * (1 - fu) + grid[j1, i1] * fu
+        return top * (1 - fv) + bottom * fv
+
+    def height(self, x, y) -> np.ndarray:
+        """Ground height of the lower layer at world xy (what scenery stands on)."""
+        return self._bilinear(self.low, x, y)
+
+    def upper(self, x, y) -> np.ndarray:
+        """Height of the upper layer at world xy: the bridge where a road passes over another, else ``height``."""
+        return self._bilinear(self.high, x, y)
+
+    def profile(self, x, y, z_start: float) -> np.ndarray:
+        """Heights along a path of points (x, y) that starts at height ``z_start``: where the two layers
+        differ, each point takes the one nearer to the height of the point before it. Bilinear to 1/32 of
+        a cell (one ``cv2.remap`` of both layers: this runs once per camera view)."""
+        layers = self.__dict__.get("_layers")
+        if layers is None:
+            layers = self._layers = np.ascontiguousarray(np.dstack([self.low, self.high]), np.float32)
+        mx = ((np.asarray(x, np.float64) - self.x0) / self.cell).astype(np.float32).reshape(1, -1)
+        my = ((np.asarray(y, np.float64) - self.y0) / self.cell).astype(np.float32).reshape(1, -1)
+        both = cv2.remap(layers, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0].astype(np.float64)
+        lo, hi = both[:, 0], both[:, 1]
+        split = np.nonzero(np.abs(hi - lo) > 0.5)[0]
+        if len(split):
+            z = lo
+            for i in split.tolist():                     # a few points near bridges at most
+                prev = z[i - 1] if i > 0 else z_start
+                if abs(hi[i] - prev) < abs(lo[i] - prev):
+                    z[i] = hi[i]
+            return z
+        return lo
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_map(cls, carla_map: carla.Map, cache_dir: Optional[os.PathLike] = None, use_cache: bool = True,
+                 cell: float = 2.0, margin: float = 60.0) -> "ElevationField":
+        """The field of ``carla_map`` (or the one cached on disk beside the rasters, keyed by its OpenDRIVE)."""
+        xodr = carla_map.to_opendrive()
+        key = hashlib.sha256(f"{ELEVATION_VERSION}|{cell:.3f}|{margin:.2f}|".encode() + xodr.encode())
+        path = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / \
+            f"{carla_map.name.split('/')[-1]}-elevation-{key.hexdigest()[:16]}.npz"
+        if use_cache:
+            try:
+                with np.load(path) as data:
+                    return cls(data["low"], data["high"], float(data["cell"]), float(data["x0"]), float(data["y0"]))
+            except (OSError, ValueError, KeyError):
+                pass
+        rows = []
+        for wp in carla_map.generate_waypoints(cell / 2):
+            loc, right, half = wp.transform.location, wp.transform.get_right_vector(), wp.lane_width / 2
+            rows.append((loc.x, loc.y, loc.z, right.x * half, right.y * half))
+        r = np.array(rows, np.float64).reshape(-1, 5)
+        # lane centres and both lane edges, so the whole road surface has data (not the fill's guess)
+        pts = np.concatenate([r[:, :3], r[:, :3] + np.column_stack([r[:, 3:5], np.zeros(len(r))]),
+                              r[:, :3] - np.column_stack([r[:, 3:5], np.zeros(len(r))])])
+        field_ = cls.from_points(pts, cell, margin)
+        if use_cache:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.parent / f".{path.stem}.{os.getpid()}-{id(field_)}.npz"
+                np.savez(tmp, low=field_.low, high=field_.high, cell=field_.cell, x0=field_.x0, y0=field_.y0)
+                os.replace(tmp, path)
+            except OSError as exc:
+                logger.warning("could not cache the elevation field in %s: %s", path, exc)
+        return field_
+
+    @classmethod
+    def from_points(cls, pts: np.ndarray, cell: float = 2.0, margin: float = 60.0) -> "ElevationField":
+        """Field of road surface points ``pts`` (N,3), see the class docstring."""
+        if not len(pts):
+            return cls(np.zeros((2, 2), np.float32), np.zeros((2, 2), np.float32), cell, 0.0, 0.0)
+        x0, y0 = pts[:, :2].min(axis=0) - margin
+        w = int(np.ceil((pts[:, 0].max() + margin - x0) / cell)) + 1
+        h = int(np.ceil((pts[:, 1].max() + margin - y0) / cell)) + 1
+        i = np.clip(np.rint((pts[:, 0] - x0) / cell).astype(np.int64), 0, w - 1)
+        j = np.clip(np.rint((pts[:, 1] - y0) / cell).astype(np.int64), 0, h - 1)
+        z = pts[:, 2]
+        # The lowest road near each point: a point well above it is on a bridge over that road.
+        lowest = np.full((h, w), 1e6, np.float32)
+        np.minimum.at(lowest, (j, i), z.astype(np.float32))
+        k = 2 * int(round(cls.LEVEL_REACH / cell)) + 1
+        lowest = cv2.erode(lowest, np.ones((k, k), np.uint8))
+        upper = z > lowest[j, i] + cls.LEVEL_GAP
+        low = _push_pull(*_splat(i[~upper], j[~upper], z[~upper], h, w))
+        high = low.copy()
+        if upper.any():
+            total, count = _splat(i[upper], j[upper], z[upper], h, w)
+            mean = np.where(count > 0, total / np.maximum(count, 1e-9), -1e6).astype(np.float32)
+            grown = cv2.dilate(mean, np.ones((3, 3), np.uint8))  # a cell of margin for bilinear sampling
+            high = np.where(count > 0, mean, np.where(grown > -1e5, grown, low)).astype(np.float32)
+        return cls(low, high, float(cell), float(x0), float(y0))
+
+
+def _splat(i, j, z, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    total = np.zeros((h, w), np.float64)
+    count = np.zeros((h, w), np.float64)
+    np.add.at(total, (j, i), z)
+    np.add.at(count, (j, i), 1.0)
+    return total.astype(np.float32), count.astype(np.float32)
+
+
+def _push_pull(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Fill a sparse grid of sums/counts: each cell's mean where it has data, blended (by how much data
+    it has) with the same fill one level coarser elsewhere, so gaps get smooth nearby averages."""
+    if not count.any():
+        return np.zeros(total.shape, np.float32)
+    levels = [(total, count)]
+    while min(levels[-1][0].shape) > 3:
+        t, c = levels[-1]
+        levels.append((cv2.pyrDown(t), cv2.pyrDown(c)))
+    t, c = levels[-1]
+    overall = float(total.sum() / count.sum())
+    z = np.where(c > 1e-6, t / np.maximum(c, 1e-6), overall).astype(np.float32)
+    for t, c in reversed(levels[:-1]):
+        up = cv2.pyrUp(z, dstsize=(t.shape[1], t.shape[0]))
+        a = np.minimum(c, 1.0)
+        z = (np.where(c > 1e-6, t / np.maximum(c, 1e-6), 0.0) * a + up * (1.0 - a)).astype(np.float32)
+    return z
 
 
 def default_cache_dir() -> Path:

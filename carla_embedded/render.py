@@ -2,24 +2,38 @@
 
 How a frame is made (all steps are whole-array cv2/numpy operations, no per-pixel Python):
 
-1. Ground: the town is flat under the camera, so the ground part of the image is one homography of the
-   top-down :class:`~carla_embedded.raster.TownRaster` (``cv2.warpPerspective``). Three pre-filtered
-   levels of the raster (0.1/0.3/0.9 m per pixel) serve near, middle and far rows to limit aliasing.
+1. Ground: a few planes, each drawn in a band of image rows as one homography of the top-down
+   :class:`~carla_embedded.raster.TownRaster` (``cv2.warpPerspective``). In a level town (Town01/02)
+   that is one plane at the road height under the camera. On hills the ground along the view is a
+   continuous piecewise-linear profile fitted (least squares) to the town's
+   :class:`~carla_embedded.raster.ElevationField` along the camera's heading, starting at the road under
+   the camera; each segment's plane holds the camera's (horizontal) right vector, so image rows stay
+   iso-depth lines, and each row shows the first segment its ray meets (crests hide what lies behind
+   them; the sky fills the rows above the highest ground). Three pre-filtered levels of the raster
+   (0.1/0.3/0.9 m per pixel) serve near, middle and far rows to limit aliasing.
 2. Sky: a per-weather panorama (gradient, sun glow, clouds, distant hills) mapped with one affine warp.
-3. Fog, aerial haze and night darkness: on a flat ground the distance depends only on the image row, so
-   they are per-row blends done in a few horizontal bands.
-4. Roadside objects (:mod:`carla_embedded.scenery`) within ``draw_distance``: boxes, spheres and cones
-   projected at once with :func:`project_points`, drawn far to near with per-face sun shading and fog.
+3. Fog, aerial haze and night darkness: the ground's distance depends only on the image row, so they
+   are per-row blends done in a few horizontal bands.
+4. Roadside objects (:mod:`carla_embedded.scenery`) within ``draw_distance``, standing on the drawn
+   ground under them, and other actors at their own z: boxes, spheres and cones projected at once with
+   :func:`project_points`, drawn far to near with per-face sun shading and fog; behind a crest each is
+   cut at the rows where the ground is nearer than it.
 5. Rain streaks, then camera roll as a final rotation about the principal point (roll is a rotation
    about the optical axis, so this is exact).
 
-The geometry of steps 1 and 4 (per-row ground distances, the ground homography, the projected and culled
-boxes, crowns and cones) is a :class:`View`, kept per camera pose, size and fov: the semantic, depth and
-instance cameras of a rig (``sensors.render_labels``) paint their labels from the same one.
+The geometry of steps 1 and 4 (ground profile, per-row ground distances, the bands' homographies, the
+projected and culled boxes, crowns and cones) is a :class:`View`, kept per camera pose, size and fov:
+the semantic, depth and instance cameras of a rig (``sensors.render_labels``) paint their labels (and
+the ground's depth) from the same one.
 
-Approximation (documented for users): elevation is ignored. The ground is the horizontal plane at the
-height of the road nearest the camera and objects stand on that plane, so on the hills of Town03-05 the
-far road does not rise or fall; lane geometry, markings and the camera's pitch are exact.
+Approximation (documented for users): the relief is modelled along the camera's heading only. The
+ground across the view has no cross slope (at a given distance it is as high left and right as in the
+middle), the profile has knots every 8-100 m (nearer ones closer) and is level beyond 400 m, and a road
+passing over another is followed only where the profile starts on it. Lane geometry, markings, the
+camera's pitch and the rise and fall of the road ahead are exact within a few pixels; scenery stands on
+the drawn ground, so beside the road on a side slope it may stand higher or lower than the town's
+terrain there; actors stand at their real height (cars pitched with the road), so a car on a side road
+that climbs across the view may float above or sink into the drawn ground.
 
 Weather follows ``carla.WeatherParameters``: sun altitude/azimuth (night below 0), cloudiness,
 precipitation, precipitation_deposits (puddles), wetness, fog_density and fog_distance.
@@ -36,7 +50,7 @@ import carla
 import cv2
 import numpy as np
 
-from .raster import Material, TownRaster, smooth_noise
+from .raster import ElevationField, Material, TownRaster, smooth_noise
 from .scenery import BOX_FACES, KIND_TRUNK, Scenery, generate_scenery
 
 logger = logging.getLogger(__name__)
@@ -52,6 +66,21 @@ _ASPHALT = (Material.ROAD, Material.SHOULDER, Material.MARKING_WHITE, Material.M
 _FACE_CONTRAST = np.array([1.06, 0.94, 1.03, 0.97, 1.09])  # per box face, see BOX_FACES
 _LEVELS = (1, 3, 9)  # raster downsampling factors: near, middle, far ground
 _FIRST = operator.itemgetter(0)  # painter's sort key: the distance
+_LEVEL_TOLERANCE = 1e-3  # m: a view whose fitted ground stays this close to the camera's road height is level
+
+
+def _hat_basis(t: np.ndarray, knots: np.ndarray) -> np.ndarray:
+    """(len(t), len(knots)) weights of the piecewise-linear interpolation between ``knots`` at ``t``."""
+    return np.column_stack([np.interp(t, knots, np.eye(len(knots))[k]) for k in range(len(knots))])
+
+
+#: Ground profile along a view: heights at these horizontal distances (m), linear between them, level
+#: beyond the last; fitted by least squares to the elevation field sampled at ``_PROFILE_T``.
+_PROFILE_KNOTS = np.array([0.0, 8.0, 18.0, 30.0, 45.0, 65.0, 90.0, 120.0, 160.0, 220.0, 300.0, 400.0])
+_PROFILE_T = np.concatenate([np.arange(1.0, 100.0, 1.0), np.arange(100.0, 200.0, 2.0), np.arange(200.0, 401.0, 4.0)])
+_PROFILE_B = _hat_basis(_PROFILE_T, _PROFILE_KNOTS)
+_PROFILE_B0 = _PROFILE_B[:, 0]                        # the first knot is the road height under the camera
+_PROFILE_FIT = np.linalg.pinv(_PROFILE_B[:, 1:])      # least squares for the other knots
 
 
 # --------------------------------------------------------------------------- camera geometry
@@ -205,7 +234,7 @@ class _Look:
 class ExtraBoxes:
     """Boxes drawn with the scenery (other actors), same layout as :class:`~carla_embedded.scenery.Scenery`'s.
 
-    ``corners`` (N,8,3) with z relative to the ground plane, ``normals`` (N,5,3) and ``colour`` (N,5,3) BGR
+    ``corners`` (N,8,3) in world coordinates, ``normals`` (N,5,3) and ``colour`` (N,5,3) BGR
     albedo per face of :data:`~carla_embedded.scenery.BOX_FACES`; ``centre``/``face_centre``/``radius`` derived.
     """
 
@@ -247,13 +276,27 @@ class ProjectedPoints:
     apex: Optional[np.ndarray] = None
 
 
+_ROW_SCALE: dict = {}
+
+
+def _row_scale(yv: np.ndarray) -> np.ndarray:
+    """sqrt(1 + yv^2) per row (distance over planar depth at the image centre column), kept per row set."""
+    key = (len(yv), float(yv[0]), float(yv[-1]))
+    scale = _ROW_SCALE.get(key)
+    if scale is None:
+        if len(_ROW_SCALE) > 16:
+            _ROW_SCALE.clear()
+        scale = _ROW_SCALE[key] = np.sqrt(1.0 + yv * yv)
+    return scale
+
+
 class View:
     """One unrolled camera's geometry in one frame, shared by the RGB image and the labels/depth of the same
     pose, size and fov (``Renderer.view``): rotation, the ground's per-row distances and homography, and the
     projected boxes, crowns and cones (cached per array of them), so a rig's cameras do this work once."""
 
     def __init__(self, origin: np.ndarray, pitch: float, yaw: float, width: int, height: int, f: float,
-                 zg: float, draw_distance: float):
+                 zg: float, draw_distance: float, elevation: Optional[ElevationField] = None):
         self.origin, self.pitch, self.yaw = origin, float(pitch), float(yaw)
         self.width, self.height, self.f = int(width), int(height), float(f)
         self.rot = rot = rotation_matrix(pitch, yaw, 0.0)
@@ -264,20 +307,113 @@ class View:
         self.cam_h = cam_h = max(origin[2] - zg, 0.05)
         self.half_w = width / (2 * f)
         self.draw_distance = draw_distance
-        # Per-row geometry of the ground plane (roll is zero here, so rows are iso-distance lines).
         rows = np.arange(height, dtype=np.float64)
         yv = -(rows - cy) / f
-        dir_z = fwd[2] + yv * up[2]
-        with np.errstate(divide="ignore"):
-            self.planar = np.where(dir_z < -1e-9, cam_h / -np.minimum(dir_z, -1e-9), np.inf)   # depth along fwd
-        self.dist = self.planar * np.sqrt(1.0 + yv * yv)
-        ground_rows = np.nonzero(self.dist < _GROUND_MAX_DIST)[0]
-        self.v_ground = int(ground_rows[0]) if len(ground_rows) else height
-        # ray(u, v) = A @ (u, v, 1);  ground hit (homogeneous) = G @ ray
+        # ray(u, v) = A @ (u, v, 1), scaled so that its component along fwd is 1 (s along it = planar depth)
         a = np.column_stack([right / f, -up / f, fwd - right * (cx / f) + up * (cy / f)])
-        g = np.array([[cam_h, 0.0, -origin[0]], [0.0, cam_h, -origin[1]], [0.0, 0.0, -1.0]])
-        self.world_h = g @ a
+        self.profile = self._fit_profile(elevation)
+        if self.profile is None:
+            # Level ground (roll is zero here, so rows are iso-distance lines).
+            dir_z = fwd[2] + yv * up[2]
+            with np.errstate(divide="ignore"):
+                self.planar = np.where(dir_z < -1e-9, cam_h / -np.minimum(dir_z, -1e-9), np.inf)   # depth along fwd
+            self.dist = self.planar * _row_scale(yv)
+            ground_rows = np.nonzero(self.dist < _GROUND_MAX_DIST)[0]
+            self.v_ground = int(ground_rows[0]) if len(ground_rows) else height
+            # ground hit (homogeneous) = G @ ray
+            g = np.array([[cam_h, 0.0, -origin[0]], [0.0, cam_h, -origin[1]], [0.0, 0.0, -1.0]])
+            self.bands = [(self.v_ground, height, g @ a)] if self.v_ground < height else []
+        else:
+            self._profile_geometry(yv, a)
+        self._nearest_ground = None
         self._cache: dict = {}
+
+    def _fit_profile(self, elevation: Optional[ElevationField]) -> Optional[np.ndarray]:
+        """Heights of the ground at ``_PROFILE_KNOTS`` along the view (None: level at ``zg`` within 1 mm):
+        the continuous piecewise-linear least-squares fit to the elevation field sampled along the view's
+        horizontal direction, starting at the road height under the camera."""
+        if elevation is None:
+            return None
+        yaw = math.radians(self.yaw)
+        hx, hy = math.cos(yaw), math.sin(yaw)
+        z = elevation.profile(self.origin[0] + _PROFILE_T * hx, self.origin[1] + _PROFILE_T * hy, self.zg)
+        knots = np.empty(len(_PROFILE_KNOTS))
+        knots[0] = self.zg
+        knots[1:] = _PROFILE_FIT @ (z - _PROFILE_B0 * self.zg)
+        return knots if np.abs(knots - self.zg).max() > _LEVEL_TOLERANCE else None
+
+    def _profile_geometry(self, yv: np.ndarray, a: np.ndarray) -> None:
+        """Per-row ground of a piecewise-planar profile: each segment between two knots is a plane that
+        holds the camera's right vector (horizontal, as roll is zero), so rows stay iso-depth lines. A row's
+        ray (in the vertical plane of the view) meets first the segment ending at the first knot that rises
+        above it: as seen from the camera, knot j subtends the slope e_j = (z_j - z_cam) / t_j, and a ray of
+        slope m has passed under the ground by t_j iff max(e_1..e_j) >= m. So crests hide what lies behind
+        them, exactly, with one sorted search. Behind the camera the ground is level at ``zg``, beyond the
+        last knot level at the last knot's height. Rows are then grouped into bands of one segment, each
+        drawn with that segment's plane homography (``bands``)."""
+        fwd, up = self.rot[:, 0], self.rot[:, 2]
+        yaw = math.radians(self.yaw)
+        h = np.array([math.cos(yaw), math.sin(yaw)])
+        ox, oy = self.origin[0], self.origin[1]
+        oz = self.zg + self.cam_h
+        tk, zk = _PROFILE_KNOTS, self.profile
+        slope = np.diff(zk) / np.diff(tk)
+        # segments z = c0 + g t: 0 behind the camera (level at zg), 1..K-1 between knots, K beyond (level)
+        g = np.concatenate([[0.0], slope, [0.0]])
+        c0 = np.concatenate([[zk[0]], zk[:-1] - slope * tk[:-1], [zk[-1]]])
+        far = len(g) - 1
+        ray_t = float(fwd[:2] @ h) + yv * float(up[:2] @ h)         # per row: horizontal run along the view
+        ray_z = fwd[2] + yv * up[2]                                  # and rise, per unit planar depth
+        rise = (zk[1:] - oz) / tk[1:]
+        reach = np.maximum.accumulate(rise)                          # highest knot slope so far
+        self._crest = bool(np.any(rise < reach))                     # a knot hidden: the ground hides things
+        with np.errstate(divide="ignore", invalid="ignore"):
+            seg = np.searchsorted(reach, ray_z / ray_t) + 1          # first knot above the ray ends the segment
+            seg = np.where(ray_t > 1e-9, seg, 0)                     # looking back (down): level ground at zg
+            s = (c0[seg] - oz) / (ray_z - g[seg] * ray_t)
+            # no hit: up into the sky, or over every knot and not down onto the far level ground
+            hit = (s > 0) & ((seg != far) | (s * ray_t >= tk[-1] - 1e-6))
+        self.planar = np.where(hit, s, np.inf)
+        self.dist = self.planar * _row_scale(yv)
+        ground_rows = np.nonzero(self.dist < _GROUND_MAX_DIST)[0]
+        height = len(yv)
+        self.v_ground = v_ground = int(ground_rows[0]) if len(ground_rows) else height
+        self.bands = []
+        if v_ground < height:
+            seg = np.where(hit[v_ground:], seg[v_ground:], far)       # rays grazing the far level ground
+            change = np.nonzero(seg[1:] != seg[:-1])[0] + 1
+            starts = np.concatenate([[0], change])
+            k = seg[starts]
+            # plane of segment k: normal n = (-g h, 1), n . P = c0 - g h . O_xy. The ray R = a (u, v, 1) from
+            # O meets it at (homogeneous xy, w) = (O_xy, 1) (n . R) + (R_xy, 0) (c0 - oz): per band a 3x3
+            # matrix of (u, v, 1), O' (n^T a) + (c0 - oz) [a_xy; 0].
+            n_a = a[2][None, :] - g[k][:, None] * (h @ a[:2])[None, :]                # (b,3): n^T a
+            a_xy = np.vstack([a[:2], np.zeros((1, 3))])
+            homs = (np.array([ox, oy, 1.0])[None, :, None] * n_a[:, None, :] +
+                    (c0[k] - oz)[:, None, None] * a_xy[None])
+            edges = (starts + v_ground).tolist() + [height]
+            self.bands = [(r0, r1, hm) for r0, r1, hm in zip(edges[:-1], edges[1:], homs)]
+
+    def visible_rows(self, depth) -> Optional[list]:
+        """For objects whose nearest point lies at planar ``depth`` (array): how many image rows from the top
+        each may paint, as the ground hides what lies behind it (below a crest the ground is nearer than
+        the object); None when it hides nothing (level ground, or no crest: every knot of the profile is
+        seen above the ones before it, so every point of it is). The margin (10 % + 0.5 m) keeps objects
+        that stand on the ground whole."""
+        if self.profile is None or not self._crest:
+            return None
+        if self._nearest_ground is None:      # ground depth at or above each row, far to near: non-increasing
+            self._nearest_ground = -np.minimum.accumulate(self.planar[self.v_ground:])
+        d = 0.9 * np.asarray(depth, np.float64) - 0.5
+        return (self.v_ground + np.searchsorted(self._nearest_ground, -d, side="right")).tolist()
+
+    def ground_height(self, x, y) -> np.ndarray:
+        """Height of the drawn ground under world xy (the profile at their distance along the view)."""
+        if self.profile is None:
+            return np.full(np.shape(x), self.zg)
+        yaw = math.radians(self.yaw)
+        t = (np.asarray(x) - self.origin[0]) * math.cos(yaw) + (np.asarray(y) - self.origin[1]) * math.sin(yaw)
+        return np.interp(t, _PROFILE_KNOTS, self.profile, left=self.zg)
 
     def _cached(self, kind: str, array: np.ndarray, build):
         """``build()`` once per (kind, array object); the array is held so its id stays its own."""
@@ -289,31 +425,47 @@ class View:
         return entry[1]
 
     def boxes(self, corners, centre, face_centre, normals, radius, static: bool = False) -> ProjectedBoxes:
-        """Boxes (z relative to the ground plane) seen by this view, see :class:`ProjectedBoxes`. ``static``:
-        the arrays never change (scenery), so only the boxes near the camera are looked at (``_nearby``)."""
+        """Boxes seen by this view, see :class:`ProjectedBoxes`. ``static``: scenery, whose arrays never change
+        (only the boxes near the camera are looked at, ``_nearby``) and whose z is relative to the ground
+        (each box stands on the drawn ground under its centre, :meth:`lift`); otherwise world z (actors)."""
         return self._cached("boxes", corners, lambda: self._project_boxes(corners, centre, face_centre, normals,
                                                                             radius, static))
+
+    def lift(self, points: np.ndarray) -> np.ndarray:
+        """What to add to objects (n,3) whose z is relative to the ground: (n,3) with the drawn ground's
+        height under each, or the (3,) constant of level ground."""
+        if self.profile is None:
+            return self.ground
+        out = np.zeros((len(points), 3))
+        out[:, 2] = self.ground_height(points[:, 0], points[:, 1])
+        return out
 
     def _project_boxes(self, corners_all, centre_all, face_centre_all, normals_all, radius_all,
                        static: bool) -> ProjectedBoxes:
         origin, rot, f, cx, cy = self.origin, self.rot, self.f, self.cx, self.cy
         near = _nearby(centre_all, radius_all, origin, self.draw_distance) if static else None
         centre, radius = (centre_all, radius_all) if near is None else (centre_all[near], radius_all[near])
-        rel = centre + self.ground - origin
+        lift = self.lift(centre) if static else None
+        rel = centre - origin if lift is None else centre + lift - origin
         cam = rel @ rot
         d = np.sqrt(np.add.reduce(rel * rel, axis=1))                  # = np.linalg.norm(rel, axis=1)
         sel = np.nonzero((d < self.draw_distance + radius) & (cam[:, 0] > -radius) &
                          (np.abs(cam[:, 1]) < cam[:, 0] * self.half_w + radius + 1))[0]
         d = d[sel]
+        if lift is not None and lift.ndim == 2:
+            lift = lift[sel][:, None, :]
         if near is not None:
             sel = near[sel]
         none = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         if not len(sel):
             return ProjectedBoxes(sel, np.zeros((0, 8, 3)), np.zeros((0, 5, 4, 2), np.int32), np.zeros(0), none, none)
-        ccam = _to_camera(corners_all[sel] + self.ground, origin, rot)              # (n,8,3)
+        corners, face_centre = corners_all[sel], face_centre_all[sel]
+        if lift is not None:
+            corners, face_centre = corners + lift, face_centre + lift
+        ccam = _to_camera(corners, origin, rot)                                     # (n,8,3)
         uv = np.clip(_cam_to_uv(ccam, f, cx, cy), -1e5, 1e5)
         polys = np.ascontiguousarray(np.round(uv[:, BOX_FACES] * 8), dtype=np.int32)  # (n,5,4,2)
-        visible = np.einsum("nfk,nfk->nf", normals_all[sel], origin - (face_centre_all[sel] + self.ground)) > 0
+        visible = np.einsum("nfk,nfk->nf", normals_all[sel], origin - face_centre) > 0
         clipped = np.any(ccam[:, BOX_FACES, 0] <= _NEAR, axis=2)
         # Faces wholly off the image (2 px margin for anti-aliased edges) paint nothing: skip them.
         lo, hi = polys.min(axis=2), polys.max(axis=2)                               # (n,5,2)
@@ -328,7 +480,8 @@ class View:
         def build():
             near = _nearby(centre_all, radius_all, self.origin, self.draw_distance)
             radius = radius_all[near]
-            c = centre_all[near] + self.ground
+            c = centre_all[near]
+            c = c + self.lift(c)
             cam = _to_camera(c, self.origin, self.rot)
             d = np.linalg.norm(c - self.origin, axis=1)
             sel = np.nonzero((d < self.draw_distance) & (cam[:, 0] > radius + _NEAR) &
@@ -341,7 +494,8 @@ class View:
         def build():
             near = _nearby(base_all, radius_all + height_all, self.origin, self.draw_distance)
             radius = radius_all[near]
-            b = base_all[near] + self.ground
+            b = base_all[near]
+            b = b + self.lift(b)
             apex = b.copy()
             apex[:, 2] += height_all[near]
             cam_b, cam_a = _to_camera(b, self.origin, self.rot), _to_camera(apex, self.origin, self.rot)
@@ -388,17 +542,20 @@ class Renderer:
     """Renders camera images of one town; build once per map (the raster is cached on disk).
 
     ``seed`` places the roadside scenery; the same (map, seed, camera, weather) always gives the same
-    image.
+    image. ``terrain=False`` ignores the town's relief: the ground is then level at the road height under
+    each camera (the model before hills were drawn; it changes nothing in level towns such as Town01/02).
     """
 
     def __init__(self, carla_map: carla.Map, seed: int = 0, resolution: float = 0.1,
-                 draw_distance: float = 120.0, raster: Optional[TownRaster] = None):
+                 draw_distance: float = 120.0, raster: Optional[TownRaster] = None, terrain: bool = True):
         if draw_distance <= 0:
             raise ValueError(f"draw_distance={draw_distance!r} must be > 0 metres")
         self._map = carla_map
         self.seed = int(seed)
         self.draw_distance = float(draw_distance)
         self.raster = raster if raster is not None else TownRaster.from_map(carla_map, resolution=resolution)
+        field = ElevationField.from_map(carla_map, cache_dir=self.raster.cache_dir) if terrain else None
+        self.elevation: Optional[ElevationField] = None if field is None or field.flat else field   # None: level
         self.scenery: Scenery = generate_scenery(self.raster, seed=self.seed)
         self._puddles: Optional[np.ndarray] = None
         self._look: Optional[_Look] = None
@@ -593,7 +750,7 @@ class Renderer:
             if len(views) >= 8:
                 views.clear()
             view = views[key] = View(np.asarray(origin, np.float64), pitch, yaw, width, height, f,
-                                     self._ground_z(origin), self.draw_distance)
+                                     self._ground_z(origin), self.draw_distance, self.elevation)
         return view
 
     def _render_unrolled(self, origin, pitch, yaw, width, height, f, look: _Look, boxes=None) -> np.ndarray:
@@ -622,21 +779,15 @@ class Renderer:
 
     def _draw_ground(self, out, view: View, look: _Look) -> None:
         height, width = out.shape[:2]
-        v_ground, dist, world_h, f = view.v_ground, view.dist, view.world_h, view.f
+        v_ground, dist, f = view.v_ground, view.dist, view.f
         r = self.raster
         # Level by row: fine while one screen pixel spans < ~2 raster pixels across the road.
-        footprint = dist / f
-        bounds = [v_ground]
+        footprint = dist[v_ground:] / f
+        level = np.zeros(len(footprint), np.int64)
         for k in _LEVELS[1:]:
-            limit = 2.2 * r.resolution * k / 3.0
-            rows_coarse = np.nonzero((footprint > limit) & np.isfinite(dist))[0]
-            bounds.append(int(rows_coarse[-1]) + 1 if len(rows_coarse) else v_ground)
-        bounds = [max(v_ground, min(height, b)) for b in bounds]
-        # bounds[i] is the last row (exclusive) needing level >= i; draw far-to-near bands
-        edges = [v_ground, bounds[2], bounds[1], height]
-        for (img, k), r0, r1 in zip(look.levels[::-1], edges[:-1], edges[1:]):
-            if r1 <= r0:
-                continue
+            level += footprint > 2.2 * r.resolution * k / 3.0
+        for r0, r1, level_k, world_h in _ground_pieces(view.bands, level, v_ground):
+            img, k = look.levels[level_k]
             res = r.resolution * k
             x0 = r.x0 + (k - 1) / 2.0 * r.resolution
             y0 = r.y0 + (k - 1) / 2.0 * r.resolution
@@ -645,7 +796,7 @@ class Renderer:
             hm = kr @ world_h @ shift
             band = cv2.warpPerspective(img, hm, (width, r1 - r0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                        borderMode=cv2.BORDER_CONSTANT, borderValue=look.border + (255.0,))
-            cv2.cvtColor(band, cv2.COLOR_BGRA2BGR, dst=out[r0:r1])
+            cv2.cvtColor(band, cv2.COLOR_BGRA2BGR, dst=out[r0:r1])      # per piece: a one-frame buffer costs more
         # Fog / haze / night darkness, in bands of nearly equal weight.
         alpha, beta = look.lighting.row_blend(dist[v_ground:])
         qa = np.round(alpha * 40.0)
@@ -697,8 +848,11 @@ class Renderer:
                 r0 = np.round(pr * 8).astype(np.int64).tolist()
                 r1 = np.round(pr * 0.62 * 8).astype(np.int64).tolist()
                 d = p.d.tolist()
+                rows = view.visible_rows(p.cam[:, 0] - sc.sphere_radius[sel])
                 for j in range(len(sel)):
-                    draws.append((d[j], _crown, (p0[j], r0[j], tuple(dark[j]), p1[j], r1[j], tuple(lit[j]))))
+                    args = (p0[j], r0[j], tuple(dark[j]), p1[j], r1[j], tuple(lit[j]))
+                    draws.append((d[j], _crown, args) if rows is None or rows[j] >= view.height else
+                                 (d[j], _clipped, (rows[j], _crown, args)))
 
         # ---- conifers: a cone seen from the side is a triangle, lit on one half
         if len(sc.cone_radius):
@@ -716,12 +870,15 @@ class Renderer:
                 tri = np.ascontiguousarray(np.round(np.stack([uva, uvb - pr, uvb + pr], 1) * 8), dtype=np.int32)
                 half = np.ascontiguousarray(np.round(np.stack([uva, uvb - pr, uvb], 1) * 8), dtype=np.int32)
                 d = p.d.tolist()
+                rows = view.visible_rows(p.cam[:, 0] - sc.cone_radius[sel])
                 for j in range(len(sel)):
-                    draws.append((d[j], _cone, (tri[j], tuple(dark[j]), half[j], tuple(lit[j]))))
+                    args = (tri[j], tuple(dark[j]), half[j], tuple(lit[j]))
+                    draws.append((d[j], _cone, args) if rows is None or rows[j] >= view.height else
+                                 (d[j], _clipped, (rows[j], _cone, args)))
 
         # ---- street lamps at night: additive glow, dimmed by fog only
         if light.lamps_on and len(sc.lamp_pos):
-            c = sc.lamp_pos + view.ground
+            c = sc.lamp_pos + view.lift(sc.lamp_pos)
             cam = _to_camera(c, origin, rot)
             d = np.linalg.norm(c - origin, axis=1)
             sel = np.nonzero((d < dd * 1.5) & (cam[:, 0] > 1.0))[0]
@@ -750,14 +907,19 @@ class Renderer:
         al, be = light.row_blend(p.d)
         colour = np.clip(colour * al[:, None, None] + fog * be[:, None, None], 0, 255)
         dist = (p.d if dist_bias is None else p.d + dist_bias[sel]).tolist()
+        rows = view.visible_rows(p.ccam[:, :, 0].min(axis=1))
         js, fis = p.flat
         for j, poly, c in zip(js.tolist(), p.polys[js, fis], colour[js, fis].tolist()):
-            draws.append((dist[j], fill, (poly, tuple(c), cv2.LINE_AA, 3)))
+            args = (poly, tuple(c), cv2.LINE_AA, 3)
+            draws.append((dist[j], fill, args) if rows is None or rows[j] >= view.height else
+                         (dist[j], _clipped, (rows[j], fill, args)))
         for j, fi in zip(*(a.tolist() for a in p.clipped)):
             poly = _clip_near(p.ccam[j, BOX_FACES[fi]])
             if len(poly) >= 3:
                 pts = np.round(np.clip(_cam_to_uv(poly, view.f, view.cx, view.cy), -1e5, 1e5) * 8).astype(np.int32)
-                draws.append((dist[j], fill, (pts, tuple(colour[j, fi].tolist()), cv2.LINE_AA, 3)))
+                args = (pts, tuple(colour[j, fi].tolist()), cv2.LINE_AA, 3)
+                draws.append((dist[j], fill, args) if rows is None or rows[j] >= view.height else
+                             (dist[j], _clipped, (rows[j], fill, args)))
 
     def _fog_image(self, shape, colour) -> np.ndarray:
         key = (shape, tuple(np.clip(colour, 0, 255).astype(np.uint8).tolist()))
@@ -785,6 +947,18 @@ class Renderer:
             self._rain_cache = {key: overlay}
         off = int(abs(origin[0] * 37.0 + origin[1] * 53.0)) % h
         cv2.add(out, overlay[off:off + h], dst=out)
+
+
+def _ground_pieces(bands: list, level: np.ndarray, v_ground: int) -> list:
+    """Row ranges of one ground plane and one raster level: (r0, r1, level index, plane homography), far
+    (coarse) to near. ``bands`` are (r0, r1, homography) of the view's planes, ``level`` the raster level
+    of each row from ``v_ground`` down."""
+    change = (np.nonzero(np.diff(level))[0] + 1 + v_ground).tolist()
+    pieces = []
+    for b0, b1, world_h in bands:
+        cuts = [b0] + [c for c in change if b0 < c < b1] + [b1]
+        pieces += [(r0, r1, int(level[r0 - v_ground]), world_h) for r0, r1 in zip(cuts[:-1], cuts[1:])]
+    return pieces
 
 
 def _trunk_bias(sc: Scenery) -> np.ndarray:
@@ -823,6 +997,12 @@ def _blit_glow(out, sprite, uv, size, vis) -> None:
     sx1, sy1 = size - max(0, x1 - w), size - max(0, y1 - h)
     roi = out[max(0, y0):min(h, y1), max(0, x0):min(w, x1)]
     cv2.add(roi, spr[sy0:sy1, sx0:sx1], dst=roi)
+
+
+def _clipped(out, rows, func, args) -> None:
+    """``func(out, *args)`` on the top ``rows`` rows of ``out`` only (what the ground does not hide)."""
+    if rows > 0:
+        func(out[:rows], *args)
 
 
 def _crown(out, p0, r0, c0, p1, r1, c1) -> None:

@@ -3,21 +3,24 @@ collision, obstacle, GNSS, IMU, lidar and radar, with CARLA 0.9.14's blueprint i
 data types. ``sensor.camera.dvs``, ``.optical_flow`` and ``.normals`` are listed (scripts such as
 manual_control.py look them up at start) but spawning them raises ``UnsupportedFeatureError``.
 
-Every sensor sees the same scene the RGB renderer draws (``render.py``'s flat-ground model):
+Every sensor sees the same scene the RGB renderer draws (``render.py``):
 
-* the ground plane at the road height under the sensor, its surface from the town raster (road,
-  markings, sidewalks, terrain);
+* the ground, its surface from the town raster (road, markings, sidewalks, terrain): for cameras the
+  renderer's ground planes (the relief along the view on hills), for lidar, radar and the obstacle
+  sensor the level plane at the road height under the sensor;
 * the roadside scenery (:mod:`carla_embedded.scenery`): buildings, tree trunks and crowns, conifers,
   poles and lamp posts;
 * every other actor of the world as a box (:func:`actor_boxes`): vehicles with their
-  ``bounding_box`` and yaw, walkers as upright boxes, traffic lights as poles, anything else with a
-  bounding box as a static box. Actors are found by their ``type_id`` (``vehicle.*``, ``walker.*``,
-  ``traffic.traffic_light*``, ``traffic.*``, ``static.*``), so actors added later appear too.
+  ``bounding_box``, yaw and the road's pitch, walkers as upright boxes, traffic lights as poles,
+  anything else with a bounding box as a static box, each at the height its transform gives. Actors
+  are found by their ``type_id`` (``vehicle.*``, ``walker.*``, ``traffic.traffic_light*``,
+  ``traffic.*``, ``static.*``), so actors added later appear too.
 
 Cameras paint this scene far to near by object distance, exactly as the RGB image is painted (so
-labels and depth match the RGB pixels; objects are not z-tested against each other, and the flat
-ground never hides an object); each face's depth is its exact per-pixel planar depth. Hills are
-flat here as in the RGB image. Lidar and radar cast rays against the same boxes and ground plane.
+labels and depth match the RGB pixels; objects are not z-tested against each other, and the ground
+hides them only behind a crest, as in the RGB image); each face's depth is its exact per-pixel planar
+depth, the ground's that of its band's plane. Lidar and radar cast rays against the same boxes and
+their level ground plane (scenery standing on it).
 
 Semantic tags are CARLA 0.9.14's (the Cityscapes-aligned table of ``carla.CityObjectLabel``: Roads 1,
 Sidewalks 2, Buildings 3, Poles 6, TrafficLight 7, Vegetation 9, Terrain 10, Sky 11, Pedestrians 12,
@@ -132,8 +135,8 @@ _DEFAULT_EXTENT = {"walker": (0.25, 0.25, 0.9), "traffic_light": (0.15, 0.15, 2.
 @dataclass
 class ActorBoxes:
     """Other actors as oriented boxes (a car: body and cabin, so one actor may own several):
-    ``corners`` (N,8,3) world corners with z relative to the actor's ground (z = 0 where it stands),
-    ``normals`` (N,5,3), ``tags`` (N,), ``colour`` (N,3) BGR, ``dynamic`` (N,) vehicles and walkers,
+    ``corners`` (N,8,3) world corners (standing where the actor's transform puts its ground), ``normals``
+    (N,5,3), ``tags`` (N,), ``colour`` (N,3) BGR, ``dynamic`` (N,) vehicles and walkers,
     ``actors`` the owning actor of each box, ``ids`` (N,) their ids."""
 
     actors: list
@@ -164,8 +167,7 @@ class ActorBoxes:
 
 
 def _local_corners(extent, centre, z0: float = 0.0) -> np.ndarray:
-    """(8,3) box corners in the actor's frame, from ``z0`` above its ground up to ``z0 + 2 * extent.z``:
-    actors are placed on the renderer's ground plane whatever their own z."""
+    """(8,3) box corners in the actor's frame, from ``z0`` above its ground up to ``z0 + 2 * extent.z``."""
     ex, ey, ez = extent
     return np.column_stack([_UNIT[:, 0] * ex + centre[0], _UNIT[:, 1] * ey + centre[1],
                             z0 + (_UNIT[:, 2] + 1.0) * ez])
@@ -265,31 +267,45 @@ def _box_spec(actor) -> _BoxSpec | None:
         tag = {"walker": TAG_PEDESTRIANS, "traffic_light": TAG_TRAFFIC_LIGHT, "traffic": TAG_TRAFFIC_SIGNS,
                "static": TAG_STATIC}[category]
     parts = _parts(category, extent, centre, _colour(attributes, category))
-    return _BoxSpec(np.array([q[:6] for q in parts], np.float64), [q[6] for q in parts], tag,
-                    category in ("vehicle", "walker"))
+    size = np.array([q[:6] for q in parts], np.float64)
+    size[:, 5] += _base_z(actor, extent)
+    return _BoxSpec(size, [q[6] for q in parts], tag, category in ("vehicle", "walker"))
+
+
+def _base_z(actor, extent) -> float:
+    """Height of an actor's ground relative to its location: a walker's location is its centre (as in
+    CARLA), every other actor's its base (a car's is the road surface the world keeps it on)."""
+    if actor.type_id.startswith("walker."):
+        return float(actor.bounding_box.location.z) - float(extent[2])
+    return 0.0
 
 
 def _ground_pose(actor) -> tuple:
-    """(x, y, yaw deg) of an actor as ``get_transform()`` reports them (carla keeps float32), without
-    building the transform for the cars, whose pose is plain numbers."""
+    """(x, y, z, yaw deg, pitch deg) of an actor as ``get_transform()`` reports them (carla keeps float32),
+    without building the transform for the cars, whose pose is plain numbers. Cars pitch with the road
+    under them; everything else is drawn upright."""
     if isinstance(actor, Vehicle):
         s = actor._state
-        return s.x, s.y, s.yaw
+        return s.x, s.y, actor._z, s.yaw, actor._pitch
     t = actor._transform if actor._parent is None else actor.get_transform()
-    return t.location.x, t.location.y, t.rotation.yaw
+    return t.location.x, t.location.y, t.location.z, t.rotation.yaw, 0.0
 
 
-def _yaw_boxes(size: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pose_boxes(size: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """World corners (P,8,3) and face normals (P,5,3) of parts ``size`` (P,6: ex, ey, ez, x, y, z0 in the
-    actor's frame) at ``pose`` (P,3: x, y, yaw rad), all at once."""
+    actor's frame) at ``pose`` (P,5: x, y, z, yaw rad, pitch rad; CARLA's rotation with zero roll), all at
+    once."""
     lx = _UNIT[None, :, 0] * size[:, None, 0] + size[:, None, 3]          # (P,8) in the actor's frame
     ly = _UNIT[None, :, 1] * size[:, None, 1] + size[:, None, 4]
     lz = size[:, None, 5] + (_UNIT[None, :, 2] + 1.0) * size[:, None, 2]
-    c, s = np.cos(pose[:, 2])[:, None], np.sin(pose[:, 2])[:, None]
-    corners = np.stack([pose[:, None, 0] + c * lx - s * ly, pose[:, None, 1] + s * lx + c * ly, lz], axis=-1)
-    n = _LOCAL_NORMALS[None]                                             # yaw-only rotation of the normals
-    normals = np.stack([c * n[..., 0] - s * n[..., 1], s * n[..., 0] + c * n[..., 1],
-                        np.broadcast_to(n[..., 2], c.shape[:1] + (5,))], axis=-1)
+    c, s = np.cos(pose[:, 3])[:, None], np.sin(pose[:, 3])[:, None]
+    cp, sp = np.cos(pose[:, 4])[:, None], np.sin(pose[:, 4])[:, None]
+    run, rise = cp * lx - sp * lz, sp * lx + cp * lz                     # pitched (nose up for pitch > 0)
+    corners = np.stack([pose[:, None, 0] + c * run - s * ly, pose[:, None, 1] + s * run + c * ly,
+                        pose[:, None, 2] + rise], axis=-1)
+    n = _LOCAL_NORMALS[None]
+    n_run, n_rise = cp * n[..., 0] - sp * n[..., 2], sp * n[..., 0] + cp * n[..., 2]
+    normals = np.stack([c * n_run - s * n[..., 1], s * n_run + c * n[..., 1], n_rise], axis=-1)
     return corners, normals
 
 
@@ -321,9 +337,9 @@ def _build_actor_boxes(world) -> ActorBoxes:
     if not moving:
         return boxes
     pose = np.array([_ground_pose(a) for a in moving], np.float32).astype(np.float64)[owner_of_part]
-    pose[:, 2] = np.radians(pose[:, 2])
+    pose[:, 3:] = np.radians(pose[:, 3:])
     corners, normals = boxes.corners.copy(), boxes.normals.copy()
-    corners[rows], normals[rows] = _yaw_boxes(size, pose)
+    corners[rows], normals[rows] = _pose_boxes(size, pose)
     return ActorBoxes(boxes.actors, corners, normals, boxes.tags, boxes.colour, boxes.dynamic, boxes.ids)
 
 
@@ -351,8 +367,8 @@ def _box_layout(shown: list, specs: list, moving_ids: set):
     still = np.nonzero(~is_moving)[0]
     if len(still):
         pose = np.array([_ground_pose(owners[i]) for i in still], np.float32).astype(np.float64)
-        pose[:, 2] = np.radians(pose[:, 2])
-        corners[still], normals[still] = _yaw_boxes(size[still], pose)
+        pose[:, 3:] = np.radians(pose[:, 3:])
+        corners[still], normals[still] = _pose_boxes(size[still], pose)
     rows = np.nonzero(is_moving)[0]
     moving_index = {}
     for i in rows:
@@ -387,9 +403,10 @@ def render_labels(renderer, boxes: ActorBoxes, camera_transform: carla.Transform
     """Semantic tags (H,W) uint8 and, if ``need_depth``, planar depth (H,W) float32 metres and instance
     ids (H,W) uint16 (the actor id for actors, fixed ids from 30000 up for scenery, 0 for ground/sky).
 
-    Same geometry as ``Renderer.render``: ground homography, scenery and actor boxes within the draw
-    distance, painted far to near (so occlusion matches the RGB image); faces get their exact planar
-    depth. Roll is applied as an image rotation about the principal point (exact for both).
+    Same geometry as ``Renderer.render``: the ground planes' homographies, scenery and actor boxes within
+    the draw distance, painted far to near and cut behind crests (so occlusion matches the RGB image);
+    faces get their exact planar depth, the ground its plane's. Roll is applied as an image rotation about
+    the principal point (exact for both).
     """
     loc, rot = camera_transform.location, camera_transform.rotation
     origin = np.array([loc.x, loc.y, loc.z], dtype=np.float64)
@@ -420,22 +437,29 @@ def _labels_unrolled(renderer, boxes, origin, pitch, yaw, width, height, f, need
         r = renderer.raster
         kr = np.array([[1 / r.resolution, 0, -r.x0 / r.resolution], [0, 1 / r.resolution, -r.y0 / r.resolution],
                        [0, 0, 1.0]])
-        shift = np.array([[1.0, 0, 0], [0, 1.0, v_ground], [0, 0, 1.0]])
-        cv2.warpPerspective(_tag_raster(renderer), kr @ view.world_h @ shift, (width, height - v_ground),
-                            dst=tags[v_ground:], flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=TAG_TERRAIN)
+        for r0, r1, world_h in view.bands:                        # one homography per ground plane
+            shift = np.array([[1.0, 0, 0], [0, 1.0, r0], [0, 0, 1.0]])
+            cv2.warpPerspective(_tag_raster(renderer), kr @ world_h @ shift, (width, r1 - r0),
+                                dst=tags[r0:r1], flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=TAG_TERRAIN)
     faces = _faces(renderer, view, boxes, need_depth)
     if not need_depth:
         fill = cv2.fillConvexPoly
-        for _, poly, tag, _ in faces:
-            fill(tags, poly, tag, cv2.LINE_8, 3)
+        for _, poly, tag, _, rows in faces:
+            if rows is None:
+                fill(tags, poly, tag, cv2.LINE_8, 3)
+            elif rows > 0:
+                fill(tags[:rows], poly, tag, cv2.LINE_8, 3)
         return tags, None, None
     # Depth: paint face ids (0 = ground/sky), then look up each pixel's face tag and plane at once.
     ids = np.zeros((height, width), np.int32)
     planes = np.zeros((len(faces) + 1, 6), np.float32)
     face_tags = np.zeros(len(faces) + 1, np.uint8)
-    for i, (_, poly, tag, plane) in enumerate(faces, start=1):
-        cv2.fillConvexPoly(ids, poly, i, cv2.LINE_8, 3)
+    for i, (_, poly, tag, plane, rows) in enumerate(faces, start=1):
+        if rows is None:
+            cv2.fillConvexPoly(ids, poly, i, cv2.LINE_8, 3)
+        elif rows > 0:
+            cv2.fillConvexPoly(ids[:rows], poly, i, cv2.LINE_8, 3)
         planes[i], face_tags[i] = plane, tag
     ground_depth = np.minimum(view.planar, DEPTH_FAR_M).astype(np.float32)
     ground_depth[:v_ground] = DEPTH_FAR_M
@@ -497,13 +521,14 @@ _CIRCLE = np.stack([np.cos(np.linspace(0, 2 * np.pi, 16, endpoint=False)),
                     np.sin(np.linspace(0, 2 * np.pi, 16, endpoint=False))], axis=1)
 
 
-def _append_flat(faces: list, dist, polys, z, ids, need_depth: bool) -> None:
-    """Vegetation drawn as flat shapes at one depth ``z`` each (crowns, conifers)."""
+def _append_flat(faces: list, dist, polys, z, ids, need_depth: bool, rows) -> None:
+    """Vegetation drawn as flat shapes at one depth ``z`` each (crowns, conifers); ``rows``: see ``_faces``."""
+    rows = [None] * len(z) if rows is None else rows
     if not need_depth:
-        faces.extend(zip(dist.tolist(), polys, [TAG_VEGETATION] * len(z), [None] * len(z)))
+        faces.extend(zip(dist.tolist(), polys, [TAG_VEGETATION] * len(z), [None] * len(z), rows))
         return
     planes = np.column_stack([1.0 / z, np.zeros_like(z), np.zeros_like(z), z, z, ids])
-    faces.extend(zip(dist.tolist(), polys, [TAG_VEGETATION] * len(z), planes))
+    faces.extend(zip(dist.tolist(), polys, [TAG_VEGETATION] * len(z), planes, rows))
 
 
 def _box_faces(faces: list, p, box_tags, bias, inst, view, need_depth: bool) -> None:
@@ -528,20 +553,25 @@ def _box_faces(faces: list, p, box_tags, bias, inst, view, need_depth: bool) -> 
         ids = inst[sel][rows].astype(np.float64)[:, None]
         planes = np.concatenate([plane, z_range, ids], axis=-1)             # (m,6)
         planes, clipped_planes = planes[:len(js)], planes[len(js):]
+    rows = view.visible_rows(p.ccam[:, :, 0].min(axis=1))
+    rows = [None] * len(sel) if rows is None else rows
     js_list = js.tolist()
     for i, (j, poly) in enumerate(zip(js_list, p.polys[js, fis])):
-        faces.append((dist[j], poly, tag_list[j], None if planes is None else planes[i]))
+        faces.append((dist[j], poly, tag_list[j], None if planes is None else planes[i], rows[j]))
     for i, (j, fi) in enumerate(zip(jc.tolist(), fc.tolist())):
         poly = _clip_near(p.ccam[j, BOX_FACES[fi]], _NEAR)
         if len(poly) >= 3:
             pts = np.round(np.clip(_cam_to_uv(poly, view.f, view.cx, view.cy), -1e5, 1e5) * 8).astype(np.int32)
-            faces.append((dist[j], pts, tag_list[j], None if clipped_planes is None else clipped_planes[i]))
+            plane = None if clipped_planes is None else clipped_planes[i]
+            faces.append((dist[j], pts, tag_list[j], plane, rows[j]))
 
 
 def _faces(renderer, view, boxes, need_depth: bool = True) -> list:
-    """Every visible face far to near: (distance, int32 polygon in 1/8 px, tag, plane or None) with the plane
-    (a, b, c, zmin, zmax, instance) only ``need_depth``: 1/depth = a + b (u - cx)/f - c (v - cy)/f within
-    [zmin, zmax]. Culling, projection and order are the RGB renderer's (one ``view`` for both)."""
+    """Every visible face far to near: (distance, int32 polygon in 1/8 px, tag, plane or None, rows or None)
+    with the plane (a, b, c, zmin, zmax, instance) only ``need_depth``: 1/depth = a + b (u - cx)/f - c (v - cy)/f
+    within [zmin, zmax]; ``rows``: only the top rows the face may paint (the ground hides the rest behind
+    a crest, ``View.visible_rows``). Culling, projection, order and clipping are the RGB renderer's (one
+    ``view`` for both)."""
     sc = renderer.scenery
     f, cx, cy = view.f, view.cx, view.cy
     faces: list = []
@@ -564,7 +594,8 @@ def _faces(renderer, view, boxes, need_depth: bool = True) -> list:
             discs = np.round((uv[:, None, :] + pr[:, None, None] * _CIRCLE) * 8)
             discs = np.ascontiguousarray(np.clip(discs, -8e5, 8e5), np.int32)
             z = np.maximum(p.cam[:, 0] - 0.5 * rad, _NEAR)
-            _append_flat(faces, p.d, discs, z, _CROWN_IDS + sel, need_depth)
+            _append_flat(faces, p.d, discs, z, _CROWN_IDS + sel, need_depth,
+                         view.visible_rows(p.cam[:, 0] - rad))
     if len(sc.cone_radius):                                      # conifers: triangles
         p = view.cones(sc.cone_base, sc.cone_radius, sc.cone_height)
         sel = p.sel
@@ -574,7 +605,8 @@ def _faces(renderer, view, boxes, need_depth: bool = True) -> list:
             tri = np.stack([p.apex, p.cam - side, p.cam + side], axis=1)
             pts = np.ascontiguousarray(np.round(np.clip(_cam_to_uv(tri, f, cx, cy), -1e5, 1e5) * 8), np.int32)
             z = np.maximum(p.cam[:, 0], _NEAR)
-            _append_flat(faces, p.d, pts, z, _CONE_IDS + sel, need_depth)
+            _append_flat(faces, p.d, pts, z, _CONE_IDS + sel, need_depth,
+                         view.visible_rows(p.cam[:, 0] - sc.cone_radius[sel]))
     faces.sort(key=_FIRST, reverse=True)         # far to near; stable, as reverse keeps ties in order
     return faces
 
@@ -1015,26 +1047,30 @@ def _near(centres: np.ndarray, radius: np.ndarray, centre: np.ndarray, reach: fl
     return np.nonzero(keep)[0]
 
 
-def _scene_boxes(world, sensor, ground_z: float, centre: np.ndarray, reach: float, only_dynamics=False,
-                 cone=None):
-    """Actor and scenery boxes near ``centre`` in world z: (corners (N,8,3), velocity (N,3), owners).
+def _scene_boxes(world, sensor, centre: np.ndarray, reach: float, only_dynamics=False, cone=None,
+                 ground_z: float | None = None):
+    """Actor and scenery boxes near ``centre`` in world z: (corners (N,8,3), velocity (N,3), owners). Actors
+    stand where their transforms put them; scenery on the level ground at ``ground_z`` (default: the road
+    height under ``centre``), the ground these sensors see.
 
     ``cone`` = (unit axis (3,), half angle rad): keep only boxes that may lie within it (ray sensors).
     """
-    lift = np.array([0.0, 0.0, ground_z])
     boxes = actor_boxes(world, exclude=(sensor._parent, sensor))
     keep = np.ones(len(boxes.actors), bool) if not only_dynamics else boxes.dynamic.copy()
     if len(boxes.actors):
         mask = np.zeros(len(boxes.actors), bool)
-        mask[_near(boxes.corners.mean(axis=1) + lift, np.linalg.norm(boxes.corners[:, 0] - boxes.corners[:, 6], axis=1)
+        mask[_near(boxes.corners.mean(axis=1), np.linalg.norm(boxes.corners[:, 0] - boxes.corners[:, 6], axis=1)
                    / 2, centre, reach, cone)] = True
         keep &= mask
     boxes = boxes.select(keep)
-    corners = [boxes.corners + lift]
+    corners = [boxes.corners]
     owners = list(boxes.actors)
     velocities = [np.array([_vec(a.get_velocity()) for a in owners], np.float64).reshape(-1, 3)]
     if not only_dynamics:
         sc = world._renderer().scenery
+        if ground_z is None:
+            ground_z = _road_z(world, carla.Location(*(float(v) for v in centre)))
+        lift = np.array([0.0, 0.0, ground_z])
         near = _near(sc.box_centre + lift, sc.box_radius, centre, reach, cone)
         corners.append(sc.box_corners[near] + lift)
         owners += [("static", int(i)) for i in near]
@@ -1134,7 +1170,8 @@ class CollisionSensor(_TickedSensor):
             return None
         centre = mine.mean(axis=0)
         reach = float(np.linalg.norm(mine[0, :2] - mine[6, :2])) / 2 + 1.0
-        corners, velocities, owners = _scene_boxes(self._world, self, 0.0, centre, reach)
+        corners, velocities, owners = _scene_boxes(self._world, self, centre, reach,
+                                                   ground_z=float(mine[:, 2].min()))
         impact = getattr(parent, "_impact_velocity", None)      # the world stopped it on contact this tick
         v_self = np.array(_vec(impact if impact is not None else parent.get_velocity()))
         if impact is not None:
@@ -1165,7 +1202,7 @@ class CollisionSensor(_TickedSensor):
 
 
 def _own_box(actor):
-    """The actor's box corners (8,3) with z relative to its ground, or None if it has no extent."""
+    """The actor's box corners (8,3) in world coordinates, or None if it has no extent."""
     if actor is None:
         return None
     bbox = actor.bounding_box
@@ -1175,8 +1212,9 @@ def _own_box(actor):
     yaw = math.radians(t.rotation.yaw)
     c, s = math.cos(yaw), math.sin(yaw)
     rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-    local = _local_corners((bbox.extent.x, bbox.extent.y, bbox.extent.z), (bbox.location.x, bbox.location.y, 0.0))
-    return local @ rot.T + np.array([t.location.x, t.location.y, 0.0])
+    extent = (bbox.extent.x, bbox.extent.y, bbox.extent.z)
+    local = _local_corners(extent, (bbox.location.x, bbox.location.y, 0.0), _base_z(actor, extent))
+    return local @ rot.T + np.array([t.location.x, t.location.y, t.location.z])
 
 
 def _mass(actor) -> float:
@@ -1204,8 +1242,7 @@ class ObstacleSensor(_TickedSensor):
         only_dynamics = self._attributes.get("only_dynamics", "false") == "true"
         loc = transform.location
         origin = np.array([loc.x, loc.y, loc.z])
-        ground = _road_z(self._world, loc)
-        corners, _, owners = _scene_boxes(self._world, self, ground, origin, reach + radius, only_dynamics)
+        corners, _, owners = _scene_boxes(self._world, self, origin, reach + radius, only_dynamics)
         yaw = math.radians(transform.rotation.yaw)
         fwd, right = np.array([math.cos(yaw), math.sin(yaw)]), np.array([-math.sin(yaw), math.cos(yaw)])
         best, best_owner = np.inf, None
@@ -1299,7 +1336,7 @@ def _cast(world, sensor, transform, dirs: np.ndarray, max_range: float):
     if norm > 0.2:                                  # rays within one cone: skip the boxes outside it
         axis = mean / norm
         cone = (axis, float(np.arccos(np.clip(dirs @ axis, -1.0, 1.0)).max()))
-    corners, velocities, owners = _scene_boxes(world, sensor, ground, origin, max_range, cone=cone)
+    corners, velocities, owners = _scene_boxes(world, sensor, origin, max_range, cone=cone, ground_z=ground)
     t, idx = _ray_boxes(origin, dirs, corners, max_range)
     with np.errstate(divide="ignore", invalid="ignore"):
         t_ground = np.where(dirs[:, 2] < -1e-9, (ground - origin[2]) / dirs[:, 2], np.inf)
