@@ -13,7 +13,6 @@ one rule for "may this frame be saved" (warm-up over, no perturbation under way,
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ import numpy as np
 
 from datasets.manifest import (DatasetWriter, DiskFullError, check_writable, merge_info, previous_runs,
                                read_manifest, write_contact_sheet)
-from datasets.schema import (CLASSES, FORMAT_VERSION, INFO_NAME, JUNCTION_POLICIES, RANDOMIZATION_NAME, CameraSpec,
+from datasets.schema import (CLASSES, FORMAT_VERSION, INFO_NAME, RANDOMIZATION_NAME, CameraSpec,
                              LabelParams)
 
 from .cli import parse_weather, weather_presets
@@ -753,10 +752,14 @@ def _driver_control(run: JobRun, st: EpisodeState, label, image, frame: int, sta
     if not st.driven:
         return carla.VehicleControl(throttle=label.throttle, steer=label.steer, brake=label.brake)
     bgra = np.frombuffer(image.raw_data, dtype=np.uint8).reshape(image.height, image.width, 4)
-    command = RoadOption(st.path.command_at(st.follower.progress)).name
-    steer = float(run.driver(bgra, state.speed * 3.6, command))
+    steer = float(run.driver(bgra, state.speed * 3.6, _route_command(st)))
     steer = min(1.0, max(-1.0, steer)) if math.isfinite(steer) else label.steer
     return carla.VehicleControl(throttle=label.throttle, steer=steer, brake=label.brake)
+
+
+def _route_command(st: EpisodeState) -> str:
+    """The route's RoadOption at the car's position: what a frame records and a learned driver is told."""
+    return RoadOption(st.path.command_at(st.follower.progress)).name
 
 
 def _skip_reason(run: JobRun, st: EpisodeState, s0: float, evidence) -> tuple[str | None, bool]:
@@ -802,7 +805,7 @@ def _save(run: JobRun, st: EpisodeState, image, evidence, tf, state, control, fl
         "speed": f"{state.speed * 3.6:.3f}", "steer": f"{control.steer:.5f}", "throttle": f"{control.throttle:.5f}",
         "brake": f"{control.brake:.5f}", "heading_change_deg": f"{evidence.heading_change_deg:.4f}",
         "max_curvature": f"{evidence.max_curvature:.6f}", "lookahead_m": f"{evidence.lookahead_m:g}",
-        "command": RoadOption(st.path.command_at(st.follower.progress)).name,
+        "command": _route_command(st),
         "recovery": "1" if st.perturbation.recovering or st.driven else "0",
         "route_dependent": "1" if flagged else "0",
     }

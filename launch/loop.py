@@ -169,8 +169,9 @@ class DriveConfig(SimConfig):
             raise ValueError(f"--traffic and --walkers must be >= 0, got {self.traffic} and {self.walkers}")
         if self.fov is not None and not 0 < self.fov < 180:
             raise ValueError(f"--fov must be in (0, 180) deg, got {self.fov:g}")
-        self.experts = parse_experts(self.experts) if isinstance(self.experts, str) else tuple(map(tuple, self.experts))
-        parse_experts(",".join(f"{k}={v}" for k, v in self.experts))  # names and files
+        if not isinstance(self.experts, str):  # set by code: checked by the flag's own parser
+            self.experts = ",".join(f"{k}={v}" for k, v in self.experts)
+        self.experts = parse_experts(self.experts)
         bad = set(self.expert_params) - {CURVE, STRAIGHT}
         if bad:
             raise ValueError(f"expert_params for unknown expert(s) {sorted(bad)}; valid: {CURVE}, {STRAIGHT}")
@@ -385,8 +386,8 @@ def model_contract(cfg: DriveConfig, classifier=None) -> Contract | None:
         from perception.meta import read_contract
         contract = read_contract(cfg.model)
     for name, path in cfg.experts:  # learned experts see the same camera frame as the classifier
-        from training.policy import load_policy_checkpoint
-        theirs = Contract.from_json(load_policy_checkpoint(path)[1].get("contract"))
+        from training.policy import policy_contract
+        theirs = policy_contract(path)
         if theirs is None:
             continue
         if contract is None:

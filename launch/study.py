@@ -163,13 +163,13 @@ def shard_cells(cells: list[Cell], shard: str) -> list[Cell]:
 
 def _camera(cfg: StudyConfig) -> tuple[tuple[int, int], float]:
     """Camera of the drive: the flags, else the policies' contract, else CARLA's hood camera."""
-    from datasets.schema import CameraSpec, Contract
+    from datasets.schema import CameraSpec
     contract = None
     for name in ("monolithic", "curve", "straight"):
         path = getattr(cfg, name)
         if path:
-            from training.policy import load_policy_checkpoint
-            contract = Contract.from_json(load_policy_checkpoint(path)[1].get("contract"))
+            from training.policy import policy_contract
+            contract = policy_contract(path)
             if contract:
                 break
     trained = contract.camera if contract else CameraSpec()

@@ -112,7 +112,7 @@ def test_recording_changes_neither_the_drive_nor_the_frames_hud(tmp_path, ctx):
     """The HUD is drawn on the recording thread: same controls as without video, HUD in the file."""
     plain = run_episode(ctx, _cfg(frames=30))
     recorded = run_episode(ctx, _cfg(frames=30, record=str(tmp_path / "h.mp4")))
-    no_hud = run_episode(ctx, _cfg(frames=30, record=str(tmp_path / "n.mp4"), hud=False))
+    run_episode(ctx, _cfg(frames=30, record=str(tmp_path / "n.mp4"), hud=False))  # the video without HUD
     key = lambda r: (r.frame - plain.records[0].frame, r.x, r.y, r.steer, r.throttle, r.brake)  # noqa: E731
     start = recorded.records[0].frame
     assert [key(r) for r in plain.records] == [(r.frame - start, r.x, r.y, r.steer, r.throttle, r.brake)

@@ -1,6 +1,5 @@
 """launch/ building blocks without a simulator: video, timing, overlay, metrics, keys."""
 import datetime as dt
-import math
 import threading
 import time
 

@@ -279,6 +279,20 @@ def load_policy_checkpoint(path: str | os.PathLike) -> tuple[ConditionalPolicy, 
     Raises:
         ValueError: not a policy checkpoint (e.g. a classifier's), naming what is missing.
     """
+    ckpt, cfg = _read_policy_checkpoint(path)
+    model = create_policy(cfg["arch"], "none", dropout=cfg.get("dropout", 0.2), hidden=cfg.get("hidden", 64))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), cfg
+
+
+def policy_contract(path: str | os.PathLike):
+    """The camera/label contract a policy checkpoint was trained with (None if it has none); no model is built."""
+    from datasets.schema import Contract
+    return Contract.from_json(_read_policy_checkpoint(path)[1].get("contract"))
+
+
+def _read_policy_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
+    """(checkpoint, config) of a policy checkpoint, its config checked (see :func:`load_policy_checkpoint`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"policy checkpoint {str(path)!r}: no such file")
@@ -290,6 +304,4 @@ def load_policy_checkpoint(path: str | os.PathLike) -> tuple[ConditionalPolicy, 
                          "train one with python -m training.train_policy")
     if tuple(cfg["commands"]) != COMMANDS:
         raise ValueError(f"{path}: trained with commands {cfg['commands']}, this code has {list(COMMANDS)}")
-    model = create_policy(cfg["arch"], "none", dropout=cfg.get("dropout", 0.2), hidden=cfg.get("hidden", 64))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), cfg
+    return ckpt, cfg
