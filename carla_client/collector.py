@@ -555,8 +555,9 @@ def _traffic(client, world, config: CollectConfig, job: Job):
 
 @dataclass
 class _Randomizer:
-    """Domain randomisation (``--domain-randomization``): a new draw before every tick, its own generator
-    (the routes stay those of the seed), and the draw of each saved frame appended to
+    """Domain randomisation (``--domain-randomization``): a new camera jitter before every tick, a new
+    appearance every ``appearance_period`` saved frames (relighting the town costs ~0.5 s), its own
+    generator (the routes stay those of the seed), and the draw of each saved frame appended to
     ``randomization.jsonl`` (one JSON object per line: ``image`` plus every sampled number)."""
 
     world: object
@@ -565,6 +566,7 @@ class _Randomizer:
     cfg: object
     path: Path
     record: dict = field(default_factory=dict)
+    advance: bool = True     # a frame was saved since the last draw: the appearance clock moves on
 
     @classmethod
     def create(cls, config: CollectConfig, job: Job, world) -> "_Randomizer | None":
@@ -581,9 +583,11 @@ class _Randomizer:
 
     def draw(self) -> None:
         from .randomize import apply_domain_randomization
-        self.record = apply_domain_randomization(self.world, self.camera_bp, self.rng, self.cfg)
+        self.record = apply_domain_randomization(self.world, self.camera_bp, self.rng, self.cfg, self.advance)
+        self.advance = False
 
     def saved(self, image: str) -> None:
+        self.advance = True
         line = (json.dumps({"image": image, **self.record}, separators=(",", ":")) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

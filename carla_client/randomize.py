@@ -52,7 +52,8 @@ def check_domain_randomization(world, cfg: RandomizationConfig | None) -> None:
             "its own world; drop the flag to collect from it")
 
 
-def apply_domain_randomization(world, camera_bp, rng: np.random.Generator, cfg: RandomizationConfig | None) -> dict:
+def apply_domain_randomization(world, camera_bp, rng: np.random.Generator, cfg: RandomizationConfig | None,
+                               advance: bool = True) -> dict:
     """Draw this frame's randomisation and hand it to the embedded renderer; returns its record.
 
     Args:
@@ -61,6 +62,8 @@ def apply_domain_randomization(world, camera_bp, rng: np.random.Generator, cfg: 
             (the drawn FOV is applied at render time, so the spawned sensor need not be re-created).
         rng: the collector's generator (the draw is reproducible from the collection seed).
         cfg: ranges, or None / ``enabled=False`` to switch randomisation off (returns {}).
+        advance: advance the appearance clock (False: the previous frame was not saved; only the
+            camera jitter is drawn again, see :meth:`DomainRandomization.step`).
     Returns:
         The manifest columns of :data:`MANIFEST_COLUMNS_DR` for this frame, or {} when off.
     """
@@ -73,7 +76,7 @@ def apply_domain_randomization(world, camera_bp, rng: np.random.Generator, cfg: 
     state = _STATES.get(world)
     if state is None or state.config != cfg:
         state = _STATES[world] = DomainRandomization(cfg)
-    state.step(rng)
+    state.step(rng, advance)
     hook(state)
     record = state.record()
     if camera_bp is not None and camera_bp.has_attribute("fov"):

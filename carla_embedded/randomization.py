@@ -11,8 +11,11 @@ Two parts, sampled separately because they cost differently:
 * :class:`CameraJitter` (per frame, free): offsets added to the sensor's mount, and the FOV.
 * :class:`Appearance` (every ``appearance_period`` frames): per-material colour gains applied to the
   town raster, sky gain/tint, sun altitude/azimuth and cloudiness overrides, clutter. A new
-  appearance relights the whole raster (like a weather change: ~0.3-3 s per town on one core), so
-  collectors resample it every few dozen frames, not every frame.
+  appearance relights the whole raster (like a weather change: ~0.3-0.6 s per town on one core), so
+  it is resampled every few *saved* frames, not every tick: the collector advances the appearance
+  clock only after a frame was saved (:meth:`DomainRandomization.step`), because it ticks ~25 times
+  per saved frame and, counted in ticks, nearly every saved frame paid for a relight (Town01 at
+  320x190: 0.77 s of the 0.9 s per saved frame).
 
 Everything sampled is returned by :meth:`DomainRandomization.record` as a flat dict of plain numbers
 (for a manifest row / JSON) so a dataset can be audited; ``enabled=False`` or
@@ -55,7 +58,8 @@ _WEATHER_FIELDS = ("cloudiness", "precipitation", "precipitation_deposits", "win
 
 @dataclass(frozen=True)
 class RandomizationConfig:
-    """Sampling ranges (see the module table). ``appearance_period``: frames between appearance draws."""
+    """Sampling ranges (see the module table). ``appearance_period``: frames between appearance draws
+    (frames that advance the appearance clock: saved frames in the collector, see :meth:`DomainRandomization.step`)."""
     enabled: bool = True
     camera_height_m: Range = (-0.4, 0.6)
     camera_pitch_deg: Range = (-6.0, 4.0)
@@ -76,7 +80,7 @@ class RandomizationConfig:
     sun_altitude_delta_deg: Range = (-20.0, 20.0)
     cloudiness_delta: Range = (-30.0, 30.0)
     clutter_keep: Range = (0.4, 1.0)
-    appearance_period: int = 25
+    appearance_period: int = 5
 
     def __post_init__(self):
         for name in ("camera_height_m", "camera_pitch_deg", "camera_fov_deg", "road_gain", "marking_gain",
@@ -220,12 +224,17 @@ class DomainRandomization:
     camera: CameraJitter = field(default_factory=CameraJitter)
     frames: int = 0
 
-    def step(self, rng: np.random.Generator) -> "DomainRandomization":
-        """Draw this frame's camera jitter; a new appearance on the first frame and every period after."""
-        if self.frames % self.config.appearance_period == 0:
-            self.appearance = Appearance.sample(rng, self.config, self.appearance.draw + 1)
+    def step(self, rng: np.random.Generator, advance: bool = True) -> "DomainRandomization":
+        """Draw this frame's camera jitter; a new appearance on the first frame and every period after.
+
+        ``advance=False`` draws only the camera jitter and leaves the appearance clock where it is: the
+        collector passes it for ticks after which nothing was saved, so the period counts saved frames.
+        """
+        if advance or self.appearance.draw == 0:
+            if self.frames % self.config.appearance_period == 0:
+                self.appearance = Appearance.sample(rng, self.config, self.appearance.draw + 1)
+            self.frames += 1
         self.camera = CameraJitter.sample(rng, self.config)
-        self.frames += 1
         return self
 
     def record(self) -> dict:

@@ -65,6 +65,51 @@ _PAVED = (Material.ROAD, Material.SHOULDER, Material.SIDEWALK, Material.CURB, Ma
 _ASPHALT = (Material.ROAD, Material.SHOULDER, Material.MARKING_WHITE, Material.MARKING_YELLOW)
 _FACE_CONTRAST = np.array([1.06, 0.94, 1.03, 0.97, 1.09])  # per box face, see BOX_FACES
 _LEVELS = (1, 3, 9)  # raster downsampling factors: near, middle, far ground
+
+
+@dataclass(frozen=True)
+class _PanoFields:
+    """The light-independent arrays of the sky panorama (see :func:`_pano_fields`)."""
+    el: np.ndarray               # (n_el,) elevation of each row, degrees
+    t: np.ndarray                # (n_el,) zenith blend weight
+    cos_el_cos_az: np.ndarray    # (n_el, n_az) direction cosines, for the angle to the sun
+    cos_el_sin_az: np.ndarray
+    sin_el: np.ndarray           # (n_el, 1)
+    noise: np.ndarray            # (n_el, n_az) float32 cloud noise
+    above: np.ndarray            # (n_el, 1) bool: row above -1 deg (clouds drawn)
+    shade: np.ndarray            # (n_el, n_az, 1) float32 cloud shading
+    stars: Optional[np.ndarray]  # (n_el, n_az) bool at night, else None
+    hill: np.ndarray             # (n_el, n_az) bool: under the distant ridge line
+
+
+_PANO_CACHE: dict = {}
+
+
+def _pano_fields(night: bool) -> _PanoFields:
+    """Angles, cloud noise, stars and ridge of the sky panorama, computed once per process (per night/day).
+
+    The random fields come from one generator in a fixed order (clouds, then stars at night only,
+    then the ridge), exactly as the panorama always drew them, so the sky is unchanged.
+    """
+    if night not in _PANO_CACHE:
+        dpp = _PANO_DEG_PER_PX
+        n_el = int((90.0 - _PANO_EL_MIN) / dpp)
+        n_az = int((360.0 + 2 * _PANO_AZ_PAD) / dpp)
+        el = 90.0 - (np.arange(n_el) + 0.5) * dpp  # degrees
+        az = -_PANO_AZ_PAD + (np.arange(n_az) + 0.5) * dpp
+        t = np.clip(el / 90.0, 0, 1) ** 0.45
+        rng = np.random.default_rng(4242)
+        elr, azr = np.radians(el)[:, None], np.radians(az)[None, :]
+        cloud_cell = 60.0 / dpp
+        noise = 0.6 * smooth_noise(n_el, n_az, cloud_cell / 2, rng) + 0.4 * smooth_noise(n_el, n_az, cloud_cell / 6, rng)
+        noise = noise.astype(np.float32)
+        stars = ((rng.random((n_el, n_az)) > 0.9985) & (el[:, None] > 5)) if night else None
+        ridge = 0.6 + 3.2 * smooth_noise(1, n_az, 25.0 / dpp, rng)[0] ** 1.5 + 0.5 * smooth_noise(1, n_az, 3.0 / dpp, rng)[0]
+        _PANO_CACHE[night] = _PanoFields(
+            el=el, t=t, cos_el_cos_az=np.cos(elr) * np.cos(azr), cos_el_sin_az=np.cos(elr) * np.sin(azr),
+            sin_el=np.sin(elr), noise=noise, above=el[:, None] > -1, shade=(0.8 + 0.35 * noise)[..., None],
+            stars=stars, hill=el[:, None] < ridge[None, :])
+    return _PANO_CACHE[night]
 _FIRST = operator.itemgetter(0)  # painter's sort key: the distance
 _LEVEL_TOLERANCE = 1e-3  # m: a view whose fitted ground stays this close to the camera's road height is level
 
@@ -686,48 +731,43 @@ class Renderer:
         return (np.clip(g, 0, 1)[..., None] * np.array([170, 225, 255])).astype(np.uint8)
 
     def _sky_panorama(self, light: Lighting) -> np.ndarray:
-        """Equirectangular sky: columns are azimuth (with padding), rows elevation from +90 down."""
-        dpp = _PANO_DEG_PER_PX
-        n_el = int((90.0 - _PANO_EL_MIN) / dpp)
-        n_az = int((360.0 + 2 * _PANO_AZ_PAD) / dpp)
-        el = 90.0 - (np.arange(n_el) + 0.5) * dpp  # degrees
-        az = -_PANO_AZ_PAD + (np.arange(n_az) + 0.5) * dpp
-        t = np.clip(el / 90.0, 0, 1) ** 0.45
-        col = _mix(np.array(light.horizon)[None], np.array(light.zenith)[None], t[:, None])  # (n_el, 3)
+        """Equirectangular sky: columns are azimuth (with padding), rows elevation from +90 down.
+
+        What does not depend on the light (angles, cloud noise, stars, the ridge line) comes from
+        :func:`_pano_fields`, computed once per process: a relight (weather change, domain
+        randomisation) then costs about half as much, with the very same pixels.
+        """
+        g = _pano_fields(light.day < 0.3)
+        el, n_el, n_az = g.el, g.el.shape[0], g.cos_el_cos_az.shape[1]
+        col = _mix(np.array(light.horizon)[None], np.array(light.zenith)[None], g.t[:, None])  # (n_el, 3)
         sky = np.broadcast_to(col[:, None, :], (n_el, n_az, 3)).astype(np.float32)
-        rng = np.random.default_rng(4242)
-        elr, azr = np.radians(el)[:, None], np.radians(az)[None, :]
         # Sun glow and disc (seen only when the sun is up).
         sx, sy, sz = light.sun_dir
-        cosg = np.cos(elr) * np.cos(azr) * sx + np.cos(elr) * np.sin(azr) * sy + np.sin(elr) * sz
-        gamma = np.degrees(np.arccos(np.clip(cosg, -1, 1)))
         sun_vis = light.day * (1.0 - 0.9 * light.overcast)
-        sun_col = _mix((235, 245, 255), (120, 190, 255), 1.0 - _smoothstep(5, 40, math.degrees(math.asin(sz))))
-        glow = (0.55 * np.exp(-gamma / 12.0) + 1.5 * (gamma < 1.6)) * sun_vis
-        sky += (glow[..., None] * np.asarray(sun_col, np.float32)).astype(np.float32)
+        if sun_vis > 0:   # at night the glow is all zeros: skip its three full-panorama passes
+            cosg = g.cos_el_cos_az * sx + g.cos_el_sin_az * sy + g.sin_el * sz
+            gamma = np.degrees(np.arccos(np.clip(cosg, -1, 1)))
+            sun_col = _mix((235, 245, 255), (120, 190, 255), 1.0 - _smoothstep(5, 40, math.degrees(math.asin(sz))))
+            glow = (0.55 * np.exp(-gamma / 12.0) + 1.5 * (gamma < 1.6)) * sun_vis
+            sky += (glow[..., None] * np.asarray(sun_col, np.float32)).astype(np.float32)
         # Clouds: noise stretched towards the horizon, coverage from cloudiness.
-        cloud_cell = 60.0 / dpp
-        noise = 0.6 * smooth_noise(n_el, n_az, cloud_cell / 2, rng) + 0.4 * smooth_noise(n_el, n_az, cloud_cell / 6, rng)
-        noise = noise.astype(np.float32)
+        noise = g.noise
         cover = light.overcast
         lo = 0.72 - 0.55 * cover
-        alpha = np.clip((noise - lo) / 0.18, 0, 1) * (el[:, None] > -1)
+        alpha = np.clip((noise - lo) / 0.18, 0, 1) * g.above
         cloud_col = _mix(np.array(light.horizon) * 1.05, np.array(light.zenith) * 0.6 + 90 * light.day, 0.3)
         cloud_col = np.asarray(_mix(cloud_col, np.array(light.horizon) * 0.75, cover), np.float32)
-        shade = (0.8 + 0.35 * noise)[..., None]
-        sky = sky * (1 - alpha[..., None]) + (cloud_col * shade) * alpha[..., None]
-        if light.day < 0.3:  # stars
-            stars = (rng.random((n_el, n_az)) > 0.9985) & (el[:, None] > 5)
-            sky[stars] += 120 * (1 - light.overcast) * (1 - light.day / 0.3)
+        sky = sky * (1 - alpha[..., None]) + (cloud_col * g.shade) * alpha[..., None]
+        if g.stars is not None:
+            sky[g.stars] += 120 * (1 - light.overcast) * (1 - light.day / 0.3)
         # Distant hills and tree lines on the horizon, fading into haze.
-        ridge = 0.6 + 3.2 * smooth_noise(1, n_az, 25.0 / dpp, rng)[0] ** 1.5 + 0.5 * smooth_noise(1, n_az, 3.0 / dpp, rng)[0]
-        hill = el[:, None] < ridge[None, :]
         hill_col = _mix(np.array(light.colour_matrix @ np.array([70.0, 95.0, 80.0])), light.fog_colour, 0.6)
-        sky[hill] = np.asarray(hill_col, np.float32)
+        sky[g.hill] = np.asarray(hill_col, np.float32)
         sky[el < 0] = np.asarray(light.fog_colour, np.float32)
         # Fog veils the whole sky towards the fog colour.
         veil = min(1.0, light.fog_k * 35.0)
-        sky = sky * (1 - veil) + np.asarray(light.fog_colour, np.float32) * veil
+        if veil > 0:
+            sky = sky * (1 - veil) + np.asarray(light.fog_colour, np.float32) * veil
         return np.clip(sky, 0, 255).astype(np.uint8)
 
     # ------------------------------------------------------------------ frame
