@@ -25,9 +25,14 @@ def test_bench_json_records(onnx_path, tmp_path, capsys):
                  "--json", str(out), "--res", "320x240"]) == 0
     records = json.loads(out.read_text())
     # torch eager is always the reference; by default auto (what users get) beside every forcible precision
-    assert [r["backend"] for r in records] == ["torch"] + ["onnxruntime"] * len(forcible_precisions())
+    n = 1 + len(forcible_precisions())
+    assert [r["backend"] for r in records[:n]] == ["torch"] + ["onnxruntime"] * (n - 1)
     assert forcible_precisions()[:2] == ("auto", "fp32")
     assert records[2]["precision"] == "fp32" and records[2]["decision"] == ""
+    # when auto chose another thread count than the forced sessions get, each forced precision is timed at it too
+    extra = records[n:]
+    assert len(extra) in (0, n - 2)
+    assert all(r["threads"] == records[1]["threads"] != records[2]["threads"] and not r["decision"] for r in extra)
     for r in records:
         assert {"backend", "img_size", "p50_ms", "p95_ms", "p99_ms", "max_ms", "fps"} <= set(r)
         assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"] and r["img_size"] == 64
@@ -36,11 +41,11 @@ def test_bench_json_records(onnx_path, tmp_path, capsys):
         assert st["total"]["p50"] >= st["infer"]["p50"] and st["preprocess"]["p50"] > 0
     assert records[0]["speedup_vs_torch"] == 1.0
     text = capsys.readouterr().out
-    assert "x torch" in text and "onnxruntime:" in text
+    assert "x torch" in text and f"onnxruntime x{records[1]['threads']}:" in text
     assert f"host: {cpu_model()}" in text
     if best_providers()[0] == "OpenVINOExecutionProvider":     # auto chose among measured candidates: say why
         assert records[1]["decision"].startswith("precision auto -> ") and "agrees with fp32" in text
-        assert "auto vs fastest forced precision" in text
+        assert f"auto ({records[1]['precision']} x{records[1]['threads']}) vs fastest forced precision at auto's" in text
 
 
 def test_torch_timing_on_onnx_without_checkpoint_says_random_weights(trained_ckpt, tmp_path):
@@ -59,8 +64,9 @@ def test_bench_times_each_onnxruntime_precision_in_one_run(onnx_path, tmp_path):
     assert main(["--model", str(onnx_path), "--backends", "onnxruntime", "--precision", "auto,fp32", "--runs", "5",
                  "--warmup", "1", "--res", "160x120", "--json", str(out)]) == 0
     records = json.loads(out.read_text())
-    assert [r["backend"] for r in records] == ["torch", "onnxruntime", "onnxruntime"]
+    assert [r["backend"] for r in records[:3]] == ["torch", "onnxruntime", "onnxruntime"]
     assert records[0]["precision"] == "fp32" and records[2]["precision"] == "fp32"
+    assert [(r["precision"], r["threads"]) for r in records[3:]] in ([], [("fp32", records[1]["threads"])])
     assert records[1]["precision"] in ("fp32", "bf16")
     assert all(r["precision"] in r["device"] for r in records[1:])
 
