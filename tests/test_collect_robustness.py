@@ -245,3 +245,18 @@ def test_workers_with_more_jobs_than_processes_finish_and_report_every_job(tmp_p
     assert {r["town"] for r in rows} == {"Town01", "Town02", "Town03"}
     summary = capsys.readouterr().out
     assert "added 60 frames" in summary  # counted from every job's own report, not from the manifest
+
+
+def test_weather_changes_within_an_episode_so_no_preset_gets_one_class_only(tmp_path):
+    out = tmp_path / "ds"
+    presets = ("ClearNoon", "WetNoon", "HardRainNight")
+    collect(small_config(out, towns=("Town02",), frames=48, weather=presets, weather_every=4))
+    rows = assert_consistent(out)
+    by_episode = {}
+    for r in rows:
+        by_episode.setdefault(r["episode"], set()).add(r["weather"])
+    assert any(len(w) > 1 for w in by_episode.values())            # the preset changed inside an episode
+    by = Counter((r["weather"], r["label"]) for r in rows)
+    assert all(by[w, c] > 0 for w in presets for c in ("curve", "straight")), by
+    with pytest.raises(ValueError, match="--weather-every must be >= 0"):
+        small_config(out, weather_every=-1)
