@@ -66,6 +66,7 @@ _ASPHALT = (Material.ROAD, Material.SHOULDER, Material.MARKING_WHITE, Material.M
 _FACE_CONTRAST = np.array([1.06, 0.94, 1.03, 0.97, 1.09])  # per box face, see BOX_FACES
 _LEVELS = (1, 3, 9)  # raster downsampling factors: near, middle, far ground
 _FIRST = operator.itemgetter(0)  # painter's sort key: the distance
+_OPAQUE = (0.0, 0.0, 0.0, 255.0)  # cv2.bitwise_or with this sets a BGRA image's alpha to 255
 _LEVEL_TOLERANCE = 1e-3  # m: a view whose fitted ground stays this close to the camera's road height is level
 
 
@@ -586,7 +587,7 @@ class Renderer:
         f = focal_length(width, fov_deg)
         roll = float(rot.roll)
         if abs(roll) < 1e-3:
-            bgr = self._render_unrolled(origin, rot.pitch, rot.yaw, width, height, f, look, boxes)
+            return self._render_unrolled(origin, rot.pitch, rot.yaw, width, height, f, look, boxes)
         else:
             c, s = abs(math.cos(math.radians(roll))), abs(math.sin(math.radians(roll)))
             wp = int(math.ceil(width * c + height * s)) + 2
@@ -595,8 +596,7 @@ class Renderer:
             # Image rotation by the roll about the principal point (see module docstring).
             m = cv2.getRotationMatrix2D((wp / 2.0, hp / 2.0), roll, 1.0)
             m[:, 2] += (width / 2.0 - wp / 2.0, height / 2.0 - hp / 2.0)
-            bgr = cv2.warpAffine(big, m, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
+            return cv2.warpAffine(big, m, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
     # ------------------------------------------------------------------ per-weather state
     def _look_for(self, weather: carla.WeatherParameters) -> _Look:
@@ -683,7 +683,7 @@ class Renderer:
         yy, xx = np.mgrid[-32:32, -32:32] + 0.5
         d = np.sqrt(xx ** 2 + yy ** 2) / 32.0
         g = np.exp(-d ** 2 * 6.0) + 0.6 * np.clip(1.0 - d * 4.0, 0, 1)
-        return (np.clip(g, 0, 1)[..., None] * np.array([170, 225, 255])).astype(np.uint8)
+        return (np.clip(g, 0, 1)[..., None] * np.array([170, 225, 255, 0])).astype(np.uint8)   # BGRA, alpha 0: added
 
     def _sky_panorama(self, light: Lighting) -> np.ndarray:
         """Equirectangular sky: columns are azimuth (with padding), rows elevation from +90 down."""
@@ -756,7 +756,7 @@ class Renderer:
     def _render_unrolled(self, origin, pitch, yaw, width, height, f, look: _Look, boxes=None) -> np.ndarray:
         light = look.lighting
         view = self.view(origin, pitch, yaw, width, height, f)
-        out = np.empty((height, width, 3), np.uint8)
+        out = np.empty((height, width, 4), np.uint8)       # BGRA throughout: no conversion per piece or at the end
         if view.v_ground > 0:
             self._draw_sky(out[:view.v_ground], pitch, yaw, width, view.cx, view.cy, f, look)
         if view.v_ground < height:
@@ -773,9 +773,8 @@ class Renderer:
         # elevation at row v ~ pitch + (cy - v)/f  ->  panorama row (90 - el)/dpp
         row0 = (90.0 - pitch) / dpp
         m = np.array([[k, 0.0, col0 - k * cx], [0.0, k, row0 - k * cy]])
-        sky = cv2.warpAffine(look.pano, m, (width, dst.shape[0]), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                             borderMode=cv2.BORDER_REPLICATE)
-        cv2.cvtColor(sky, cv2.COLOR_BGRA2BGR, dst=dst)
+        cv2.warpAffine(look.pano, m, (width, dst.shape[0]), dst=dst, flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                       borderMode=cv2.BORDER_REPLICATE)
 
     def _draw_ground(self, out, view: View, look: _Look) -> None:
         height, width = out.shape[:2]
@@ -794,9 +793,8 @@ class Renderer:
             kr = np.array([[1 / res, 0, -x0 / res], [0, 1 / res, -y0 / res], [0, 0, 1.0]])
             shift = np.array([[1.0, 0, 0], [0, 1.0, r0], [0, 0, 1.0]])
             hm = kr @ world_h @ shift
-            band = cv2.warpPerspective(img, hm, (width, r1 - r0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                       borderMode=cv2.BORDER_CONSTANT, borderValue=look.border + (255.0,))
-            cv2.cvtColor(band, cv2.COLOR_BGRA2BGR, dst=out[r0:r1])      # per piece: a one-frame buffer costs more
+            cv2.warpPerspective(img, hm, (width, r1 - r0), dst=out[r0:r1], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=look.border + (255.0,))
         # Fog / haze / night darkness, in bands of nearly equal weight.
         alpha, beta = look.lighting.row_blend(dist[v_ground:])
         qa = np.round(alpha * 40.0)
@@ -805,13 +803,18 @@ class Renderer:
         starts = np.concatenate([[0], change])
         ends = np.concatenate([change, [len(alpha)]])
         fog_rows = self._fog_image(out.shape, look.lighting.fog_colour)
-        for s0, s1 in zip(starts, ends):
+        blended = None                                # rows [blended[0], blended[1]) had their alpha blended too
+        for s0, s1 in zip(starts.tolist(), ends.tolist()):
             a_ = float(alpha[(s0 + s1 - 1) // 2])
             b_ = float(beta[(s0 + s1 - 1) // 2])
             if abs(a_ - 1.0) < 0.01 and b_ < 0.01:
                 continue
             band = out[v_ground + s0:v_ground + s1]
             cv2.addWeighted(band, a_, fog_rows[: s1 - s0], b_, 0.0, dst=band)
+            blended = (s0 if blended is None else blended[0], s1)
+        if blended is not None:                       # back to opaque (a darkening blend lowers alpha too)
+            rows = out[v_ground + blended[0]:v_ground + blended[1]]
+            cv2.bitwise_or(rows, _OPAQUE, dst=rows)
 
     def _draw_objects(self, out, view: View, look: _Look, boxes=None) -> None:
         """Painter's algorithm over every visible face/crown/lamp (and actor box) within ``draw_distance``."""
@@ -841,8 +844,8 @@ class Renderer:
                 al, be = light.row_blend(p.d)
                 base = sc.sphere_colour[sel] @ light.colour_matrix.T * (
                     (light.ambient + 0.4 * light.diffuse) / light.flat_shade)
-                dark = np.clip(base * 0.8 * al[:, None] + fog * be[:, None], 0, 255).tolist()
-                lit = np.clip(base * (0.85 + 0.35 * light.diffuse) * al[:, None] + fog * be[:, None], 0, 255).tolist()
+                dark = _bgra(base * 0.8 * al[:, None] + fog * be[:, None])
+                lit = _bgra(base * (0.85 + 0.35 * light.diffuse) * al[:, None] + fog * be[:, None])
                 p0 = np.round(uv * 8).astype(np.int64).tolist()
                 p1 = np.round((uv - pr[:, None] * np.array([0.22, 0.25])) * 8).astype(np.int64).tolist()
                 r0 = np.round(pr * 8).astype(np.int64).tolist()
@@ -865,8 +868,8 @@ class Renderer:
                 al, be = light.row_blend(p.d)
                 base = sc.cone_colour[sel] @ light.colour_matrix.T * (
                     (light.ambient + 0.4 * light.diffuse) / light.flat_shade)
-                dark = np.clip(base * 0.8 * al[:, None] + fog * be[:, None], 0, 255).tolist()
-                lit = np.clip(base * (0.85 + 0.35 * light.diffuse) * al[:, None] + fog * be[:, None], 0, 255).tolist()
+                dark = _bgra(base * 0.8 * al[:, None] + fog * be[:, None])
+                lit = _bgra(base * (0.85 + 0.35 * light.diffuse) * al[:, None] + fog * be[:, None])
                 tri = np.ascontiguousarray(np.round(np.stack([uva, uvb - pr, uvb + pr], 1) * 8), dtype=np.int32)
                 half = np.ascontiguousarray(np.round(np.stack([uva, uvb - pr, uvb], 1) * 8), dtype=np.int32)
                 d = p.d.tolist()
@@ -905,7 +908,7 @@ class Renderer:
         shade = shade * _FACE_CONTRAST  # keeps edges readable when there is no direct sun
         colour = (colour_all[sel] @ light.colour_matrix.T) * (shade / light.flat_shade)[..., None]
         al, be = light.row_blend(p.d)
-        colour = np.clip(colour * al[:, None, None] + fog * be[:, None, None], 0, 255)
+        colour = _bgra(colour * al[:, None, None] + fog * be[:, None, None], as_list=False)
         dist = (p.d if dist_bias is None else p.d + dist_bias[sel]).tolist()
         rows = view.visible_rows(p.ccam[:, :, 0].min(axis=1))
         js, fis = p.flat
@@ -922,7 +925,7 @@ class Renderer:
                              (dist[j], _clipped, (rows[j], fill, args)))
 
     def _fog_image(self, shape, colour) -> np.ndarray:
-        key = (shape, tuple(np.clip(colour, 0, 255).astype(np.uint8).tolist()))
+        key = (shape, tuple(np.clip(colour, 0, 255).astype(np.uint8).tolist()) + (255,))
         if self._fog_cache is None or self._fog_cache[0] != key:
             img = np.empty(shape, np.uint8)
             img[:] = key[1]
@@ -935,7 +938,7 @@ class Renderer:
         overlay = self._rain_cache.get(key)
         if overlay is None:
             rng = np.random.default_rng(99)
-            overlay = np.zeros((2 * h, w, 3), np.uint8)
+            overlay = np.zeros((2 * h, w, 4), np.uint8)     # alpha 0: adding it keeps the image opaque
             n = int(light.rain * w * h / 2500)
             xs = rng.uniform(0, w, n)
             ys = rng.uniform(0, 2 * h, n)
@@ -959,6 +962,14 @@ def _ground_pieces(bands: list, level: np.ndarray, v_ground: int) -> list:
         cuts = [b0] + [c for c in change if b0 < c < b1] + [b1]
         pieces += [(r0, r1, int(level[r0 - v_ground]), world_h) for r0, r1 in zip(cuts[:-1], cuts[1:])]
     return pieces
+
+
+def _bgra(colour: np.ndarray, as_list: bool = True):
+    """BGR float colours (..., 3) clipped to 0..255 with an alpha of 255 appended (..., 4), as nested lists
+    for cv2's drawing calls unless ``as_list`` is False: the frame is BGRA and what is drawn is opaque."""
+    out = np.full(colour.shape[:-1] + (4,), 255.0)
+    np.clip(colour, 0, 255, out=out[..., :3])
+    return out.tolist() if as_list else out
 
 
 def _trunk_bias(sc: Scenery) -> np.ndarray:
