@@ -562,6 +562,7 @@ class Renderer:
         self._look: Optional[_Look] = None
         self._rain_cache: dict = {}
         self._fog_cache = None
+        self._sky_cache: dict = {}          # (rows, width) -> (panorama, its columns, its rows, sky image)
         self.randomization = None  # randomization.DomainRandomization (training data only), or None
 
     # ------------------------------------------------------------------ public
@@ -773,8 +774,31 @@ class Renderer:
         # elevation at row v ~ pitch + (cy - v)/f  ->  panorama row (90 - el)/dpp
         row0 = (90.0 - pitch) / dpp
         m = np.array([[k, 0.0, col0 - k * cx], [0.0, k, row0 - k * cy]])
-        cv2.warpAffine(look.pano, m, (width, dst.shape[0]), dst=dst, flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                       borderMode=cv2.BORDER_REPLICATE)
+        h, pano = dst.shape[0], look.pano
+        # The warp is a scale and shift (no rotation): pixel (x, y) is pano[rows[y], cols[x]]. The indices come
+        # from the same warp of index images, so they are OpenCV's own rounding. A camera that keeps its
+        # heading and pitch (a straight road) sees the same sky: kept per size, only changed rows/columns redone.
+        cols, rows = _sky_indices(pano.shape, m, width, h)
+        key = (h, width)
+        cached = self._sky_cache.get(key)
+        if cached is not None and cached[0] is pano:
+            _, old_cols, old_rows, sky = cached
+            dc, dr = np.flatnonzero(old_cols != cols), np.flatnonzero(old_rows != rows)
+            if 4 * (len(dc) * h + len(dr) * width) > h * width:    # most of it: the warp is faster
+                cached = None
+            else:
+                sky32, pano32 = _as_u32(sky), _as_u32(pano)
+                if len(dr):
+                    sky32[dr] = pano32[rows[dr][:, None], cols[None, :]]
+                if len(dc):
+                    sky32[:, dc] = pano32[rows[:, None], cols[dc][None, :]]
+        if cached is None or cached[0] is not pano:
+            if len(self._sky_cache) >= 8:
+                self._sky_cache.clear()
+            sky = cv2.warpAffine(pano, m, (width, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                                 borderMode=cv2.BORDER_REPLICATE)
+        self._sky_cache[key] = (pano, cols, rows, sky)
+        np.copyto(dst, sky)
 
     def _draw_ground(self, out, view: View, look: _Look) -> None:
         height, width = out.shape[:2]
@@ -962,6 +986,28 @@ def _ground_pieces(bands: list, level: np.ndarray, v_ground: int) -> list:
         cuts = [b0] + [c for c in change if b0 < c < b1] + [b1]
         pieces += [(r0, r1, int(level[r0 - v_ground]), world_h) for r0, r1 in zip(cuts[:-1], cuts[1:])]
     return pieces
+
+
+_INDEX_IMAGES: dict = {}
+
+
+def _sky_indices(shape: tuple, m: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(columns (width,), rows (height,)) of the panorama of ``shape`` that ``cv2.warpAffine`` with the
+    separable matrix ``m`` (no rotation), INTER_NEAREST, WARP_INVERSE_MAP and BORDER_REPLICATE takes each
+    image column and row from: the same warp of a row and a column of index values (exact in float32)."""
+    images = _INDEX_IMAGES.get(shape[:2])
+    if images is None:
+        images = _INDEX_IMAGES[shape[:2]] = (np.arange(shape[1], dtype=np.float32)[None, :],
+                                             np.arange(shape[0], dtype=np.float32)[:, None])
+    flags = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
+    cols = cv2.warpAffine(images[0], m, (width, 1), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    rows = cv2.warpAffine(images[1], m, (1, height), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    return cols.reshape(-1).astype(np.intp), rows.reshape(-1).astype(np.intp)
+
+
+def _as_u32(image: np.ndarray) -> np.ndarray:
+    """A contiguous (H, W, 4) uint8 image viewed as (H, W) uint32: one element per pixel."""
+    return image.view(np.uint32).reshape(image.shape[:2])
 
 
 def _bgra(colour: np.ndarray, as_list: bool = True):
