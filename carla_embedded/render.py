@@ -809,16 +809,13 @@ class Renderer:
         level = np.zeros(len(footprint), np.int64)
         for k in _LEVELS[1:]:
             level += footprint > 2.2 * r.resolution * k / 3.0
+        level_kr = _level_pixel_maps(r)
+        border = look.border + (255.0,)
         for r0, r1, level_k, world_h in _ground_pieces(view.bands, level, v_ground):
-            img, k = look.levels[level_k]
-            res = r.resolution * k
-            x0 = r.x0 + (k - 1) / 2.0 * r.resolution
-            y0 = r.y0 + (k - 1) / 2.0 * r.resolution
-            kr = np.array([[1 / res, 0, -x0 / res], [0, 1 / res, -y0 / res], [0, 0, 1.0]])
-            shift = np.array([[1.0, 0, 0], [0, 1.0, r0], [0, 0, 1.0]])
-            hm = kr @ world_h @ shift
-            cv2.warpPerspective(img, hm, (width, r1 - r0), dst=out[r0:r1], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=look.border + (255.0,))
+            hm = level_kr[level_k] @ world_h @ _row_shift(r0)
+            cv2.warpPerspective(look.levels[level_k][0], hm, (width, r1 - r0), dst=out[r0:r1],
+                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                                borderValue=border)
         # Fog / haze / night darkness, in bands of nearly equal weight.
         alpha, beta = look.lighting.row_blend(dist[v_ground:])
         qa = np.round(alpha * 40.0)
@@ -974,6 +971,27 @@ class Renderer:
             self._rain_cache = {key: overlay}
         off = int(abs(origin[0] * 37.0 + origin[1] * 53.0)) % h
         cv2.add(out, overlay[off:off + h], dst=out)
+
+
+def _level_pixel_maps(raster: TownRaster) -> list:
+    """Per raster level (``_LEVELS``): the 3x3 map from world xy to that level's pixels (kept on the raster)."""
+    maps = raster.__dict__.get("_level_pixel_maps")
+    if maps is None:
+        maps = []
+        for k in _LEVELS:
+            res = raster.resolution * k
+            x0 = raster.x0 + (k - 1) / 2.0 * raster.resolution
+            y0 = raster.y0 + (k - 1) / 2.0 * raster.resolution
+            maps.append(np.array([[1 / res, 0, -x0 / res], [0, 1 / res, -y0 / res], [0, 0, 1.0]]))
+        raster.__dict__["_level_pixel_maps"] = maps
+    return maps
+
+
+def _row_shift(r0: int) -> np.ndarray:
+    """The 3x3 map from a band's own pixels to the image's: rows start at ``r0``."""
+    shift = np.eye(3)
+    shift[1, 2] = r0
+    return shift
 
 
 def _ground_pieces(bands: list, level: np.ndarray, v_ground: int) -> list:

@@ -55,7 +55,7 @@ import carla
 from .actors import Actor, Image, RgbCamera as _BaseCamera, Sensor, Vehicle
 from .blueprints import ActorAttribute, ActorBlueprint
 from .errors import UnsupportedFeatureError
-from .render import ExtraBoxes, _cam_to_uv, _clip_near, focal_length, rotation_matrix
+from .render import ExtraBoxes, _cam_to_uv, _clip_near, _level_pixel_maps, _row_shift, focal_length, rotation_matrix
 from .raster import Material
 from .scenery import BOX_FACES, KIND_BUILDING, KIND_LAMP_HEAD, KIND_POLE, KIND_TRUNK
 
@@ -434,12 +434,10 @@ def _labels_unrolled(renderer, boxes, origin, pitch, yaw, width, height, f, need
     tags = np.empty((height, width), np.uint8)
     tags[:v_ground] = TAG_SKY
     if v_ground < height:
-        r = renderer.raster
-        kr = np.array([[1 / r.resolution, 0, -r.x0 / r.resolution], [0, 1 / r.resolution, -r.y0 / r.resolution],
-                       [0, 0, 1.0]])
+        kr = _level_pixel_maps(renderer.raster)[0]                # the full-resolution raster's pixels
+        tag_raster = _tag_raster(renderer)
         for r0, r1, world_h in view.bands:                        # one homography per ground plane
-            shift = np.array([[1.0, 0, 0], [0, 1.0, r0], [0, 0, 1.0]])
-            cv2.warpPerspective(_tag_raster(renderer), kr @ world_h @ shift, (width, r1 - r0),
+            cv2.warpPerspective(tag_raster, kr @ world_h @ _row_shift(r0), (width, r1 - r0),
                                 dst=tags[r0:r1], flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                                 borderMode=cv2.BORDER_CONSTANT, borderValue=TAG_TERRAIN)
     faces = _faces(renderer, view, boxes, need_depth)
