@@ -739,12 +739,22 @@ class _Camera(_BaseCamera):
         if cache is not None and cache[0] == key and (cache[2] is not None or not need_depth):
             return cache[1], cache[2], cache[3]
         # One pass for the semantic and depth cameras of a rig: paint depth too if a depth camera listens.
-        need_depth = need_depth or any(isinstance(a, (DepthCamera, InstanceCamera)) and a.is_listening()
-                                       for a in self._world._actors.values())
+        need_depth = need_depth or any(a.is_listening() for a in _depth_cameras(self._world))
         tags, depth, instance = render_labels(self._world._renderer(), self._boxes(), transform, self.width,
                                               self.height, self.fov, need_depth)
         self._world._label_cache = (key, tags, depth, instance)
         return tags, depth, instance
+
+
+def _depth_cameras(world) -> list:
+    """The world's depth and instance cameras (they need the depth pass), looked up again only when actors
+    are added or removed (``World._actors_version``), not among every actor each frame."""
+    key = (world._actors_version, len(world._actors))
+    cached = world.__dict__.get("_sensor_depth_cameras")
+    if cached is None or cached[0] != key:
+        cached = (key, [a for a in list(world._actors.values()) if isinstance(a, (DepthCamera, InstanceCamera))])
+        world.__dict__["_sensor_depth_cameras"] = cached
+    return cached[1]
 
 
 def _pose(t: carla.Transform) -> tuple:
