@@ -449,7 +449,7 @@ class View:
         lift = self.lift(centre) if static else None
         rel = centre - origin if lift is None else centre + lift - origin
         cam = rel @ rot
-        d = np.sqrt(np.add.reduce(rel * rel, axis=1))                  # = np.linalg.norm(rel, axis=1)
+        d = np.sqrt(rel[:, 0] * rel[:, 0] + rel[:, 1] * rel[:, 1] + rel[:, 2] * rel[:, 2])   # = norm(rel, axis=1)
         sel = np.nonzero((d < self.draw_distance + radius) & (cam[:, 0] > -radius) &
                          (np.abs(cam[:, 1]) < cam[:, 0] * self.half_w + radius + 1))[0]
         d = d[sel]
@@ -467,9 +467,12 @@ class View:
         uv = np.clip(_cam_to_uv(ccam, f, cx, cy), -1e5, 1e5)
         polys = np.ascontiguousarray(np.round(uv[:, BOX_FACES] * 8), dtype=np.int32)  # (n,5,4,2)
         visible = np.einsum("nfk,nfk->nf", normals_all[sel], origin - face_centre) > 0
-        clipped = np.any(ccam[:, BOX_FACES, 0] <= _NEAR, axis=2)
+        behind = (ccam[:, :, 0] <= _NEAR)[:, BOX_FACES]                             # corners before the near plane
+        clipped = behind[:, :, 0] | behind[:, :, 1] | behind[:, :, 2] | behind[:, :, 3]
         # Faces wholly off the image (2 px margin for anti-aliased edges) paint nothing: skip them.
-        lo, hi = polys.min(axis=2), polys.max(axis=2)                               # (n,5,2)
+        # (n,5,2) per face over its 4 corners; numpy's min over that middle axis is ~5x slower than this
+        lo = np.minimum(np.minimum(polys[:, :, 0], polys[:, :, 1]), np.minimum(polys[:, :, 2], polys[:, :, 3]))
+        hi = np.maximum(np.maximum(polys[:, :, 0], polys[:, :, 1]), np.maximum(polys[:, :, 2], polys[:, :, 3]))
         margin = 16
         on_image = ((hi[..., 0] >= -margin) & (lo[..., 0] <= self.width * 8 + margin) &
                     (hi[..., 1] >= -margin) & (lo[..., 1] <= self.height * 8 + margin))
