@@ -11,7 +11,9 @@ How a frame is made (all steps are whole-array cv2/numpy operations, no per-pixe
    iso-depth lines, and each row shows the first segment its ray meets (crests hide what lies behind
    them; the sky fills the rows above the highest ground). Three pre-filtered levels of the raster
    (0.1/0.3/0.9 m per pixel) serve near, middle and far rows to limit aliasing.
-2. Sky: a per-weather panorama (gradient, sun glow, clouds, distant hills) mapped with one affine warp.
+2. Sky: a per-weather panorama (gradient, sun glow, clouds, distant hills) mapped with one affine warp
+   (kept per image size: a camera that keeps its heading and pitch redraws only the rows/columns whose
+   panorama pixel changed). The frame is BGRA from the start, as the image is delivered.
 3. Fog, aerial haze and night darkness: the ground's distance depends only on the image row, so they
    are per-row blends done in a few horizontal bands.
 4. Roadside objects (:mod:`carla_embedded.scenery`) within ``draw_distance``, standing on the drawn
