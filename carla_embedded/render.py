@@ -868,18 +868,19 @@ class Renderer:
                 uv = _cam_to_uv(p.cam, f, cx, cy)
                 pr = f * sc.sphere_radius[sel] / p.cam[:, 0]
                 al, be = light.row_blend(p.d)
-                base = sc.sphere_colour[sel] @ light.colour_matrix.T * (
-                    (light.ambient + 0.4 * light.diffuse) / light.flat_shade)
-                dark = _bgra(base * 0.8 * al[:, None] + fog * be[:, None])
-                lit = _bgra(base * (0.85 + 0.35 * light.diffuse) * al[:, None] + fog * be[:, None])
-                p0 = np.round(uv * 8).astype(np.int64).tolist()
-                p1 = np.round((uv - pr[:, None] * np.array([0.22, 0.25])) * 8).astype(np.int64).tolist()
-                r0 = np.round(pr * 8).astype(np.int64).tolist()
-                r1 = np.round(pr * 0.62 * 8).astype(np.int64).tolist()
+                dark, lit = _dark_lit(sc.sphere_colour[sel], light, al, be, fog)
+                # centre, highlight centre, radii in 1/8 px, rounded at once: x0 y0 x1 y1 r0 r1
+                pos = np.empty((len(sel), 6))
+                pos[:, 0:2] = uv * 8
+                pos[:, 2:4] = (uv - pr[:, None] * np.array([0.22, 0.25])) * 8
+                pos[:, 4] = pr * 8
+                pos[:, 5] = pr * 0.62 * 8
+                pos = np.round(pos).astype(np.int64).tolist()
                 d = p.d.tolist()
                 rows = view.visible_rows(p.cam[:, 0] - sc.sphere_radius[sel])
                 for j in range(len(sel)):
-                    args = (p0[j], r0[j], tuple(dark[j]), p1[j], r1[j], tuple(lit[j]))
+                    x0, y0, x1, y1, r0, r1 = pos[j]
+                    args = ([x0, y0], r0, tuple(dark[j]), [x1, y1], r1, tuple(lit[j]))
                     draws.append((d[j], _crown, args) if rows is None or rows[j] >= view.height else
                                  (d[j], _clipped, (rows[j], _crown, args)))
 
@@ -892,10 +893,7 @@ class Renderer:
                 uva = _cam_to_uv(p.apex, f, cx, cy)
                 pr = (f * sc.cone_radius[sel] / p.cam[:, 0])[:, None] * np.array([1.0, 0.0])
                 al, be = light.row_blend(p.d)
-                base = sc.cone_colour[sel] @ light.colour_matrix.T * (
-                    (light.ambient + 0.4 * light.diffuse) / light.flat_shade)
-                dark = _bgra(base * 0.8 * al[:, None] + fog * be[:, None])
-                lit = _bgra(base * (0.85 + 0.35 * light.diffuse) * al[:, None] + fog * be[:, None])
+                dark, lit = _dark_lit(sc.cone_colour[sel], light, al, be, fog)
                 tri = np.ascontiguousarray(np.round(np.stack([uva, uvb - pr, uvb + pr], 1) * 8), dtype=np.int32)
                 half = np.ascontiguousarray(np.round(np.stack([uva, uvb - pr, uvb], 1) * 8), dtype=np.int32)
                 d = p.d.tolist()
@@ -1031,6 +1029,15 @@ def _sky_indices(shape: tuple, m: np.ndarray, width: int, height: int) -> tuple[
 def _as_u32(image: np.ndarray) -> np.ndarray:
     """A contiguous (H, W, 4) uint8 image viewed as (H, W) uint32: one element per pixel."""
     return image.view(np.uint32).reshape(image.shape[:2])
+
+
+def _dark_lit(albedo: np.ndarray, light: Lighting, al: np.ndarray, be: np.ndarray, fog: np.ndarray) -> tuple:
+    """(shaded, sunlit) BGRA colour lists of vegetation (crowns, cones) of ``albedo`` (n,3), fogged by the
+    (alpha, beta) of their distances: both in one pass of array operations."""
+    base = albedo @ light.colour_matrix.T * ((light.ambient + 0.4 * light.diffuse) / light.flat_shade)
+    both = base[:, None, :] * np.array([0.8, 0.85 + 0.35 * light.diffuse])[None, :, None] * al[:, None, None]
+    both = _bgra(both + fog * be[:, None, None])
+    return [c[0] for c in both], [c[1] for c in both]
 
 
 def _bgra(colour: np.ndarray, as_list: bool = True):
