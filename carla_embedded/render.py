@@ -11,7 +11,9 @@ How a frame is made (all steps are whole-array cv2/numpy operations, no per-pixe
    iso-depth lines, and each row shows the first segment its ray meets (crests hide what lies behind
    them; the sky fills the rows above the highest ground). Three pre-filtered levels of the raster
    (0.1/0.3/0.9 m per pixel) serve near, middle and far rows to limit aliasing.
-2. Sky: a per-weather panorama (gradient, sun glow, clouds, distant hills) mapped with one affine warp.
+2. Sky: a per-weather panorama (gradient, sun glow, clouds, distant hills) mapped with one affine warp
+   (kept per image size: a camera that keeps its heading and pitch redraws only the rows/columns whose
+   panorama pixel changed). The frame is BGRA from the start, as the image is delivered.
 3. Fog, aerial haze and night darkness: the ground's distance depends only on the image row, so they
    are per-row blends done in a few horizontal bands.
 4. Roadside objects (:mod:`carla_embedded.scenery`) within ``draw_distance``, standing on the drawn
@@ -111,6 +113,7 @@ def _pano_fields(night: bool) -> _PanoFields:
             stars=stars, hill=el[:, None] < ridge[None, :])
     return _PANO_CACHE[night]
 _FIRST = operator.itemgetter(0)  # painter's sort key: the distance
+_OPAQUE = (0.0, 0.0, 0.0, 255.0)  # cv2.bitwise_or with this sets a BGRA image's alpha to 255
 _LEVEL_TOLERANCE = 1e-3  # m: a view whose fitted ground stays this close to the camera's road height is level
 
 
@@ -493,7 +496,7 @@ class View:
         lift = self.lift(centre) if static else None
         rel = centre - origin if lift is None else centre + lift - origin
         cam = rel @ rot
-        d = np.sqrt(np.add.reduce(rel * rel, axis=1))                  # = np.linalg.norm(rel, axis=1)
+        d = np.sqrt(rel[:, 0] * rel[:, 0] + rel[:, 1] * rel[:, 1] + rel[:, 2] * rel[:, 2])   # = norm(rel, axis=1)
         sel = np.nonzero((d < self.draw_distance + radius) & (cam[:, 0] > -radius) &
                          (np.abs(cam[:, 1]) < cam[:, 0] * self.half_w + radius + 1))[0]
         d = d[sel]
@@ -511,9 +514,12 @@ class View:
         uv = np.clip(_cam_to_uv(ccam, f, cx, cy), -1e5, 1e5)
         polys = np.ascontiguousarray(np.round(uv[:, BOX_FACES] * 8), dtype=np.int32)  # (n,5,4,2)
         visible = np.einsum("nfk,nfk->nf", normals_all[sel], origin - face_centre) > 0
-        clipped = np.any(ccam[:, BOX_FACES, 0] <= _NEAR, axis=2)
+        behind = (ccam[:, :, 0] <= _NEAR)[:, BOX_FACES]                             # corners before the near plane
+        clipped = behind[:, :, 0] | behind[:, :, 1] | behind[:, :, 2] | behind[:, :, 3]
         # Faces wholly off the image (2 px margin for anti-aliased edges) paint nothing: skip them.
-        lo, hi = polys.min(axis=2), polys.max(axis=2)                               # (n,5,2)
+        # (n,5,2) per face over its 4 corners; numpy's min over that middle axis is ~5x slower than this
+        lo = np.minimum(np.minimum(polys[:, :, 0], polys[:, :, 1]), np.minimum(polys[:, :, 2], polys[:, :, 3]))
+        hi = np.maximum(np.maximum(polys[:, :, 0], polys[:, :, 1]), np.maximum(polys[:, :, 2], polys[:, :, 3]))
         margin = 16
         on_image = ((hi[..., 0] >= -margin) & (lo[..., 0] <= self.width * 8 + margin) &
                     (hi[..., 1] >= -margin) & (lo[..., 1] <= self.height * 8 + margin))
@@ -606,6 +612,7 @@ class Renderer:
         self._look: Optional[_Look] = None
         self._rain_cache: dict = {}
         self._fog_cache = None
+        self._sky_cache: dict = {}          # (rows, width) -> (panorama, its columns, its rows, sky image)
         self.randomization = None  # randomization.DomainRandomization (training data only), or None
 
     # ------------------------------------------------------------------ public
@@ -631,7 +638,7 @@ class Renderer:
         f = focal_length(width, fov_deg)
         roll = float(rot.roll)
         if abs(roll) < 1e-3:
-            bgr = self._render_unrolled(origin, rot.pitch, rot.yaw, width, height, f, look, boxes)
+            return self._render_unrolled(origin, rot.pitch, rot.yaw, width, height, f, look, boxes)
         else:
             c, s = abs(math.cos(math.radians(roll))), abs(math.sin(math.radians(roll)))
             wp = int(math.ceil(width * c + height * s)) + 2
@@ -640,8 +647,7 @@ class Renderer:
             # Image rotation by the roll about the principal point (see module docstring).
             m = cv2.getRotationMatrix2D((wp / 2.0, hp / 2.0), roll, 1.0)
             m[:, 2] += (width / 2.0 - wp / 2.0, height / 2.0 - hp / 2.0)
-            bgr = cv2.warpAffine(big, m, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
+            return cv2.warpAffine(big, m, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
     # ------------------------------------------------------------------ per-weather state
     def _look_for(self, weather: carla.WeatherParameters) -> _Look:
@@ -728,7 +734,7 @@ class Renderer:
         yy, xx = np.mgrid[-32:32, -32:32] + 0.5
         d = np.sqrt(xx ** 2 + yy ** 2) / 32.0
         g = np.exp(-d ** 2 * 6.0) + 0.6 * np.clip(1.0 - d * 4.0, 0, 1)
-        return (np.clip(g, 0, 1)[..., None] * np.array([170, 225, 255])).astype(np.uint8)
+        return (np.clip(g, 0, 1)[..., None] * np.array([170, 225, 255, 0])).astype(np.uint8)   # BGRA, alpha 0: added
 
     def _sky_panorama(self, light: Lighting) -> np.ndarray:
         """Equirectangular sky: columns are azimuth (with padding), rows elevation from +90 down.
@@ -796,7 +802,7 @@ class Renderer:
     def _render_unrolled(self, origin, pitch, yaw, width, height, f, look: _Look, boxes=None) -> np.ndarray:
         light = look.lighting
         view = self.view(origin, pitch, yaw, width, height, f)
-        out = np.empty((height, width, 3), np.uint8)
+        out = np.empty((height, width, 4), np.uint8)       # BGRA throughout: no conversion per piece or at the end
         if view.v_ground > 0:
             self._draw_sky(out[:view.v_ground], pitch, yaw, width, view.cx, view.cy, f, look)
         if view.v_ground < height:
@@ -813,9 +819,31 @@ class Renderer:
         # elevation at row v ~ pitch + (cy - v)/f  ->  panorama row (90 - el)/dpp
         row0 = (90.0 - pitch) / dpp
         m = np.array([[k, 0.0, col0 - k * cx], [0.0, k, row0 - k * cy]])
-        sky = cv2.warpAffine(look.pano, m, (width, dst.shape[0]), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                             borderMode=cv2.BORDER_REPLICATE)
-        cv2.cvtColor(sky, cv2.COLOR_BGRA2BGR, dst=dst)
+        h, pano = dst.shape[0], look.pano
+        # The warp is a scale and shift (no rotation): pixel (x, y) is pano[rows[y], cols[x]]. The indices come
+        # from the same warp of index images, so they are OpenCV's own rounding. A camera that keeps its
+        # heading and pitch (a straight road) sees the same sky: kept per size, only changed rows/columns redone.
+        cols, rows = _sky_indices(pano.shape, m, width, h)
+        key = (h, width)
+        cached = self._sky_cache.get(key)
+        if cached is not None and cached[0] is pano:
+            _, old_cols, old_rows, sky = cached
+            dc, dr = np.flatnonzero(old_cols != cols), np.flatnonzero(old_rows != rows)
+            if 4 * (len(dc) * h + len(dr) * width) > h * width:    # most of it: the warp is faster
+                cached = None
+            else:
+                sky32, pano32 = _as_u32(sky), _as_u32(pano)
+                if len(dr):
+                    sky32[dr] = pano32[rows[dr][:, None], cols[None, :]]
+                if len(dc):
+                    sky32[:, dc] = pano32[rows[:, None], cols[dc][None, :]]
+        if cached is None or cached[0] is not pano:
+            if len(self._sky_cache) >= 8:
+                self._sky_cache.clear()
+            sky = cv2.warpAffine(pano, m, (width, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                                 borderMode=cv2.BORDER_REPLICATE)
+        self._sky_cache[key] = (pano, cols, rows, sky)
+        np.copyto(dst, sky)
 
     def _draw_ground(self, out, view: View, look: _Look) -> None:
         height, width = out.shape[:2]
@@ -826,17 +854,13 @@ class Renderer:
         level = np.zeros(len(footprint), np.int64)
         for k in _LEVELS[1:]:
             level += footprint > 2.2 * r.resolution * k / 3.0
+        level_kr = _level_pixel_maps(r)
+        border = look.border + (255.0,)
         for r0, r1, level_k, world_h in _ground_pieces(view.bands, level, v_ground):
-            img, k = look.levels[level_k]
-            res = r.resolution * k
-            x0 = r.x0 + (k - 1) / 2.0 * r.resolution
-            y0 = r.y0 + (k - 1) / 2.0 * r.resolution
-            kr = np.array([[1 / res, 0, -x0 / res], [0, 1 / res, -y0 / res], [0, 0, 1.0]])
-            shift = np.array([[1.0, 0, 0], [0, 1.0, r0], [0, 0, 1.0]])
-            hm = kr @ world_h @ shift
-            band = cv2.warpPerspective(img, hm, (width, r1 - r0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                       borderMode=cv2.BORDER_CONSTANT, borderValue=look.border + (255.0,))
-            cv2.cvtColor(band, cv2.COLOR_BGRA2BGR, dst=out[r0:r1])      # per piece: a one-frame buffer costs more
+            hm = level_kr[level_k] @ world_h @ _row_shift(r0)
+            cv2.warpPerspective(look.levels[level_k][0], hm, (width, r1 - r0), dst=out[r0:r1],
+                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                                borderValue=border)
         # Fog / haze / night darkness, in bands of nearly equal weight.
         alpha, beta = look.lighting.row_blend(dist[v_ground:])
         qa = np.round(alpha * 40.0)
@@ -845,13 +869,18 @@ class Renderer:
         starts = np.concatenate([[0], change])
         ends = np.concatenate([change, [len(alpha)]])
         fog_rows = self._fog_image(out.shape, look.lighting.fog_colour)
-        for s0, s1 in zip(starts, ends):
+        blended = None                                # rows [blended[0], blended[1]) had their alpha blended too
+        for s0, s1 in zip(starts.tolist(), ends.tolist()):
             a_ = float(alpha[(s0 + s1 - 1) // 2])
             b_ = float(beta[(s0 + s1 - 1) // 2])
             if abs(a_ - 1.0) < 0.01 and b_ < 0.01:
                 continue
             band = out[v_ground + s0:v_ground + s1]
             cv2.addWeighted(band, a_, fog_rows[: s1 - s0], b_, 0.0, dst=band)
+            blended = (s0 if blended is None else blended[0], s1)
+        if blended is not None:                       # back to opaque (a darkening blend lowers alpha too)
+            rows = out[v_ground + blended[0]:v_ground + blended[1]]
+            cv2.bitwise_or(rows, _OPAQUE, dst=rows)
 
     def _draw_objects(self, out, view: View, look: _Look, boxes=None) -> None:
         """Painter's algorithm over every visible face/crown/lamp (and actor box) within ``draw_distance``."""
@@ -879,18 +908,19 @@ class Renderer:
                 uv = _cam_to_uv(p.cam, f, cx, cy)
                 pr = f * sc.sphere_radius[sel] / p.cam[:, 0]
                 al, be = light.row_blend(p.d)
-                base = sc.sphere_colour[sel] @ light.colour_matrix.T * (
-                    (light.ambient + 0.4 * light.diffuse) / light.flat_shade)
-                dark = np.clip(base * 0.8 * al[:, None] + fog * be[:, None], 0, 255).tolist()
-                lit = np.clip(base * (0.85 + 0.35 * light.diffuse) * al[:, None] + fog * be[:, None], 0, 255).tolist()
-                p0 = np.round(uv * 8).astype(np.int64).tolist()
-                p1 = np.round((uv - pr[:, None] * np.array([0.22, 0.25])) * 8).astype(np.int64).tolist()
-                r0 = np.round(pr * 8).astype(np.int64).tolist()
-                r1 = np.round(pr * 0.62 * 8).astype(np.int64).tolist()
+                dark, lit = _dark_lit(sc.sphere_colour[sel], light, al, be, fog)
+                # centre, highlight centre, radii in 1/8 px, rounded at once: x0 y0 x1 y1 r0 r1
+                pos = np.empty((len(sel), 6))
+                pos[:, 0:2] = uv * 8
+                pos[:, 2:4] = (uv - pr[:, None] * np.array([0.22, 0.25])) * 8
+                pos[:, 4] = pr * 8
+                pos[:, 5] = pr * 0.62 * 8
+                pos = np.round(pos).astype(np.int64).tolist()
                 d = p.d.tolist()
                 rows = view.visible_rows(p.cam[:, 0] - sc.sphere_radius[sel])
                 for j in range(len(sel)):
-                    args = (p0[j], r0[j], tuple(dark[j]), p1[j], r1[j], tuple(lit[j]))
+                    x0, y0, x1, y1, r0, r1 = pos[j]
+                    args = ([x0, y0], r0, tuple(dark[j]), [x1, y1], r1, tuple(lit[j]))
                     draws.append((d[j], _crown, args) if rows is None or rows[j] >= view.height else
                                  (d[j], _clipped, (rows[j], _crown, args)))
 
@@ -903,10 +933,7 @@ class Renderer:
                 uva = _cam_to_uv(p.apex, f, cx, cy)
                 pr = (f * sc.cone_radius[sel] / p.cam[:, 0])[:, None] * np.array([1.0, 0.0])
                 al, be = light.row_blend(p.d)
-                base = sc.cone_colour[sel] @ light.colour_matrix.T * (
-                    (light.ambient + 0.4 * light.diffuse) / light.flat_shade)
-                dark = np.clip(base * 0.8 * al[:, None] + fog * be[:, None], 0, 255).tolist()
-                lit = np.clip(base * (0.85 + 0.35 * light.diffuse) * al[:, None] + fog * be[:, None], 0, 255).tolist()
+                dark, lit = _dark_lit(sc.cone_colour[sel], light, al, be, fog)
                 tri = np.ascontiguousarray(np.round(np.stack([uva, uvb - pr, uvb + pr], 1) * 8), dtype=np.int32)
                 half = np.ascontiguousarray(np.round(np.stack([uva, uvb - pr, uvb], 1) * 8), dtype=np.int32)
                 d = p.d.tolist()
@@ -945,7 +972,7 @@ class Renderer:
         shade = shade * _FACE_CONTRAST  # keeps edges readable when there is no direct sun
         colour = (colour_all[sel] @ light.colour_matrix.T) * (shade / light.flat_shade)[..., None]
         al, be = light.row_blend(p.d)
-        colour = np.clip(colour * al[:, None, None] + fog * be[:, None, None], 0, 255)
+        colour = _bgra(colour * al[:, None, None] + fog * be[:, None, None], as_list=False)
         dist = (p.d if dist_bias is None else p.d + dist_bias[sel]).tolist()
         rows = view.visible_rows(p.ccam[:, :, 0].min(axis=1))
         js, fis = p.flat
@@ -962,7 +989,7 @@ class Renderer:
                              (dist[j], _clipped, (rows[j], fill, args)))
 
     def _fog_image(self, shape, colour) -> np.ndarray:
-        key = (shape, tuple(np.clip(colour, 0, 255).astype(np.uint8).tolist()))
+        key = (shape, tuple(np.clip(colour, 0, 255).astype(np.uint8).tolist()) + (255,))
         if self._fog_cache is None or self._fog_cache[0] != key:
             img = np.empty(shape, np.uint8)
             img[:] = key[1]
@@ -975,7 +1002,7 @@ class Renderer:
         overlay = self._rain_cache.get(key)
         if overlay is None:
             rng = np.random.default_rng(99)
-            overlay = np.zeros((2 * h, w, 3), np.uint8)
+            overlay = np.zeros((2 * h, w, 4), np.uint8)     # alpha 0: adding it keeps the image opaque
             n = int(light.rain * w * h / 2500)
             xs = rng.uniform(0, w, n)
             ys = rng.uniform(0, 2 * h, n)
@@ -989,6 +1016,27 @@ class Renderer:
         cv2.add(out, overlay[off:off + h], dst=out)
 
 
+def _level_pixel_maps(raster: TownRaster) -> list:
+    """Per raster level (``_LEVELS``): the 3x3 map from world xy to that level's pixels (kept on the raster)."""
+    maps = raster.__dict__.get("_level_pixel_maps")
+    if maps is None:
+        maps = []
+        for k in _LEVELS:
+            res = raster.resolution * k
+            x0 = raster.x0 + (k - 1) / 2.0 * raster.resolution
+            y0 = raster.y0 + (k - 1) / 2.0 * raster.resolution
+            maps.append(np.array([[1 / res, 0, -x0 / res], [0, 1 / res, -y0 / res], [0, 0, 1.0]]))
+        raster.__dict__["_level_pixel_maps"] = maps
+    return maps
+
+
+def _row_shift(r0: int) -> np.ndarray:
+    """The 3x3 map from a band's own pixels to the image's: rows start at ``r0``."""
+    shift = np.eye(3)
+    shift[1, 2] = r0
+    return shift
+
+
 def _ground_pieces(bands: list, level: np.ndarray, v_ground: int) -> list:
     """Row ranges of one ground plane and one raster level: (r0, r1, level index, plane homography), far
     (coarse) to near. ``bands`` are (r0, r1, homography) of the view's planes, ``level`` the raster level
@@ -999,6 +1047,45 @@ def _ground_pieces(bands: list, level: np.ndarray, v_ground: int) -> list:
         cuts = [b0] + [c for c in change if b0 < c < b1] + [b1]
         pieces += [(r0, r1, int(level[r0 - v_ground]), world_h) for r0, r1 in zip(cuts[:-1], cuts[1:])]
     return pieces
+
+
+_INDEX_IMAGES: dict = {}
+
+
+def _sky_indices(shape: tuple, m: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(columns (width,), rows (height,)) of the panorama of ``shape`` that ``cv2.warpAffine`` with the
+    separable matrix ``m`` (no rotation), INTER_NEAREST, WARP_INVERSE_MAP and BORDER_REPLICATE takes each
+    image column and row from: the same warp of a row and a column of index values (exact in float32)."""
+    images = _INDEX_IMAGES.get(shape[:2])
+    if images is None:
+        images = _INDEX_IMAGES[shape[:2]] = (np.arange(shape[1], dtype=np.float32)[None, :],
+                                             np.arange(shape[0], dtype=np.float32)[:, None])
+    flags = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
+    cols = cv2.warpAffine(images[0], m, (width, 1), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    rows = cv2.warpAffine(images[1], m, (1, height), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    return cols.reshape(-1).astype(np.intp), rows.reshape(-1).astype(np.intp)
+
+
+def _as_u32(image: np.ndarray) -> np.ndarray:
+    """A contiguous (H, W, 4) uint8 image viewed as (H, W) uint32: one element per pixel."""
+    return image.view(np.uint32).reshape(image.shape[:2])
+
+
+def _dark_lit(albedo: np.ndarray, light: Lighting, al: np.ndarray, be: np.ndarray, fog: np.ndarray) -> tuple:
+    """(shaded, sunlit) BGRA colour lists of vegetation (crowns, cones) of ``albedo`` (n,3), fogged by the
+    (alpha, beta) of their distances: both in one pass of array operations."""
+    base = albedo @ light.colour_matrix.T * ((light.ambient + 0.4 * light.diffuse) / light.flat_shade)
+    both = base[:, None, :] * np.array([0.8, 0.85 + 0.35 * light.diffuse])[None, :, None] * al[:, None, None]
+    both = _bgra(both + fog * be[:, None, None])
+    return [c[0] for c in both], [c[1] for c in both]
+
+
+def _bgra(colour: np.ndarray, as_list: bool = True):
+    """BGR float colours (..., 3) clipped to 0..255 with an alpha of 255 appended (..., 4), as nested lists
+    for cv2's drawing calls unless ``as_list`` is False: the frame is BGRA and what is drawn is opaque."""
+    out = np.full(colour.shape[:-1] + (4,), 255.0)
+    np.clip(colour, 0, 255, out=out[..., :3])
+    return out.tolist() if as_list else out
 
 
 def _trunk_bias(sc: Scenery) -> np.ndarray:

@@ -55,7 +55,7 @@ import carla
 from .actors import Actor, Image, RgbCamera as _BaseCamera, Sensor, Vehicle
 from .blueprints import ActorAttribute, ActorBlueprint
 from .errors import UnsupportedFeatureError
-from .render import ExtraBoxes, _cam_to_uv, _clip_near, focal_length, rotation_matrix
+from .render import ExtraBoxes, _cam_to_uv, _clip_near, _level_pixel_maps, _row_shift, focal_length, rotation_matrix
 from .raster import Material
 from .scenery import BOX_FACES, KIND_BUILDING, KIND_LAMP_HEAD, KIND_POLE, KIND_TRUNK
 
@@ -226,14 +226,26 @@ def actor_boxes(world, exclude=()) -> ActorBoxes:
     key = (world._frame, world._elapsed, len(world._actors))
     cached = world.__dict__.get("_sensor_actor_boxes")
     if cached is None or cached[0] != key:
-        cached = (key, _build_actor_boxes(world), {})
+        cached = [key, None, {}]                  # the boxes are built on first need (not if all are skipped)
         world.__dict__["_sensor_actor_boxes"] = cached
-    boxes, selections = cached[1], cached[2]
+    selections = cached[2]
     skip = tuple(sorted({a.id for a in exclude if a is not None}))
+    if skip in selections:                        # the cameras of one rig share their selection
+        return selections[skip]
+    boxes = cached[1]
+    if boxes is None:
+        layout = _layout(world)
+        if skip and layout[6] <= set(skip):       # every moving actor skipped (a lone ego's own camera): the
+            boxes = layout[2]                     # still actors' boxes are posed already, none to pose now
+        else:
+            boxes = cached[1] = _build_actor_boxes(world)
     if not skip or not len(boxes.actors):
         return boxes
-    if skip not in selections:                    # the cameras of one rig share their selection
-        selections[skip] = boxes.select(~np.isin(boxes.ids, skip))
+    if skip not in selections:
+        keep = boxes.ids != skip[0]                # a camera skips its parent: one or two ids, no np.isin
+        for actor_id in skip[1:]:
+            keep &= boxes.ids != actor_id
+        selections[skip] = boxes.select(keep)
     return selections[skip]
 
 
@@ -314,6 +326,20 @@ def _build_actor_boxes(world) -> ActorBoxes:
     that do not move by themselves (Town03: ~100 traffic lights) are kept until an actor is added,
     removed or teleported (``World._actors_version``), and only the cars', walkers' and attached
     actors' are recomputed each frame, all at once."""
+    _, moving, boxes, rows, size, owner_of_part, _ = _layout(world)
+    if not moving:
+        return boxes
+    pose = np.array([_ground_pose(a) for a in moving], np.float32).astype(np.float64)[owner_of_part]
+    pose[:, 3:] = np.radians(pose[:, 3:])
+    corners, normals = boxes.corners.copy(), boxes.normals.copy()
+    corners[rows], normals[rows] = _pose_boxes(size, pose)
+    return ActorBoxes(boxes.actors, corners, normals, boxes.tags, boxes.colour, boxes.dynamic, boxes.ids)
+
+
+def _layout(world) -> tuple:
+    """(version, moving actors, boxes with the still ones posed, rows of the moving actors' parts, their sizes,
+    index of each such part's actor among the moving ones, ids of the moving actors), rebuilt when the world's
+    actors change."""
     version = (world._actors_version, len(world._actors))
     layout = world.__dict__.get("_sensor_box_layout")
     if layout is None or layout[0] != version:
@@ -331,16 +357,10 @@ def _build_actor_boxes(world) -> ActorBoxes:
             shown.append(actor)
             if spec.moving or actor._parent is not None:
                 moving.append(actor)
-        layout = (version, moving) + _box_layout(shown, [specs[a._id] for a in shown], {a._id for a in moving})
+        layout = ((version, moving) + _box_layout(shown, [specs[a._id] for a in shown], {a._id for a in moving})
+                  + (frozenset(a._id for a in moving),))
         world.__dict__["_sensor_box_layout"] = layout
-    _, moving, boxes, rows, size, owner_of_part = layout
-    if not moving:
-        return boxes
-    pose = np.array([_ground_pose(a) for a in moving], np.float32).astype(np.float64)[owner_of_part]
-    pose[:, 3:] = np.radians(pose[:, 3:])
-    corners, normals = boxes.corners.copy(), boxes.normals.copy()
-    corners[rows], normals[rows] = _pose_boxes(size, pose)
-    return ActorBoxes(boxes.actors, corners, normals, boxes.tags, boxes.colour, boxes.dynamic, boxes.ids)
+    return layout
 
 
 _NO_SPEC = object()
@@ -434,12 +454,10 @@ def _labels_unrolled(renderer, boxes, origin, pitch, yaw, width, height, f, need
     tags = np.empty((height, width), np.uint8)
     tags[:v_ground] = TAG_SKY
     if v_ground < height:
-        r = renderer.raster
-        kr = np.array([[1 / r.resolution, 0, -r.x0 / r.resolution], [0, 1 / r.resolution, -r.y0 / r.resolution],
-                       [0, 0, 1.0]])
+        kr = _level_pixel_maps(renderer.raster)[0]                # the full-resolution raster's pixels
+        tag_raster = _tag_raster(renderer)
         for r0, r1, world_h in view.bands:                        # one homography per ground plane
-            shift = np.array([[1.0, 0, 0], [0, 1.0, r0], [0, 0, 1.0]])
-            cv2.warpPerspective(_tag_raster(renderer), kr @ world_h @ shift, (width, r1 - r0),
+            cv2.warpPerspective(tag_raster, kr @ world_h @ _row_shift(r0), (width, r1 - r0),
                                 dst=tags[r0:r1], flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                                 borderMode=cv2.BORDER_CONSTANT, borderValue=TAG_TERRAIN)
     faces = _faces(renderer, view, boxes, need_depth)
@@ -721,12 +739,22 @@ class _Camera(_BaseCamera):
         if cache is not None and cache[0] == key and (cache[2] is not None or not need_depth):
             return cache[1], cache[2], cache[3]
         # One pass for the semantic and depth cameras of a rig: paint depth too if a depth camera listens.
-        need_depth = need_depth or any(isinstance(a, (DepthCamera, InstanceCamera)) and a.is_listening()
-                                       for a in self._world._actors.values())
+        need_depth = need_depth or any(a.is_listening() for a in _depth_cameras(self._world))
         tags, depth, instance = render_labels(self._world._renderer(), self._boxes(), transform, self.width,
                                               self.height, self.fov, need_depth)
         self._world._label_cache = (key, tags, depth, instance)
         return tags, depth, instance
+
+
+def _depth_cameras(world) -> list:
+    """The world's depth and instance cameras (they need the depth pass), looked up again only when actors
+    are added or removed (``World._actors_version``), not among every actor each frame."""
+    key = (world._actors_version, len(world._actors))
+    cached = world.__dict__.get("_sensor_depth_cameras")
+    if cached is None or cached[0] != key:
+        cached = (key, [a for a in list(world._actors.values()) if isinstance(a, (DepthCamera, InstanceCamera))])
+        world.__dict__["_sensor_depth_cameras"] = cached
+    return cached[1]
 
 
 def _pose(t: carla.Transform) -> tuple:

@@ -373,7 +373,13 @@ class World(CarlaSurface, carla.World):
         self._pedestrians_cross_factor = float(percentage)
 
     def _moving_actors(self) -> list:
-        return [a for a in list(self._actors.values()) if isinstance(a, (Vehicle, Walker))]
+        """The vehicles and walkers (a new list), looked up again only when actors are added or removed."""
+        key = (self._actors_version, len(self._actors))
+        cached = self.__dict__.get("_moving_cache")
+        if cached is None or cached[0] != key:
+            cached = self._moving_cache = (key, [a for a in list(self._actors.values())
+                                                 if isinstance(a, (Vehicle, Walker))])
+        return list(cached[1])
 
     def get_actor(self, actor_id: int):
         return self._actors.get(actor_id)

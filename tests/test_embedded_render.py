@@ -230,3 +230,39 @@ def test_lighting_night_is_dark_and_lamps_on():
     noon = Lighting.from_weather(carla.WeatherParameters.ClearNoon)
     assert night.lamps_on and not noon.lamps_on
     assert np.trace(night.colour_matrix) < 0.4 * np.trace(noon.colour_matrix)
+
+
+def test_image_does_not_depend_on_the_previous_frames(town02, raster, lane_camera):
+    """The sky of the last frame is reused where the view's heading and pitch barely change: a camera that
+    turns and tilts by small steps gets exactly the image drawn from scratch (after an unrelated view)."""
+    steady, fresh = Renderer(town02, seed=0, raster=raster), Renderer(town02, seed=0, raster=raster)
+    loc, rot = lane_camera.location, lane_camera.rotation
+    # yaw +0.01 deg moves a few of the sky's columns, pitch +0.02 deg a few of its rows; the others redo it all
+    steps = [(0.0, 0.0), (0.0, 0.01), (0.0, 0.3), (0.02, 0.3), (1.5, 0.3), (1.5, 7.0), (-2.0, -40.0)]
+    for pitch, dyaw in steps:
+        pose = carla.Transform(loc, carla.Rotation(pitch=rot.pitch + pitch, yaw=rot.yaw + dyaw))
+        a = steady.render(pose, W, H, FOV, carla.WeatherParameters.CloudyNoon)
+        fresh.render(carla.Transform(loc, carla.Rotation(pitch=-10.0, yaw=rot.yaw + 120.0)), W, H, FOV,
+                     carla.WeatherParameters.CloudyNoon)
+        b = fresh.render(pose, W, H, FOV, carla.WeatherParameters.CloudyNoon)
+        np.testing.assert_array_equal(a, b, err_msg=f"pitch {pitch}, yaw +{dyaw}")
+
+
+def test_sky_reuse_is_exact_on_a_noisy_panorama(renderer):
+    """The reused sky (only the rows/columns whose source changed redrawn) is pixel for pixel the warp of the
+    panorama, also where neighbouring panorama pixels differ (a real sky is too smooth to show a slip)."""
+    from types import SimpleNamespace
+
+    from carla_embedded.render import _PANO_AZ_PAD, _PANO_DEG_PER_PX
+
+    look = SimpleNamespace(pano=np.random.default_rng(0).integers(0, 256, (600, 3800, 4), dtype=np.uint8))
+    f = focal_length(W, FOV)
+    for pitch, yaw in [(0.0, 30.0), (0.0, 30.01), (0.02, 30.01), (0.05, 30.03), (0.05, 30.03), (3.0, 90.0)]:
+        dst = np.zeros((H // 2, W, 4), np.uint8)
+        renderer._draw_sky(dst, pitch, yaw, W, W / 2, H / 2, f, look)
+        k = math.degrees(1.0 / f) / _PANO_DEG_PER_PX
+        m = np.array([[k, 0.0, (yaw % 360.0 + _PANO_AZ_PAD) / _PANO_DEG_PER_PX - k * W / 2],
+                      [0.0, k, (90.0 - pitch) / _PANO_DEG_PER_PX - k * H / 2]])
+        warp = cv2.warpAffine(look.pano, m, (W, H // 2), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
+        np.testing.assert_array_equal(dst, warp, err_msg=f"pitch {pitch}, yaw {yaw}")
