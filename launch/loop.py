@@ -7,13 +7,11 @@ world (``carla_client.sync.CarlaSyncMode``), small helpers, and ``try/finally`` 
 written, the world settings are restored and every actor we spawned is destroyed.
 
 Per tick, in order (each a :class:`launch.timing.CycleTimer` section): ``tick`` (simulation step and
-camera frame), ``infer`` (what the loop waits for the classifier: preprocessing, then the rest of the
-network after the ground truth), ``control`` (ground truth + gate + experts), then what a
+camera frame), ``infer`` (classifier), ``control`` (ground truth + gate + experts), then what a
 person sees: ``overlay`` (the HUD, with a window), ``record`` (hand the frame to the recording
 thread; waits only when its queue is full), ``display`` (window + keys). The recording thread draws
 the HUD (headless) and encodes off the control path; its times are the stages ``bg_overlay`` and
-``bg_encode``. The control of tick t always comes from tick t's frame: nothing is pipelined across
-ticks; within one, the network runs on the classifier's spare thread while the ground truth is computed.
+``bg_encode``. The control of tick t always comes from tick t's frame: nothing is pipelined.
 """
 from __future__ import annotations
 
@@ -365,26 +363,17 @@ RECORD_QUEUE_JOBS = 8
 no frame is dropped; a SIGKILL loses at most these few frames on top of the video's last fragment."""
 
 
-def _submit(classifier, frame_bgra: np.ndarray) -> Callable[[], tuple]:
-    """Start classifying the frame (:meth:`CurveClassifier.submit`); the returned function waits and gives
-    (label, p_curve), or (None, None) when inference fails (logged, the MoE falls back)."""
-    def failed(e: Exception) -> tuple:
+def _predict(classifier, frame_bgra: np.ndarray):
+    """(label, p_curve) or (None, None) when inference fails (logged, the MoE falls back)."""
+    try:
+        result = classifier.predict(frame_bgra)
+        p = float(result.p_curve)
+        if not math.isfinite(p):
+            return None, p
+        return result.label, p
+    except Exception as e:  # noqa: BLE001 - a failed inference must not stop the car, the MoE slows it down
         log.warning("inference failed: %s: %s", e.__class__.__name__, e)
         return None, None
-
-    try:
-        pending = classifier.submit(frame_bgra)
-    except Exception as e:  # noqa: BLE001 - a failed inference must not stop the car, the MoE slows it down
-        return lambda: failed(e)
-
-    def result() -> tuple:
-        try:
-            prediction = pending()
-        except Exception as e:  # noqa: BLE001 - as above
-            return failed(e)
-        p = float(prediction.p_curve)
-        return (None, p) if not math.isfinite(p) else (prediction.label, p)
-    return result
 
 
 TickHook = Callable[[int, TickRecord], None]
@@ -418,10 +407,10 @@ class _Drive:
     :meth:`end_reason` decides whether the episode is over.
     """
 
-    def __init__(self, ctx: WorldContext, cfg: DriveConfig, ego, route, path, contract: Contract, classify,
+    def __init__(self, ctx: WorldContext, cfg: DriveConfig, ego, route, path, contract: Contract, predict,
                  timer: CycleTimer) -> None:
         self.ctx, self.cfg, self.ego, self.path, self.contract = ctx, cfg, ego, path, contract
-        self.classify, self.timer = classify, timer
+        self.predict, self.timer = predict, timer
         self.invasions: list[int] = []
         self.records: list[TickRecord] = []
         self.monitor = None  # carla_client.infractions.InfractionMonitor
@@ -443,29 +432,24 @@ class _Drive:
             tf = vehicle.get_transform()
             vel = vehicle.get_velocity()
         t = image.timestamp
-        label, p_curve, infer_ms, pending = None, None, None, None
-        if self.classify is not None:   # the network runs on the classifier's spare thread during the ground truth
+        label, p_curve, infer_ms = None, None, None
+        if self.predict is not None:
             t0 = time.perf_counter()
-            pending = self.classify(raw)
-            submit_s = time.perf_counter() - t0
+            with timer.section("infer"):
+                label, p_curve = self.predict(raw)
+            infer_ms = (time.perf_counter() - t0) * 1000.0
         with timer.section("control"):
             x, y = tf.location.x, tf.location.y
             s0, self.hint, dist = self.path.project(x, y, self.hint)
             evidence = label_at(self.path, s0, self.contract.label)
             truth = evidence.label if evidence is not None else None
             obs = Observation(tf, vel, timestamp=t, frame=frame_id, image=raw, command=self.path.command_at(s0))
+            step: MoEStep = self.moe.run_step(obs, p_curve, truth)
+            vehicle.apply_control(step.control)
             if self.monitor is not None:
                 self.monitor.update()
             on_road = self.ctx.map.get_waypoint(tf.location, project_to_road=False,
                                                 lane_type=carla.LaneType.Driving) is not None
-            if pending is not None:
-                t1 = time.perf_counter()
-                label, p_curve = pending()
-                t2 = time.perf_counter()
-                timer.add("infer", submit_s + (t2 - t1))   # what the loop waited for the class
-                infer_ms = (t2 - t0) * 1000.0              # frame in to class out
-            step: MoEStep = self.moe.run_step(obs, p_curve, truth)
-            vehicle.apply_control(step.control)
         n_inv = sum(1 for f in self.invasions if f <= frame_id)
         del self.invasions[:n_inv]
         rec = TickRecord(
@@ -682,13 +666,9 @@ def run_episode(ctx: WorldContext, cfg: DriveConfig, classifier=None, on_tick: T
     contract, overridden = resolve_contract(cfg, model_contract(cfg, classifier))
     route, path = _route_for(ctx, cfg)
     ctx.world.set_weather(getattr(carla.WeatherParameters, cfg.weather))
-    if predict is not None:   # frame -> (label, p_curve), done before the ground truth
-        classify = lambda f: (lambda result=predict(f): result)  # noqa: E731
-    elif classifier is not None:
-        classify = lambda f: _submit(classifier, f)  # noqa: E731
-    else:
-        classify = None
-    gate_order = [g for g in gate_names() if classify is not None or not create_gate(g).needs_model]
+    if predict is None and classifier is not None:
+        predict = lambda f: _predict(classifier, f)  # noqa: E731
+    gate_order = [g for g in gate_names() if predict is not None or not create_gate(g).needs_model]
     timer = CycleTimer(cfg.dt)
     drive, view = None, None
     interrupted, end_reason = False, "running"
@@ -698,7 +678,7 @@ def run_episode(ctx: WorldContext, cfg: DriveConfig, classifier=None, on_tick: T
     try:
         with spawn_ego(ctx.world, spec, [carla.Transform(start.location, carla.Rotation(yaw=start.rotation.yaw))]) as ego, \
                 _traffic(ctx, cfg, start.location), _infractions(ctx, cfg, ego.vehicle) as monitor:
-            drive = _Drive(ctx, cfg, ego, route, path, contract, classify, timer)
+            drive = _Drive(ctx, cfg, ego, route, path, contract, predict, timer)
             drive.monitor = monitor
             view = _View(ctx, cfg, route, contract.camera, gate_order)
             view.monitor = monitor

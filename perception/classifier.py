@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,41 +300,6 @@ class CurveClassifier:
         t2 = time.perf_counter()
         return self._predictions(logits, {"preprocess": 1e3 * (t1 - t0), "infer": 1e3 * (t2 - t1),
                                           "total": 1e3 * (t2 - t0)})[0]
-
-    def submit(self, frame: np.ndarray, color_order: str = "BGRA") -> Callable[[], Prediction]:
-        """Start classifying one raw frame; returns a function that waits for its :class:`Prediction`.
-
-        Preprocessing runs here (with the spare thread's half of the resize); the network then runs
-        on the spare thread and this returns at once, so the caller can do what does not need the
-        class meanwhile (the drive computes its ground truth and route bookkeeping). Same result as
-        :meth:`predict`; the backend's error is raised by the returned function. Without a spare
-        thread, or for a backend with its own frame path, the prediction is made here.
-        """
-        check_frame(frame, color_order)
-        if self._pool is None or self.takes_frame(frame):
-            try:
-                done = self.predict(frame, color_order)
-            except Exception as e:  # noqa: BLE001 - raised by the returned function, as on the spare thread
-                error = e
-
-                def fail() -> Prediction:
-                    raise error
-                return fail
-            return lambda: done
-        t0 = time.perf_counter()
-        x = self.preprocess(frame, color_order)
-        t1 = time.perf_counter()
-        future = self._pool.submit(self._infer_timed, x)
-
-        def result() -> Prediction:
-            logits, t2 = future.result()
-            return self._predictions(logits, {"preprocess": 1e3 * (t1 - t0), "infer": 1e3 * (t2 - t1),
-                                              "total": 1e3 * (t2 - t0)})[0]
-        return result
-
-    def _infer_timed(self, x: np.ndarray) -> tuple[np.ndarray, float]:
-        logits = self.backend.infer(x)
-        return logits, time.perf_counter()
 
     def predict_batch(self, frames, color_order: str = "BGRA") -> list[Prediction]:
         """Classify many frames in as few backend calls as the backend allows; timings are per-frame shares."""

@@ -103,25 +103,6 @@ def test_predict_batch_matches_predict(onnx_path, frames):
     assert np.allclose([p.p_curve for p in single], [p.p_curve for p in many], atol=1e-6)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_submit_gives_the_prediction_and_raises_the_backends_error(onnx_path, frames, threads):
-    """The drive starts the network with submit() and waits later: same class and probability as predict()."""
-    clf = CurveClassifier.load(onnx_path, backend="onnxruntime", warmup=0, preprocess_threads=threads)
-    pending = [clf.submit(f) for f in frames[0][:3]]    # each may still be running when the next starts
-    got = [wait() for wait in pending]
-    want = [clf.predict(f) for f in frames[0][:3]]
-    assert [p.label for p in got] == [p.label for p in want]
-    assert np.allclose([p.p_curve for p in got], [p.p_curve for p in want], atol=1e-6)
-    assert all(p.timings_ms["total"] >= p.timings_ms["preprocess"] > 0 for p in got)
-
-    def broken(x):
-        raise RuntimeError("device lost")
-    clf.backend.infer = broken
-    wait = clf.submit(frames[0][0])          # returns: the error comes with the result
-    with pytest.raises(RuntimeError, match="device lost"):
-        wait()
-
-
 @pytest.mark.parametrize("order, code", [("BGR", cv2.COLOR_BGRA2BGR), ("RGB", cv2.COLOR_BGRA2RGB),
                                          ("RGBA", cv2.COLOR_BGRA2RGBA)])
 def test_colour_orders_agree(onnx_path, frames, order, code):
