@@ -7,15 +7,7 @@ import carla
 from carla_client.infractions import PENALTIES, InfractionMonitor
 from carla_client.traffic import Traffic, TrafficConfig
 from carla_embedded import Client
-
-
-def sync_world(town):
-    client = Client()
-    world = client.load_world(town)
-    settings = world.get_settings()
-    settings.synchronous_mode, settings.fixed_delta_seconds = True, 0.05
-    world.apply_settings(settings)
-    return client, world
+from tests.sim_world import sync_world
 
 
 def npcs(world):

@@ -5,17 +5,9 @@ import numpy as np
 import pytest
 
 import carla
-from carla_embedded import Client
+from tests.sim_world import sync_world
 
 MOUNT = carla.Transform(carla.Location(x=1.5, z=2.0))
-
-
-def sync_world(town, dt=0.05):
-    world = Client().load_world(town)
-    settings = world.get_settings()
-    settings.synchronous_mode, settings.fixed_delta_seconds = True, dt
-    world.apply_settings(settings)
-    return world
 
 
 def camera_on_car(world, width=160, height=120, **attributes):
@@ -28,7 +20,7 @@ def camera_on_car(world, width=160, height=120, **attributes):
 
 
 def test_acceptance_town02_drive_delivers_every_frame():
-    world = sync_world("Town02")
+    _, world = sync_world("Town02")
     library = world.get_blueprint_library()
     car = world.spawn_actor(library.filter("vehicle.*")[0], world.get_map().get_spawn_points()[0])
     bp = library.find("sensor.camera.rgb")
@@ -56,7 +48,7 @@ def test_acceptance_town02_drive_delivers_every_frame():
 
 
 def test_image_fields_and_camera_pose_follow_the_car():
-    world = sync_world("Embedded01")
+    _, world = sync_world("Embedded01")
     car, camera = camera_on_car(world, fov=70)
     images = []
     camera.listen(images.append)
@@ -74,7 +66,7 @@ def test_image_fields_and_camera_pose_follow_the_car():
 
 
 def test_sensor_tick_and_listening():
-    world = sync_world("Embedded01")
+    _, world = sync_world("Embedded01")
     car, camera = camera_on_car(world, sensor_tick=0.1)
     images = []
     for _ in range(3):
@@ -88,7 +80,7 @@ def test_sensor_tick_and_listening():
 
 
 def test_save_to_disk_like_carla(tmp_path):
-    world = sync_world("Embedded01")
+    _, world = sync_world("Embedded01")
     car, camera = camera_on_car(world, 96, 64)
     images = []
     camera.listen(images.append)
@@ -101,7 +93,7 @@ def test_save_to_disk_like_carla(tmp_path):
 
 
 def test_weather_presets_change_the_picture():
-    world = sync_world("Embedded01")
+    _, world = sync_world("Embedded01")
     car, camera = camera_on_car(world)
     images = []
     camera.listen(images.append)

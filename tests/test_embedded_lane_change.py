@@ -7,19 +7,9 @@ is on its outer lane -4, whose only same-direction neighbour is -3 on its left."
 import pytest
 
 import carla
-from carla_embedded import Client
+from tests.sim_world import DT, sync_world
 
-DT = 0.05
 HIGHWAY_SPAWN = 323              # Town04, road 38, lane -4 (lane_change: Left)
-
-
-def sync_world(town):
-    client = Client()
-    world = client.load_world(town)
-    settings = world.get_settings()
-    settings.synchronous_mode, settings.fixed_delta_seconds = True, DT
-    world.apply_settings(settings)
-    return client, world
 
 
 def on_ground(wp):
@@ -46,6 +36,20 @@ def highway_start(world):
     wp = world.get_map().get_waypoint(world.get_map().get_spawn_points()[HIGHWAY_SPAWN].location)
     assert (wp.road_id, wp.lane_id, wp.lane_change) == (38, -4, carla.LaneChange.Left)
     return wp
+
+
+def highway_pair(port, other_at, car_kmh, other_kmh):
+    """(world, tm, car, other): a Tesla at the highway start (lane -4) and an Audi at ``other_at(start)``,
+    both on the Traffic Manager at ``port`` with their desired speeds."""
+    client, world = sync_world("Town04")
+    tm = client.get_trafficmanager(port)
+    start = highway_start(world)
+    car = spawn(world, "vehicle.tesla.model3", start)
+    other = spawn(world, "vehicle.audi.a2", other_at(start))
+    for actor, kmh in ((car, car_kmh), (other, other_kmh)):
+        tm.set_desired_speed(actor, kmh)
+        actor.set_autopilot(True, port)
+    return world, tm, car, other
 
 
 # -- (a) force_lane_change -------------------------------------------------------------------------
@@ -170,14 +174,7 @@ def test_force_lane_change_is_ignored_without_a_same_direction_lane():
 
 
 def test_no_lane_change_into_a_car_alongside():
-    client, world = sync_world("Town04")
-    tm = client.get_trafficmanager(8014)
-    start = highway_start(world)
-    car = spawn(world, "vehicle.tesla.model3", start)
-    beside = spawn(world, "vehicle.audi.a2", start.get_left_lane().next(1.0)[0])
-    for actor in (car, beside):
-        tm.set_desired_speed(actor, 30.0)
-        actor.set_autopilot(True, 8014)
+    world, tm, car, beside = highway_pair(8014, lambda start: start.get_left_lane().next(1.0)[0], 30.0, 30.0)
     for _ in range(40):
         world.tick()
     tm.force_lane_change(car, False)
@@ -186,15 +183,7 @@ def test_no_lane_change_into_a_car_alongside():
 
 
 def test_a_forced_change_waits_until_the_car_alongside_has_passed():
-    client, world = sync_world("Town04")
-    tm = client.get_trafficmanager(8015)
-    start = highway_start(world)
-    car = spawn(world, "vehicle.tesla.model3", start)
-    beside = spawn(world, "vehicle.audi.a2", start.get_left_lane().next(2.0)[0])
-    tm.set_desired_speed(car, 30.0)
-    tm.set_desired_speed(beside, 60.0)
-    for actor in (car, beside):
-        actor.set_autopilot(True, 8015)
+    world, tm, car, beside = highway_pair(8015, lambda start: start.get_left_lane().next(2.0)[0], 30.0, 60.0)
     for _ in range(40):
         world.tick()
     tm.force_lane_change(car, False)
@@ -208,15 +197,7 @@ def test_a_forced_change_waits_until_the_car_alongside_has_passed():
 
 
 def test_a_forced_change_lets_a_faster_car_coming_up_behind_pass_first():
-    client, world = sync_world("Town04")
-    tm = client.get_trafficmanager(8018)
-    start = highway_start(world)
-    car = spawn(world, "vehicle.tesla.model3", start)
-    fast = spawn(world, "vehicle.audi.a2", start.get_left_lane().previous(50.0)[0])
-    tm.set_desired_speed(car, 20.0)
-    tm.set_desired_speed(fast, 80.0)
-    for actor in (car, fast):
-        actor.set_autopilot(True, 8018)
+    world, tm, car, fast = highway_pair(8018, lambda start: start.get_left_lane().previous(50.0)[0], 20.0, 80.0)
     while ahead_of(car, fast) > 20.0:                 # ~13 m/s against 5.6 m/s, 20 m behind in the target lane
         world.tick()
     tm.force_lane_change(car, False)

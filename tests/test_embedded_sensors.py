@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 import carla
-from carla_embedded import Client, UnsupportedFeatureError
+from carla_embedded import UnsupportedFeatureError
 from carla_embedded.actors import Actor
 from carla_embedded.sensors import (CITYSCAPES_PALETTE, TAG_CAR, TAG_PEDESTRIANS, TAG_ROADLINES, TAG_ROADS, TAG_SKY,
                                     TAG_TRAFFIC_LIGHT, UNMODELLED_CAMERA_ATTRIBUTES, CollisionEvent, GnssMeasurement,
                                     IMUMeasurement, LidarMeasurement, ObstacleDetectionEvent, RadarMeasurement,
                                     decode_depth, encode_depth)
+from tests.sim_world import DT, sync_world
 
-DT = 0.05
 W, H, FOV = 200, 150, 90.0
 F = W / (2 * math.tan(math.radians(FOV) / 2))      # focal length, px
 CAM = carla.Transform(carla.Location(x=1.5, z=2.0))  # on the ego, as the collector mounts it
@@ -25,11 +25,7 @@ CAM = carla.Transform(carla.Location(x=1.5, z=2.0))  # on the ego, as the collec
 
 @pytest.fixture
 def world():
-    w = Client().load_world("Embedded01")
-    settings = w.get_settings()
-    settings.synchronous_mode, settings.fixed_delta_seconds = True, DT
-    w.apply_settings(settings)
-    return w
+    return sync_world("Embedded01", DT)[1]
 
 
 def on_lane(world, x, z=0.5, yaw=None):

@@ -8,8 +8,8 @@ import carla
 import carla_embedded
 from carla_embedded import Client, UnsupportedFeatureError, VehicleParams, VehicleState, step
 from carla_embedded.vehicle import turning_radius
+from tests.sim_world import DT, sync_world
 
-DT = 0.05
 PARAMS = VehicleParams()
 
 
@@ -73,11 +73,7 @@ def test_params_are_validated():
 # -- world fixtures -----------------------------------------------------------------------
 @pytest.fixture
 def world():
-    w = Client().load_world("Embedded01")
-    settings = w.get_settings()
-    settings.synchronous_mode, settings.fixed_delta_seconds = True, DT
-    w.apply_settings(settings)
-    return w
+    return sync_world("Embedded01", DT)[1]
 
 
 def on_lane(world, x=20.0, y=1.75, z=0.5):

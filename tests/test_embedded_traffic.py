@@ -7,18 +7,9 @@ import pytest
 import carla
 from carla_embedded import Client, UnsupportedFeatureError
 from carla_embedded.towns import road_speed_limits
+from tests.sim_world import DT, sync_world
 
-DT = 0.05
 RED, YELLOW, GREEN = carla.TrafficLightState.Red, carla.TrafficLightState.Yellow, carla.TrafficLightState.Green
-
-
-def sync_world(town="Embedded01"):
-    client = Client()
-    world = client.load_world(town)
-    settings = world.get_settings()
-    settings.synchronous_mode, settings.fixed_delta_seconds = True, DT
-    world.apply_settings(settings)
-    return client, world
 
 
 def towards_junction(world, x):
