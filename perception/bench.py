@@ -195,12 +195,10 @@ def run_bench(cfg: BenchConfig) -> list[BenchRecord]:
     loaded = [(name, options, *_load(cfg, name, options)) for name, options in jobs]
     # auto may choose fewer intra-op threads than a forced precision gets (it leaves the simulator a core
     # unless more threads earn it, perception.cpu_tune): time each forced precision at auto's count too.
-    auto_threads = {getattr(c.backend, "threads", None) for n, o, c, _ in loaded
-                    if n == "onnxruntime" and o.get("precision") == "auto"}
-    forced_threads = {getattr(c.backend, "threads", None) for n, o, c, _ in loaded
-                      if n == "onnxruntime" and o.get("precision") != "auto"}
-    for threads in sorted(auto_threads - forced_threads - {None}):
-        for name, options in [j for j in jobs if j[0] == "onnxruntime" and j[1].get("precision") != "auto"]:
+    ort = [(o.get("precision") == "auto", c.backend.threads) for n, o, c, _ in loaded if n == "onnxruntime"]
+    forced_jobs = [(n, o) for n, o in jobs if n == "onnxruntime" and o.get("precision") != "auto"]
+    for threads in sorted({t for auto, t in ort if auto} - {t for auto, t in ort if not auto}):
+        for name, options in forced_jobs:
             options = {**options, "threads": threads}
             loaded.append((name, options, *_load(cfg, name, options)))
     times = [{s: [] for s in STAGES} for _ in loaded]
@@ -279,8 +277,9 @@ def format_table(records: list[BenchRecord]) -> str:
                          f"({best.precision} x{best.threads}): inference p50 {a.stages['infer']['p50']:.2f} vs "
                          f"{best.stages['infer']['p50']:.2f} ms = {a.stages['infer']['p50'] / best.stages['infer']['p50']:.2f}x")
         if same and min(r.stages["infer"]["p50"] for r in forced) < min(r.stages["infer"]["p50"] for r in same):
-            lines.append("  (more threads are chosen only when the tuning finds them >= 15 % faster: in the drive "
-                         "they take a core from the simulator; perception.cpu_tune)")
+            from perception.cpu_tune import THREAD_GAIN
+            lines.append(f"  (more threads are chosen only when the tuning finds them >= {100 * THREAD_GAIN:.0f} % faster: "
+                         "in the drive they take a core from the simulator; perception.cpu_tune)")
     return "\n".join(lines)
 
 
