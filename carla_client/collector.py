@@ -833,13 +833,13 @@ def _save(run: JobRun, st: EpisodeState, image, evidence, tf, state, control, fl
     st.n_saved += 1
     if flagged:
         run.result.flagged[label] += 1
-    else:
-        run.saved[label] += 1
-        run.result.saved[label] += 1
-        run.result.by_weather[st.weather] += 1
-        run.on_saved(label)
+        return
+    run.saved[label] += 1
+    run.result.saved[label] += 1
+    run.result.by_weather[st.weather] += 1
+    run.on_saved(label)
     every = run.config.weather_every
-    if every and len(run.config.weather) > 1 and st.n_saved % every == 0:   # flagged frames count too
+    if every and len(run.config.weather) > 1 and st.n_saved % every == 0:
         st.weather = _next_weather(run)
 
 
