@@ -116,6 +116,7 @@ class BenchRecord:
         return f"{self.backend} x{self.threads}" if self.threads else self.backend
     decision: str = ""                                # onnxruntime auto: what was chosen and why
     threads: int | None = None                        # onnxruntime: intra-op threads of the session
+    agrees: bool | None = None                        # onnxruntime forced: agreed with fp32 in auto's tuning (None: not measured)
 
 
 def forcible_precisions() -> tuple[str, ...]:
@@ -193,8 +194,8 @@ def run_bench(cfg: BenchConfig) -> list[BenchRecord]:
     jobs = [j for n, o in jobs for j in ([(n, o), (n, {"gpu_preprocess": False})] if n == "torch-cuda" else [(n, o)])]
     frames, order = _bench_frames(cfg)
     loaded = [(name, options, *_load(cfg, name, options)) for name, options in jobs]
-    # auto may choose fewer intra-op threads than a forced precision gets (it leaves the simulator a core
-    # unless more threads earn it, perception.cpu_tune): time each forced precision at auto's count too.
+    # auto may choose fewer intra-op threads than a forced precision gets (more threads must be
+    # THREAD_GAIN faster, perception.cpu_tune): time each forced precision at auto's count too.
     ort = [(o.get("precision") == "auto", c.backend.threads) for n, o, c, _ in loaded if n == "onnxruntime"]
     forced_jobs = [(n, o) for n, o in jobs if n == "onnxruntime" and o.get("precision") != "auto"]
     for threads in sorted({t for auto, t in ort if auto} - {t for auto, t in ort if not auto}):
@@ -229,6 +230,7 @@ def run_bench(cfg: BenchConfig) -> list[BenchRecord]:
             mean_ms=total["mean"], fps=1e3 / total["mean"], stages=stages, note=note, variant=variant,
             breakdown=breakdown, threads=getattr(clf.backend, "threads", None),
             decision=d.report() if (d := getattr(clf.backend, "decision", None)) is not None else ""))
+    _mark_agreement(records, [c for n, _, c, _ in loaded if n == "onnxruntime"])
     ref = records[0]
     for r in records:
         r.speedup_vs_torch = ref.p50_ms / r.p50_ms
@@ -236,6 +238,20 @@ def run_bench(cfg: BenchConfig) -> list[BenchRecord]:
     if cfg.json is not None:
         write_json_atomic(cfg.json, [{**asdict(r), "label": r.label} for r in records])
     return records
+
+
+def _mark_agreement(records: list[BenchRecord], classifiers: list) -> None:
+    """Set ``agrees`` of each forced ONNX Runtime record from auto's tuning (same provider, precision, threads):
+    auto may only be held against precisions that decide like FP32, so the comparison leaves the others out."""
+    decisions = [c.backend.decision for c in classifiers if getattr(c.backend, "decision", None) is not None]
+    if not decisions:
+        return
+    d = decisions[0]
+    verdict = {(m.candidate.provider, m.candidate.precision, m.candidate.threads or d.key.threads):
+               m.agrees(d.min_agreement) for m in d.measurements}
+    for r, c in zip([r for r in records if r.backend == "onnxruntime"], classifiers):   # both in load order
+        if not r.decision:
+            r.agrees = verdict.get((c.backend.providers[0], r.precision, r.threads))
 
 
 def format_table(records: list[BenchRecord]) -> str:
@@ -266,20 +282,25 @@ def format_table(records: list[BenchRecord]) -> str:
             lines.append(r.decision)
     auto = [r for r in records if r.backend == "onnxruntime" and r.decision]
     forced = [r for r in records if r.backend == "onnxruntime" and not r.decision]
+    rejected = [r for r in forced if r.agrees is False]
+    forced = [r for r in forced if r.agrees is not False]      # auto is held to precisions that decide like fp32
     if auto and forced:
         a = auto[0]
         same = [r for r in forced if r.threads == a.threads]
+        if rejected:
+            lines.append("forced precisions left out of the comparison, they disagreed with fp32 in the tuning: "
+                         + ", ".join(f"{r.precision} x{r.threads}" for r in rejected))
         for what, pool in ((f"at auto's {a.threads} thread(s)", same), ("at any thread count", forced)):
             if not pool:
                 continue
             best = min(pool, key=lambda r: r.stages["infer"]["p50"])
-            lines.append(f"auto ({a.precision} x{a.threads}) vs fastest forced precision {what} "
+            lines.append(f"auto ({a.precision} x{a.threads}) vs fastest agreeing forced precision {what} "
                          f"({best.precision} x{best.threads}): inference p50 {a.stages['infer']['p50']:.2f} vs "
                          f"{best.stages['infer']['p50']:.2f} ms = {a.stages['infer']['p50'] / best.stages['infer']['p50']:.2f}x")
         if same and min(r.stages["infer"]["p50"] for r in forced) < min(r.stages["infer"]["p50"] for r in same):
             from perception.cpu_tune import THREAD_GAIN
             lines.append(f"  (more threads are chosen only when the tuning finds them >= {100 * THREAD_GAIN:.0f} % faster: "
-                         "in the drive they take a core from the simulator; perception.cpu_tune)")
+                         "a margin over the timing noise, as an extra thread costs a core; perception.cpu_tune)")
     return "\n".join(lines)
 
 

@@ -13,15 +13,19 @@ What is measured, once per (CPU model, ONNX Runtime build, model bytes, thread c
 2. Agreement: each candidate's class (argmax) on reference frames against the CPU EP in the ONNX's
    own precision (exact FP32 for an FP32 ONNX). A candidate must agree on >= 99.5 % of them, the
    bar of the FP16 ONNX; with fewer than 200 frames that means on every frame.
-3. Speed: batch-1 inference, candidates interleaved round by round for a bounded time budget, median.
+3. Speed: batch-1 inference, candidates interleaved in blocks of :data:`BLOCK_CALLS` calls for a bounded
+   time budget, median.
 
-The fastest agreeing candidate wins, except that more threads must earn their cores: a candidate
-with more threads is chosen only when it is at least :data:`THREAD_GAIN` faster than the fastest
-with fewer (:func:`choose`). Why: in the drive the inference shares the cores with the simulator
-and the video encoder; an extra intra-op thread takes a core from them (two OpenVINO workers burnt
-~1 ms more CPU per call, spinning after it returned), and for a small model it bought nothing:
-EfficientNet-B0 at 96 px took 3.17 ms on one thread and 3.50 ms on two, while at 224 px two
-threads were 1.38x faster in the closed loop (docs/benchmarks.md, issue 16). The decision is written to ``<cache>/cpu-tune/<key>.json``
+The fastest agreeing candidate wins, except that more threads must be at least :data:`THREAD_GAIN`
+faster than the fastest with fewer (:func:`choose`): a margin over the timing noise, since an
+extra thread costs a core. Candidates are timed in short blocks of consecutive calls (a session
+called once per frame, as in the drive), blocks interleaved: timed one call each in turn, a
+two-thread session paid its workers' wake-up on every call and the tuning kept one thread
+(OpenVINO x1 2.76 ms, CPU EP x2 2.50 ms) where two ran the closed loop 1.13x faster without video
+(EfficientNet-Lite0 at 96 px, 2-core Xeon, ``launch.bench --perception-threads auto,2``). Whether
+the rest of the program leaves the cores free is the caller's knowledge, not the tuning's: the
+drive asks for fewer threads while it records video (the encoder thread takes a core; there two
+threads ran the loop at 0.76x; :func:`launch.loop.classifier_threads`). The decision is written to ``<cache>/cpu-tune/<key>.json``
 (``$CARLA_PERCEPTION_CACHE``, else the user cache dir), like the TensorRT engine cache; a load with
 the same key reads it and times nothing. ``perception.export`` and ``python -m perception.tune``
 run the full measurement (more frames, longer budget) and overwrite the entry; a first load
@@ -52,9 +56,11 @@ from perception.meta import ModelMeta, sha256_file
 log = logging.getLogger(__name__)
 
 MIN_AGREEMENT = 0.995
-THREAD_GAIN = 0.15
+THREAD_GAIN = 0.05
 """How much faster (fraction of the fewer-thread median) more intra-op threads must be to be chosen."""
-CACHE_VERSION = 1
+BLOCK_CALLS = 3
+"""Consecutive timed calls of one candidate before the next one runs (see the module docstring)."""
+CACHE_VERSION = 2           # 2: timed in blocks of consecutive calls (decisions of 1 are measured again)
 OPENVINO, CPU = "OpenVINOExecutionProvider", "CPUExecutionProvider"
 _SHORT = {OPENVINO: "OpenVINO EP", CPU: "CPU EP"}
 
@@ -258,7 +264,9 @@ SessionFactory = Callable[[Candidate], object]     # returns something with .inf
 
 def measure(candidates: list[Candidate], build: SessionFactory, x: np.ndarray, budget: Budget,
             sessions: dict | None = None, clock: Callable[[], float] = time.perf_counter) -> list[Measurement]:
-    """Agreement with ``candidates[0]`` (the reference) on ``x``, then interleaved batch-1 timing.
+    """Agreement with ``candidates[0]`` (the reference) on ``x``, then batch-1 timing in interleaved blocks.
+
+    A round runs :data:`BLOCK_CALLS` consecutive calls of every candidate, the order reversed every round.
 
     Every candidate's session is built by ``build``; one that fails to start is reported with its
     error, not raised. Live sessions are left in ``sessions`` (when given) for reuse.
@@ -276,12 +284,14 @@ def measure(candidates: list[Candidate], build: SessionFactory, x: np.ndarray, b
     start = clock()
     rounds = 0
     while live and rounds < budget.max_rounds and (rounds < budget.min_rounds or clock() - start < budget.seconds):
-        xi = x[rounds % len(x): rounds % len(x) + 1]
         order = list(live) if rounds % 2 == 0 else list(reversed(live))   # no candidate always runs first
         for c in order:
-            t0 = clock()
-            live[c].infer(xi)
-            times[c].append(clock() - t0)
+            for k in range(BLOCK_CALLS):
+                i = (rounds * BLOCK_CALLS + k) % len(x)
+                xi = x[i:i + 1]
+                t0 = clock()
+                live[c].infer(xi)
+                times[c].append(clock() - t0)
         rounds += 1
     if sessions is not None:
         sessions.update(live)

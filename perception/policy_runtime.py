@@ -407,6 +407,7 @@ class PolicyRuntime:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.intra_op_num_threads = max(1, threads)
         so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")   # as the classifier's: the simulator needs the core
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         props = sess.get_modelmeta().custom_metadata_map
         if META_KEY not in props:
