@@ -28,6 +28,24 @@ def test_video_one_frame_per_write_h264_at_sim_rate(tmp_path):
     assert (info["width"], info["height"]) == (160, 120)
 
 
+def test_video_keeps_the_colours_of_the_frames(tmp_path):
+    """Blue, green, red and grey patches come back as written (a channel swap or a range error would not)."""
+    import av
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (128, 128, 128), (30, 140, 220)]   # BGR
+    frame = np.zeros((64, 160, 3), np.uint8)
+    for i, c in enumerate(colours):
+        frame[:, i * 32:(i + 1) * 32] = c
+    with VideoWriter(tmp_path / "c.mp4", fps=10.0, size=(160, 64)) as vw:
+        for _ in range(3):
+            vw.write(frame)
+    with av.open(str(tmp_path / "c.mp4")) as container:
+        decoded = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    assert len(decoded) == 3
+    for i, c in enumerate(colours):
+        patch = decoded[-1][16:48, i * 32 + 8:(i + 1) * 32 - 8].reshape(-1, 3).mean(axis=0)
+        assert np.abs(patch - c).max() < 12, (c, patch.round(1))
+
+
 def test_video_finalised_when_an_exception_escapes(tmp_path):
     path = tmp_path / "crash.mp4"
     with pytest.raises(KeyboardInterrupt):
