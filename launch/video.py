@@ -3,8 +3,8 @@
 The frame rate is the simulation rate (``1/dt``), not the wall-clock rate, so a video plays at the
 speed the car drove in simulated time however slow or fast the client loop was. Encoding uses PyAV
 (libx264, ``ultrafast``: 4.0 ms per 800x600 frame on one core of the 2-core Xeon, colour conversion
-by OpenCV included) and falls back to MPEG-4 Part 2 when libx264 is missing. :class:`VideoWriter` is a context manager so a Ctrl-C or an exception still
-writes the trailer and leaves a playable file.
+by OpenCV included) and falls back to MPEG-4 Part 2 when libx264 is missing. :class:`VideoWriter`
+is a context manager so a Ctrl-C or an exception still writes the trailer and leaves a playable file.
 
 :class:`FrameWorker` takes the HUD drawing and the encoding off the drive's control path: one
 background thread runs the per-frame jobs in order (cv2 and PyAV release the GIL, so they run on
