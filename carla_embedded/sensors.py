@@ -1204,7 +1204,7 @@ class CollisionSensor(_TickedSensor):
         v_self = np.array(_vec(impact if impact is not None else parent.get_velocity()))
         if impact is not None:
             parent._impact_velocity = None
-        mass = _mass(parent)
+        mass = None                                               # asked only on contact (0.2 ms a tick)
         contacts, events = set(), []
         for box, vel, owner in zip(corners, velocities, owners):
             if np.linalg.norm(box.mean(axis=0)[:2] - centre[:2]) > reach + np.linalg.norm(box[0, :2] - box[6, :2]):
@@ -1220,6 +1220,7 @@ class CollisionSensor(_TickedSensor):
             closing = float((v_self - vel) @ normal)
             if key in self._contacts and closing <= 1e-3:
                 continue
+            mass = _mass(parent) if mass is None else mass
             impulse = -normal * mass * max(closing, 0.0)
             events.append(CollisionEvent(frame, elapsed, transform, parent, _owner_actor(self._world, owner),
                                          carla.Vector3D(*(float(v) for v in impulse))))
