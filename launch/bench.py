@@ -12,9 +12,8 @@ loop's own share of the video is ``record`` (copy and hand-off). Target on a
 the classifier's own thread counts; ``CARLA_EMBEDDED_THREADS``, ``CARLA_PERCEPTION_THREADS`` change
 them). The output names the CPU model, the load average and those thread counts.
 
-``--perception-threads auto,1,2`` compares the default (``auto``: what the drive loads, see
-:func:`launch.loop.classifier_threads`) with the
-classifier at fixed intra-op thread counts in one process: the configurations drive the same route
+``--perception-threads auto,1,2`` compares the default (``auto``: the classifier's own choice,
+:mod:`perception.cpu_tune`) with the classifier at fixed intra-op thread counts in one process: the configurations drive the same route
 start in alternating blocks (``--blocks``), so a slow phase of a shared machine hits all of them,
 and the ratios to the default are medians of per-block ratios. On a noisy VM the loop rate of the
 same configuration moved from 73 to 102 FPS between two runs a minute apart; only such
@@ -34,7 +33,7 @@ import numpy as np
 
 from carla_client.cli import add_carla_args
 from control.gates import gate_names
-from launch.loop import DriveConfig, classifier_threads, load_classifier, open_world, run_episode
+from launch.loop import DriveConfig, load_classifier, open_world, run_episode
 
 STAGES = ("tick", "infer", "control", "overlay", "record", "display")
 
@@ -85,7 +84,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     ``"compare"`` holds every configuration's (see the module docstring).
     """
     d = cfg.drive
-    classifiers = {t: _load(d, t, cfg.record) for t in cfg.threads}
+    classifiers = {t: load_classifier(d.model, d.backend, d.warmup, None if t == "auto" else t) for t in cfg.threads}
     ctx = open_world(d)
     per_block = None if d.frames is None else d.frames // cfg.blocks
     runs: dict = {t: [] for t in cfg.threads}
@@ -113,11 +112,6 @@ def run_bench(cfg: BenchConfig) -> dict:
     if cfg.json_out:
         Path(cfg.json_out).write_text(json.dumps(out, indent=2))
     return out
-
-
-def _load(d: DriveConfig, threads, record: bool):
-    """The classifier of one configuration: the drive's default (``auto``) or at a fixed intra-op thread count."""
-    return load_classifier(d.model, d.backend, d.warmup, classifier_threads(record) if threads == "auto" else threads)
 
 
 def _combine(blocks: list[dict], d: DriveConfig, classifier, record: bool) -> dict:

@@ -288,20 +288,6 @@ def load_classifier(model: str | None, backend: str = "auto", warmup: int = 10, 
     return CurveClassifier.load(model, backend=backend, warmup=warmup, **options)
 
 
-def classifier_threads(recording: bool) -> int | None:
-    """Intra-op threads the drive gives the classifier: None (its tuning decides) unless the drive records.
-
-    The video encoder then runs beside the loop on a core of its own, so inference gets the others
-    (at least one). Measured on a 2-core Xeon (EfficientNet-Lite0 at 96 px, ``launch.bench
-    --perception-threads auto,2``, alternating blocks): two inference threads ran the loop 1.13x
-    faster than one without video and 0.76x as fast with it. ``$CARLA_PERCEPTION_THREADS`` overrides.
-    """
-    from perception.backends.onnxruntime_backend import env_threads, physical_cores
-    if not recording or env_threads():
-        return None
-    return max(1, physical_cores() - 1)
-
-
 def plan_route(ctx: WorldContext, seed: int, length_m: float):
     """A reproducible random route of at least ``length_m`` from a spawn point chosen by ``seed``.
 
@@ -763,7 +749,7 @@ def _drive_metrics(cfg: DriveConfig, records: list[TickRecord], route_length: fl
 
 def run_drive(cfg: DriveConfig, on_tick: TickHook | None = None) -> DriveResult:
     """Connect, load the classifier (warmed up), drive one episode, clean up. What ``launch.drive`` runs."""
-    classifier = load_classifier(cfg.model, cfg.backend, cfg.warmup, classifier_threads(cfg.record is not None))
+    classifier = load_classifier(cfg.model, cfg.backend, cfg.warmup)
     ctx = open_world(cfg)
     with learned_experts(cfg):
         return run_episode(ctx, cfg, classifier, on_tick=on_tick)

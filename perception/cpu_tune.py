@@ -19,14 +19,14 @@ What is measured, once per (CPU model, ONNX Runtime build, model bytes, thread c
 The fastest agreeing candidate wins, except that more threads must be at least :data:`THREAD_GAIN`
 faster than the fastest with fewer (:func:`choose`): a margin over the timing noise, since an
 extra thread costs a core. Candidates are timed in short blocks of consecutive calls (a session
-called once per frame, as in the drive), blocks interleaved: timed one call each in turn, a
+called once per frame, as in the drive), blocks interleaved. Timed one call each in turn, a
 two-thread session paid its workers' wake-up on every call and the tuning kept one thread
-(OpenVINO x1 2.76 ms, CPU EP x2 2.50 ms) where two ran the closed loop 1.13x faster without video
-(EfficientNet-Lite0 at 96 px, 2-core Xeon, ``launch.bench --perception-threads auto,2``). Whether
-the rest of the program leaves the cores free is the caller's knowledge, not the tuning's: the
-drive asks for fewer threads while it records video (the encoder thread takes a core; there two
-threads ran the loop at 0.76x; :func:`launch.loop.classifier_threads`). The decision is written to ``<cache>/cpu-tune/<key>.json``
-(``$CARLA_PERCEPTION_CACHE``, else the user cache dir), like the TensorRT engine cache; a load with
+(OpenVINO x1 2.76 ms, CPU EP x2 2.50 ms) where two ran the closed loop 1.13x faster
+(EfficientNet-Lite0 at 96 px, 2-core Xeon, ``launch.bench --perception-threads auto,2``, video
+off). The sessions' workers do not spin between calls (``onnxruntime_backend``), so two threads
+no longer slow the simulator or the video encoder between frames. The decision is written to
+``<cache>/cpu-tune/<key>.json`` (``$CARLA_PERCEPTION_CACHE``, else the user cache dir), like the
+TensorRT engine cache; a load with
 the same key reads it and times nothing. ``perception.export`` and ``python -m perception.tune``
 run the full measurement (more frames, longer budget) and overwrite the entry; a first load
 without an entry runs a short one (:data:`QUICK`).

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from launch.bench import BenchConfig, format_bench, main, run_bench
-from launch.loop import DriveConfig, classifier_threads
+from launch.loop import DriveConfig
 from test_launch_drive import tiny_onnx  # noqa: F401  (module fixture)
 
 
@@ -25,17 +25,6 @@ def test_thread_counts_are_compared_block_by_block_on_the_same_drive(tiny_onnx):
     assert out["frames"] == 8 and out["stages"] == rows[0]["stages"]   # the top-level figures are the baseline's
     text = format_bench(out)
     assert "compared in 2 alternating blocks each" in text and text.count("intra-op threads") >= 3
-
-
-def test_a_recording_drive_leaves_the_encoder_a_core(monkeypatch):
-    monkeypatch.delenv("CARLA_PERCEPTION_THREADS", raising=False)
-    monkeypatch.setattr("perception.backends.onnxruntime_backend.physical_cores", lambda: 4)
-    assert classifier_threads(recording=False) is None           # the tuning decides
-    assert classifier_threads(recording=True) == 3
-    monkeypatch.setattr("perception.backends.onnxruntime_backend.physical_cores", lambda: 1)
-    assert classifier_threads(recording=True) == 1
-    monkeypatch.setenv("CARLA_PERCEPTION_THREADS", "2")
-    assert classifier_threads(recording=True) is None            # the user's setting wins (the backend reads it)
 
 
 @pytest.mark.parametrize("argv, message", [
