@@ -13,9 +13,10 @@ the classifier's own thread counts; ``CARLA_EMBEDDED_THREADS``, ``CARLA_PERCEPTI
 them). The output names the CPU model, the load average and those thread counts.
 
 ``--perception-threads auto,1,2`` compares the default (``auto``: the classifier's own choice,
-:mod:`perception.cpu_tune`) with the classifier at fixed intra-op thread counts in one process: the configurations drive the same route
-start in alternating blocks (``--blocks``), so a slow phase of a shared machine hits all of them,
-and the ratios to the default are medians of per-block ratios. On a noisy VM the loop rate of the
+:mod:`perception.cpu_tune`) with the classifier at fixed intra-op thread counts in one process:
+the configurations drive the same route start in alternating blocks (``--blocks``), so a slow
+phase of a shared machine hits all of them, and the ratios to the default are medians of
+per-block ratios. On a noisy VM the loop rate of the
 same configuration moved from 73 to 102 FPS between two runs a minute apart; only such
 interleaved ratios say which configuration is faster.
 """
@@ -89,10 +90,10 @@ def run_bench(cfg: BenchConfig) -> dict:
     per_block = None if d.frames is None else d.frames // cfg.blocks
     runs: dict = {t: [] for t in cfg.threads}
     with tempfile.TemporaryDirectory() as tmp:
-        for t, classifier in classifiers.items():
-            if cfg.warmup_frames:
-                warm = DriveConfig(**{**d.__dict__, "frames": cfg.warmup_frames, "metrics": None,
-                                      "record": str(Path(tmp) / "warm.mp4") if cfg.record else None})
+        if cfg.warmup_frames:
+            warm = DriveConfig(**{**d.__dict__, "frames": cfg.warmup_frames, "metrics": None,
+                                  "record": str(Path(tmp) / "warm.mp4") if cfg.record else None})
+            for classifier in classifiers.values():
                 run_episode(ctx, warm, classifier)
         for b in range(cfg.blocks):
             order = cfg.threads if b % 2 == 0 else tuple(reversed(cfg.threads))   # nobody always goes first
@@ -164,19 +165,15 @@ def format_bench(out: dict) -> str:
     if out.get("compare"):
         first = out["compare"][0]
         lines.append(f"classifier threads compared in {first['blocks']} alternating blocks each, same route start; "
-                     f"ratio = median of per-block loop FPS ratios to {_threads_name(first['threads'])}:")
+                     f"ratio = median of per-block loop FPS ratios to {first['threads']}:")
         lines.append(f"{'threads':<10}{'loop FPS':>9}{'ratio':>7}{'tick p50':>9}{'infer p50':>10}  classifier")
         for c in out["compare"]:
             st = c["stages"]
             tick, infer = st.get("tick", {}).get("p50_ms", float("nan")), st.get("infer", {}).get("p50_ms", float("nan"))
             device = c["host"].split("; ")[-1]
-            lines.append(f"{_threads_name(c['threads']):<10}{c['loop_fps']:>9.1f}{c['fps_ratio']:>6.2f}x"
+            lines.append(f"{str(c['threads']):<10}{c['loop_fps']:>9.1f}{c['fps_ratio']:>6.2f}x"
                          f"{tick:>9.2f}{infer:>10.2f}  {device}")
     return "\n".join(lines)
-
-
-def _threads_name(t) -> str:
-    return "auto" if t == "auto" else f"{t}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,10 +26,9 @@ two-thread session paid its workers' wake-up on every call and the tuning kept o
 off). The sessions' workers do not spin between calls (``onnxruntime_backend``), so two threads
 no longer slow the simulator or the video encoder between frames. The decision is written to
 ``<cache>/cpu-tune/<key>.json`` (``$CARLA_PERCEPTION_CACHE``, else the user cache dir), like the
-TensorRT engine cache; a load with
-the same key reads it and times nothing. ``perception.export`` and ``python -m perception.tune``
-run the full measurement (more frames, longer budget) and overwrite the entry; a first load
-without an entry runs a short one (:data:`QUICK`).
+TensorRT engine cache; a load with the same key reads it and times nothing. ``perception.export``
+and ``python -m perception.tune`` run the full measurement (more frames, longer budget) and
+overwrite the entry; a first load without an entry runs a short one (:data:`QUICK`).
 
 Example::
 

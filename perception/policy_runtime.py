@@ -402,13 +402,8 @@ class PolicyRuntime:
         import onnxruntime as ort
         if not path.is_file():
             raise FileNotFoundError(f"policy model {str(path)!r}: no such file")
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.intra_op_num_threads = max(1, threads)
-        so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")   # as the classifier's: the simulator needs the core
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        from perception.backends.onnxruntime_backend import session_options
+        sess = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
         props = sess.get_modelmeta().custom_metadata_map
         if META_KEY not in props:
             raise ValueError(f"{path}: not a policy ONNX (no {META_KEY} metadata); export with perception.policy_runtime")

@@ -123,6 +123,25 @@ def default_threads() -> int:
     return env_threads() or max(1, physical_cores())
 
 
+def session_options(threads: int):
+    """ONNX Runtime options of every session in the drive (classifier, driving policies): all graph
+    optimisations, sequential, ``threads`` intra-op threads, and workers that sleep when a call ends.
+
+    Why not spin: a drive calls once per frame with the simulator in between, and spinning workers
+    took its core. CPU EP x2, Lite0 96 px, 800x600 Town02 tick + predict, 2-core Xeon, alternating
+    blocks: tick 5.84 vs 7.53 ms, predict 4.39 vs 5.71 ms, cycle 10.25 vs 13.24 ms (medians; again:
+    11.2 vs 12.8 ms).
+    """
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = max(1, int(threads))
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
 def session_for(path: Path, meta: ModelMeta, provider: str, precision: str, threads: int,
                 cache_dir: Path | None = None) -> "OnnxRuntimeBackend":
     """A session on exactly ``provider`` computing in ``precision`` (already resolved), no tuning."""
@@ -176,16 +195,7 @@ class OnnxRuntimeBackend:
     def _open(self, path: Path, meta: ModelMeta, names: list[str], threads: int, wanted: str,
               cache_dir: Path | None, forced: str = "auto") -> None:
         import onnxruntime as ort
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        # Workers sleep when a call ends instead of spinning for the next: a drive calls once per frame
-        # with the simulator in between, and spinning workers took its core. CPU EP x2, Lite0 96 px,
-        # 800x600 Town02 tick + predict, 2-core Xeon, alternating blocks: tick 5.84 vs 7.53 ms, predict
-        # 4.39 vs 5.71 ms, cycle 10.25 vs 13.24 ms (medians; again: 11.2 vs 12.8 ms).
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so = session_options(threads)
         trt_cache = str((cache_dir or default_cache_dir()) / "ort-tensorrt")
         options = {
             "TensorrtExecutionProvider": {"trt_engine_cache_enable": True, "trt_engine_cache_path": trt_cache,
