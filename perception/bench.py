@@ -117,6 +117,7 @@ class BenchRecord:
     decision: str = ""                                # onnxruntime auto: what was chosen and why
     threads: int | None = None                        # onnxruntime: intra-op threads of the session
     agrees: bool | None = None                        # onnxruntime forced: agreed with fp32 in auto's tuning (None: not measured)
+    block_infer_ms: list = field(default_factory=list)  # inference p50 of each interleaved block, in order
 
 
 def forcible_precisions() -> tuple[str, ...]:
@@ -229,6 +230,7 @@ def run_bench(cfg: BenchConfig) -> list[BenchRecord]:
             runs=cfg.runs, p50_ms=total["p50"], p95_ms=total["p95"], p99_ms=total["p99"], max_ms=total["max"],
             mean_ms=total["mean"], fps=1e3 / total["mean"], stages=stages, note=note, variant=variant,
             breakdown=breakdown, threads=getattr(clf.backend, "threads", None),
+            block_infer_ms=[float(np.median(job_times["infer"][b:b + n])) for b, n in blocks],
             decision=d.report() if (d := getattr(clf.backend, "decision", None)) is not None else ""))
     _mark_agreement(records, [c for n, _, c, _ in loaded if n == "onnxruntime"])
     ref = records[0]
@@ -252,6 +254,15 @@ def _mark_agreement(records: list[BenchRecord], classifiers: list) -> None:
     for r, c in zip([r for r in records if r.backend == "onnxruntime"], classifiers):   # both in load order
         if not r.decision:
             r.agrees = verdict.get((c.backend.providers[0], r.precision, r.threads))
+
+
+def _block_ratio(a: BenchRecord, b: BenchRecord) -> str:
+    """``a``/``b`` inference as the median of per-block ratios: blocks ran back to back, so a slow phase of a
+    shared machine cancels out of each ratio, where it can tilt the pooled p50s."""
+    pairs = [x / y for x, y in zip(a.block_infer_ms, b.block_infer_ms) if y > 0]
+    if len(pairs) < 3:
+        return ""
+    return f"; median of {len(pairs)} per-block ratios {float(np.median(pairs)):.2f}x"
 
 
 def format_table(records: list[BenchRecord]) -> str:
@@ -296,7 +307,8 @@ def format_table(records: list[BenchRecord]) -> str:
             best = min(pool, key=lambda r: r.stages["infer"]["p50"])
             lines.append(f"auto ({a.precision} x{a.threads}) vs fastest agreeing forced precision {what} "
                          f"({best.precision} x{best.threads}): inference p50 {a.stages['infer']['p50']:.2f} vs "
-                         f"{best.stages['infer']['p50']:.2f} ms = {a.stages['infer']['p50'] / best.stages['infer']['p50']:.2f}x")
+                         f"{best.stages['infer']['p50']:.2f} ms = {a.stages['infer']['p50'] / best.stages['infer']['p50']:.2f}x"
+                         + _block_ratio(a, best))
         if same and min(r.stages["infer"]["p50"] for r in forced) < min(r.stages["infer"]["p50"] for r in same):
             from perception.cpu_tune import THREAD_GAIN
             lines.append(f"  (more threads are chosen only when the tuning finds them >= {100 * THREAD_GAIN:.0f} % faster: "

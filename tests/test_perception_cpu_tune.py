@@ -116,6 +116,26 @@ def test_measure_times_interleaved_and_counts_agreement():
     assert choose(out, REF) == OV32
 
 
+def test_measure_times_near_ties_again_against_each_other():
+    """Candidates within RUNOFF_MARGIN of the fastest agreeing one get a second budget among themselves;
+    a clearly slower one and a disagreeing one do not, and the decision still picks the faster of the tie."""
+    clock = FakeClock()
+    sessions = {REF: FakeSession(clock, 2.2), OV32: FakeSession(clock, 2.1), OV16: FakeSession(clock, 1.0, flip_every=5),
+                OV16x1: FakeSession(clock, 4.0)}
+    start = clock.t
+    out = measure([REF, OV32, OV16, OV16x1], sessions.__getitem__, _inputs(20), Budget(frames=20, seconds=0.2),
+                  clock=clock)
+    by = {m.candidate: m for m in out}
+    assert by[REF].runoff and by[OV32].runoff and not by[OV16].runoff and not by[OV16x1].runoff
+    first = by[OV16].rounds                                           # calls in the first phase, same for all
+    assert by[OV16x1].rounds == first and by[REF].rounds == by[OV32].rounds > 2 * first
+    agreement_check = 20 * (2.2 + 2.1 + 1.0 + 4.0) / 1e3             # every session on every frame once
+    assert clock.t - start - agreement_check < 0.2 + 0.2 + 0.05      # two budgets, each overrun by < one round
+    assert by[REF].median_ms == pytest.approx(2.2) and choose(out, REF) == OV32
+    key = cpu_tune.TuneKey("cpu", "ort", "sha", 2, tuple(c.label for c in sessions))
+    assert "incl. runoff" in cpu_tune.Decision(OV32, key, out).report()
+
+
 class WakingSession(FakeSession):
     """Slow on the first call after another session ran (its thread pool had gone to sleep), fast after."""
     last = [None]
