@@ -210,6 +210,26 @@ def test_robustness_report_names_the_weakest_cell():
     assert "weather = ClearNight" in robustness_markdown(r, CLASSES)
 
 
+def test_robustness_report_counts_episodes_and_flags_cells_from_few_drives():
+    """A preset kept for whole blocks of one or two drives cannot be told apart from the places they went:
+    the report says how many episodes each cell comes from and flags the weakest such cells."""
+    labels = np.array([0, 1] * 60)
+    pred = labels.copy()
+    pred[:40] = 1 - labels[:40]                     # episode e0 (CloudyNight) is hard; CloudyNight is only e0, e1
+    probs = np.eye(2)[pred]
+    episodes = np.array(["e0"] * 40 + ["e1"] * 20 + [f"e{2 + i // 6}" for i in range(60)])
+    weather = np.array(["CloudyNight"] * 60 + ["ClearNoon"] * 60)
+    r = robustness_report(labels, probs, CLASSES, {"weather": weather}, min_frames=20, episodes=episodes)
+    assert r["groups"]["weather"]["CloudyNight"]["episodes"] == 2
+    assert r["groups"]["weather"]["ClearNoon"]["episodes"] == 10 and r["overall"]["episodes"] == 12
+    md = robustness_markdown(r, CLASSES)
+    assert "weather = CloudyNight: balanced accuracy 33.3 %, accuracy 33.3 % (60 frames from 2 episodes;" in md
+    assert "Careful: weather = CloudyNight comes from fewer than 5 episodes" in md and "--weather-every 1" in md
+    assert "| CloudyNight | 60 | 2 | 33.3 |" in md
+    no_eps = robustness_markdown(robustness_report(labels, probs, CLASSES, {"weather": weather}), CLASSES)
+    assert "episodes" not in no_eps and "Careful" not in no_eps and "| CloudyNight | 60 | 33.3 |" in no_eps
+
+
 def _make_read_only(root: Path) -> None:
     for p in sorted(root.rglob("*"), reverse=True) + [root]:
         p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))

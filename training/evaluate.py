@@ -209,7 +209,8 @@ def write_robustness(out: Path, result: dict, table: FrameTable, title: str) -> 
     idx = result["index"]
     sub = table.subset(idx)
     report = robustness_report(result["labels"], result["probs"], CLASSES,
-                               {"weather": sub.weather, "town": sub.town, "camera": camera_variants(sub)})
+                               {"weather": sub.weather, "town": sub.town, "camera": camera_variants(sub)},
+                               episodes=sub.episode_keys())
     write_json_atomic(out / "robustness.json", report)
     (out / "robustness.md").write_text(robustness_markdown(report, CLASSES, title))
     return report
