@@ -413,9 +413,11 @@ def _run_workers(config: CollectConfig, jobs: list[Job], bar: _Bar) -> list[JobR
             elif kind == "exit":
                 exited += 1
     except KeyboardInterrupt:
+        # SIGTERM, not SIGINT: a collector started in the background (``nohup ... &``, a batch script)
+        # inherits SIGINT ignored, and its workers then drove on until the joins below timed out.
         for p in procs:
             if p.is_alive():
-                os.kill(p.pid, signal.SIGINT)
+                os.kill(p.pid, signal.SIGTERM)
         for p in procs:
             p.join(timeout=30)
         raise

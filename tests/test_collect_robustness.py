@@ -68,6 +68,26 @@ def test_sigterm_stops_cleanly(tmp_path):
     assert_consistent(out)
 
 
+def test_sigterm_stops_background_workers_that_ignore_sigint(tmp_path):
+    """Started as ``nohup collect --workers 2 &`` runs (SIGINT ignored, inherited by the workers), a
+    SIGTERM to the collector must still stop its workers at once, each saving what it had."""
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "carla_client.collect", *SMALL, "--town", "Town01,Town02", "--frames", "4000",
+           "--workers", "2", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.time() + 180
+    while time.time() < deadline and not ((out / "manifest.csv").exists()
+                                          and (out / "manifest.csv").read_text().count("\n") > 10):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=25)       # before: the workers drove on until two 30 s joins ran out
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "interrupted" in err
+    assert_consistent(out)
+
+
 def test_world_settings_weather_and_actors_restored_after_an_error(tmp_path, monkeypatch):
     client = carla_client.connect("embedded")
     world = client.load_world("Town02")
