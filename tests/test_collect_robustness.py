@@ -76,13 +76,17 @@ def test_sigterm_stops_background_workers_that_ignore_sigint(tmp_path):
            "--workers", "2", "--out", str(out)]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+                            preexec_fn=lambda: (os.setpgrp(), signal.signal(signal.SIGINT, signal.SIG_IGN)))
     deadline = time.time() + 180
     while time.time() < deadline and not ((out / "manifest.csv").exists()
                                           and (out / "manifest.csv").read_text().count("\n") > 10):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=25)       # before: the workers drove on until two 30 s joins ran out
+    try:
+        _, err = proc.communicate(timeout=25)   # before: the workers drove on until two 30 s joins ran out
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)     # a failing run must not leave its workers driving
+        raise
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert "interrupted" in err
     assert_consistent(out)
