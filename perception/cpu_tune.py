@@ -296,7 +296,8 @@ def measure(candidates: list[Candidate], build: SessionFactory, x: np.ndarray, b
     agreeing = [c for c in medians if agreement[c] >= min_agreement]
     best = min((medians[c] for c in agreeing), default=0.0)
     runoff = [c for c in agreeing if medians[c] <= (1.0 + RUNOFF_MARGIN) * best]
-    if len(runoff) >= 2:
+    runoff = runoff if len(runoff) >= 2 else []        # one candidate alone has nothing to be timed against
+    if runoff:
         _time_rounds({c: live[c] for c in runoff}, times, x, budget, clock)
     if sessions is not None:
         sessions.update(live)
@@ -306,7 +307,7 @@ def measure(candidates: list[Candidate], build: SessionFactory, x: np.ndarray, b
             out.append(Measurement(c, error=errors[c]))
             continue
         out.append(Measurement(c, median_ms=1e3 * float(np.median(times[c])), rounds=len(times[c]),
-                               agreement=agreement[c], frames=len(x), runoff=len(runoff) >= 2 and c in runoff))
+                               agreement=agreement[c], frames=len(x), runoff=c in runoff))
     return out
 
 
