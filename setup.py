@@ -60,6 +60,7 @@ setup(
             "carla-evaluate=launch.evaluate:main",
             "carla-quickstart=launch.quickstart:main",
             "carla-embedded-bench=carla_embedded.bench:main",
+            "carla-embedded-run=carla_embedded.run:main",
         ]
     },
 )

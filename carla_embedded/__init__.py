@@ -26,6 +26,7 @@ with ``carla.command.SpawnActor(...).then(SetAutopilot(FutureActor, True, port))
 Sensors (``sensors.py``): RGB, depth and semantic cameras, collision, obstacle, GNSS, IMU, lane
 invasion, lidar and radar, all over the same scene, other actors included.
 What the simulator does not implement raises ``UnsupportedFeatureError`` saying so.
+A CARLA program, unchanged: ``python -m carla_embedded.run PythonAPI/examples/manual_control.py``.
 Benchmarks: ``python -m carla_embedded.bench``, ``python -m carla_embedded.bench_sensors``.
 """
 from .actors import ActorList, Image, LaneInvasionEvent

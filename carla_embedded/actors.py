@@ -97,6 +97,7 @@ class Actor(CarlaSurface, carla.Actor):
 
     # -- kinematics -----------------------------------------------------------------------
     def get_transform(self) -> carla.Transform:
+        self._world._keep_pace()
         if self._parent is not None:
             return compose(self._parent.get_transform(), self._transform)
         return _copy_transform(self._transform)
@@ -243,12 +244,14 @@ class Vehicle(Actor, carla.Vehicle):
         self._z, self._pitch, self._roll = t.location.z, t.rotation.pitch, t.rotation.roll
 
     def get_transform(self) -> carla.Transform:
+        self._world._keep_pace()
         s = self._state
         return carla.Transform(carla.Location(s.x, s.y, self._z),
                                carla.Rotation(pitch=self._pitch, yaw=s.yaw, roll=self._roll))
 
     def get_velocity(self) -> carla.Vector3D:
         """Velocity of the actor origin, m/s: along the heading plus the yaw-rate swing about the rear axle."""
+        self._world._keep_pace()
         s = self._state
         yaw, pitch = math.radians(s.yaw), math.radians(self._pitch)
         lateral = math.radians(s.yaw_rate) * self._params.rear_axle_offset

@@ -37,6 +37,8 @@ from .walkers import SidewalkNetwork, Walker, WalkerAIController
 logger = logging.getLogger(__name__)
 
 DEFAULT_DELTA_SECONDS = 0.05
+#: the longest a thread looking at a late asynchronous world waits for its step (``World._keep_pace``)
+PACE_WAIT_SECONDS = 1.0
 SPAWN_POINT_SPACING_M = 25.0          # along a lane
 SPAWN_POINT_SEPARATION_M = 8.0        # between any two points: two cars fit
 SPAWN_POINT_HEIGHT_M = 0.5            # CARLA's spawn points float a little above the road
@@ -222,6 +224,8 @@ class World(CarlaSurface, carla.World):
     _carla_class = carla.World
     #: bumped when an actor is added, removed or teleported: what the sensors' actor boxes keep depends on it
     _actors_version = 0
+    #: perf_counter time past which the asynchronous clock is a step late (``_keep_pace``); None: no clock
+    _late_after: float | None = None
 
     def __init__(self, carla_map: EmbeddedMap, settings: carla.WorldSettings | None = None,
                  render_seed: int = 0, episode_id: int = 1):
@@ -315,6 +319,7 @@ class World(CarlaSurface, carla.World):
     def get_actors(self, actor_ids=None) -> ActorList:
         """Every actor but the spectator; with ``actor_ids``, those actors in the order asked
         (CARLA's ``generate_traffic.py`` relies on that order)."""
+        self._keep_pace()
         if actor_ids is not None:
             found = (self._actors.get(int(i)) for i in actor_ids)
             return ActorList(a for a in found if a is not None and a is not self._spectator)
@@ -382,6 +387,7 @@ class World(CarlaSurface, carla.World):
         return list(cached[1])
 
     def get_actor(self, actor_id: int):
+        self._keep_pace()
         return self._actors.get(actor_id)
 
     def spawn_actor(self, blueprint: ActorBlueprint, transform: carla.Transform, attach_to: Actor | None = None,
@@ -537,20 +543,59 @@ class World(CarlaSurface, carla.World):
 
     def _run_clock(self) -> None:
         next_time = time.perf_counter()
-        while self._alive and not self._settings.synchronous_mode and not self._manual_clock:
-            next_time += self.delta_seconds()
-            with self._lock:
-                if self._settings.synchronous_mode or self._manual_clock or not self._alive:
-                    break
-                try:
-                    self._step_world()
-                except Exception:                  # a user callback failed: report it, keep the world going
-                    logger.exception("asynchronous world tick failed")
-            delay = next_time - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                next_time = time.perf_counter()   # running late (slow sensors): no catch-up burst
+        try:
+            while self._alive and not self._settings.synchronous_mode and not self._manual_clock:
+                next_time += self.delta_seconds()
+                with self._lock:
+                    if self._settings.synchronous_mode or self._manual_clock or not self._alive:
+                        break
+                    cpu = time.thread_time()
+                    try:
+                        self._step_world()
+                    except Exception:                  # a user callback failed: report it, keep the world going
+                        logger.exception("asynchronous world tick failed")
+                    cpu = time.thread_time() - cpu
+                now = time.perf_counter()
+                delay = next_time - now
+                if delay <= 0:
+                    next_time = now                   # running late (slow sensors): no catch-up burst
+                # the next step starts at next_time and, with the GIL to itself, takes about this one's
+                # CPU time (its wall time is no guide: starved, it is mostly waiting for the GIL)
+                self._late_after = next_time + cpu + self.delta_seconds()
+                if delay > 0:
+                    time.sleep(delay)
+        finally:
+            self._late_after = None
+
+    def _keep_pace(self) -> None:
+        """Asynchronous mode: a thread that looks at the world while its clock is more than a step
+        late waits (up to ``PACE_WAIT_SECONDS``) for the clock's next step. Late: a step behind its
+        schedule plus its own CPU time, so a world whose steps are merely slow (big cameras) makes
+        nobody wait.
+
+        Why: the clock is a thread of the user's process. A user thread that keeps the GIL
+        (pygame's ``Clock.tick_busy_loop`` in ``manual_control.py``, a busy Python loop) starves it:
+        each time the renderer releases the GIL it waits for it again, and the world fell to ~1
+        step/s. A CARLA server is another process and keeps its pace; waiting here gives the
+        clock the GIL, so the world a program observes advances about as it would on a server.
+        """
+        late_after = self._late_after
+        if late_after is None or time.perf_counter() < late_after:
+            return
+        clock = self._clock
+        if clock is None or clock is threading.current_thread():
+            return                                # the clock's own step (sensor callbacks) never waits
+        start, deadline = self._frame, time.perf_counter() + PACE_WAIT_SECONDS
+        stepped = False
+        if self._lock.acquire(timeout=PACE_WAIT_SECONDS):   # held through a step: a step may be blocked
+            try:
+                stepped = self._ticked.wait_for(lambda: self._frame != start or self._late_after is None,
+                                                timeout=max(0.0, deadline - time.perf_counter()))
+            finally:
+                self._lock.release()
+        if not stepped:
+            # a sensor callback may be waiting on this very thread: do not make every call wait again
+            self._late_after = time.perf_counter() + PACE_WAIT_SECONDS
 
     def wait_for_tick(self, seconds: float = 10.0) -> WorldSnapshot:
         """Asynchronous mode: wait for the world's next step and return its snapshot."""
@@ -570,6 +615,7 @@ class World(CarlaSurface, carla.World):
     def get_snapshot(self) -> WorldSnapshot:
         if not self._settings.synchronous_mode:
             self._start_clock()
+            self._keep_pace()
         actors = {a.id: ActorSnapshot(a.id, a.get_transform(), a.get_velocity(), a.get_angular_velocity(),
                                       a.get_acceleration()) for a in list(self._actors.values())}
         return WorldSnapshot(self._id, self._frame, carla.Timestamp(

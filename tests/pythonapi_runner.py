@@ -4,19 +4,17 @@ Usage::
 
     python tests/pythonapi_runner.py PROGRAM.py REPORT.json MAX_FRAMES [program arguments...]
 
-The only change to the program's world: ``carla.Client`` is ``carla_embedded.Client``. The
-PythonAPI folder (``PROGRAM``'s parent's parent) goes on ``sys.path`` so ``import agents`` works,
-as it does from CARLA's own ``PythonAPI`` tree. After ``MAX_FRAMES`` frames the program gets a
-``KeyboardInterrupt`` (what a user's Ctrl-C does, so it runs its own clean-up): raised by the next
-``world.tick()``/``wait_for_tick()``, or, for a program that lets the asynchronous world run by
-itself, sent to its main thread by a watchdog. REPORT.json gets: frames, and for every vehicle and walker
-seen its type and how far it moved (m), and the actors left alive at exit.
+The program runs through ``carla_embedded.run`` (what ``python -m carla_embedded.run`` does for a
+user): ``carla.Client`` is ``carla_embedded.Client`` and the PythonAPI folder is on ``sys.path``.
+After ``MAX_FRAMES`` frames the program gets a ``KeyboardInterrupt`` (what a user's Ctrl-C does,
+so it runs its own clean-up): raised by the next ``world.tick()``/``wait_for_tick()``, or, for a
+program that lets the asynchronous world run by itself, sent to its main thread by a watchdog.
+REPORT.json gets: frames, and for every vehicle and walker seen its type and how far it moved (m),
+and the actors left alive at exit.
 """
 import _thread
 import atexit
 import json
-import os
-import runpy
 import sys
 import threading
 import time
@@ -25,12 +23,9 @@ import time
 def main() -> None:
     program, report_path, max_frames, *args = sys.argv[1:]
     max_frames = int(max_frames)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(program))))
-    import carla
-    import carla_embedded
+    from carla_embedded.run import run_program
     from carla_embedded.world import World
 
-    carla.Client = carla_embedded.Client
     seen: dict[int, dict] = {}
     state = {"frames": 0, "world": None}
 
@@ -80,9 +75,8 @@ def main() -> None:
                        "alive_at_exit": [t for t in alive if not t.startswith("traffic.")]}, f)
 
     atexit.register(write_report)
-    sys.argv = [program] + args
     try:
-        runpy.run_path(program, run_name="__main__")
+        run_program(program, args)
     except KeyboardInterrupt:
         pass
 

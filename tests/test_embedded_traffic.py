@@ -1,11 +1,14 @@
 """Traffic in the embedded world: carla.command batches, the Traffic Manager and its autopilot,
 traffic lights, walkers, speed limits and the asynchronous clock, as a CARLA user sees them."""
+import threading
 import time
 
+import numpy as np
 import pytest
 
 import carla
 from carla_embedded import Client, UnsupportedFeatureError
+from carla_embedded import world as world_module
 from carla_embedded.towns import road_speed_limits
 from tests.sim_world import DT, sync_world
 
@@ -284,6 +287,66 @@ def test_asynchronous_world_advances_on_its_own():
     time.sleep(0.3)
     assert world.get_snapshot().frame == frame          # synchronous: only tick() advances it
     assert world.tick() == frame + 1
+
+
+def _busy(seconds: float) -> None:
+    """Keep the GIL for ``seconds`` in Python, as a busy user loop (pygame's ``tick_busy_loop``) does."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def _async_world_with_camera():
+    world = Client().load_world("Embedded01")            # asynchronous
+    library = world.get_blueprint_library()
+    car = world.spawn_actor(library.find("vehicle.tesla.model3"), towards_junction(world, 55))
+    camera_bp = library.find("sensor.camera.rgb")
+    camera_bp.set_attribute("image_size_x", "640")
+    camera_bp.set_attribute("image_size_y", "360")
+    camera = world.spawn_actor(camera_bp, carla.Transform(carla.Location(x=-5.0, z=2.5)), attach_to=car)
+    return world, car, camera
+
+
+def test_a_busy_user_thread_that_looks_at_the_world_sees_it_advance():
+    """manual_control.py without --sync: its main thread keeps the GIL in a busy loop, and the
+    world's clock thread, a thread of the same process, got ~1 step/s. Looking at the world while
+    the clock is late waits for its next step, so every look after a step's time sees a new frame."""
+    world, car, camera = _async_world_with_camera()
+    images = []
+    camera.listen(images.append)
+    world.wait_for_tick()
+    frames = []
+    for _ in range(20):
+        _busy(3 * world.delta_seconds())
+        car.get_transform()
+        frames.append(world.get_snapshot().frame)
+    camera.destroy()
+    assert np.all(np.diff(frames) >= 1), frames
+    assert len(images) >= 20
+
+
+def test_a_sensor_callback_that_waits_on_the_user_thread_does_not_hang_it(monkeypatch):
+    """The wait for a late clock is bounded: a callback blocked on a lock the looking thread holds
+    (the clock cannot step) costs that thread at most PACE_WAIT_SECONDS, then it goes on."""
+    monkeypatch.setattr(world_module, "PACE_WAIT_SECONDS", 0.3)
+    world, car, camera = _async_world_with_camera()
+    lock, calls = threading.Lock(), []
+
+    def callback(image):
+        with lock:
+            calls.append(image.frame)
+            world.get_snapshot()                            # the clock's own thread never waits
+    camera.listen(callback)
+    world.wait_for_tick()
+    with lock:
+        _busy(3 * world.delta_seconds())
+        start = time.perf_counter()
+        car.get_transform()
+        car.get_transform()
+        waited = time.perf_counter() - start
+    camera.destroy()
+    assert 0.25 < waited < 1.0, waited                  # one bounded wait, not one per call
+    assert calls
 
 
 def test_a_car_stuck_in_a_crash_can_back_away():
