@@ -27,7 +27,8 @@ Sensors (``sensors.py``): RGB, depth and semantic cameras, collision, obstacle, 
 invasion, lidar and radar, all over the same scene, other actors included.
 What the simulator does not implement raises ``UnsupportedFeatureError`` saying so.
 A CARLA program, unchanged: ``python -m carla_embedded.run PythonAPI/examples/manual_control.py``.
-Benchmarks: ``python -m carla_embedded.bench``, ``python -m carla_embedded.bench_sensors``.
+Benchmarks: ``python -m carla_embedded.bench``, ``python -m carla_embedded.bench_sensors``,
+``python -m carla_embedded.bench_async``.
 """
 from .actors import ActorList, Image, LaneInvasionEvent
 from .blueprints import ActorAttribute, ActorBlueprint, BlueprintLibrary

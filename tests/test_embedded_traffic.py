@@ -349,6 +349,16 @@ def test_a_sensor_callback_that_waits_on_the_user_thread_does_not_hang_it(monkey
     assert calls
 
 
+def test_async_bench_measures_every_case_and_rejects_bad_input(capsys):
+    from carla_embedded.bench_async import CASES, main, run_async_bench
+
+    rates = run_async_bench("Embedded01", (64, 48), 0.3, CASES[:3])
+    assert list(rates) == list(CASES[:3]) and all(r > 0 for r in rates.values())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--seconds", "0"])
+    assert exit_info.value.code == 2 and "--seconds 0" in capsys.readouterr().err
+
+
 def test_a_car_stuck_in_a_crash_can_back_away():
     client, world = sync_world()
     library = world.get_blueprint_library()
