@@ -73,9 +73,10 @@ def test_tutorial_saves_images(tmp_path):
     assert len(list((tmp_path / "_out").glob("*.png"))) >= 20  # 5 s of asynchronous world at 20 Hz
 
 
-@pytest.mark.parametrize("agent", ["Basic", "Behavior"])
-def test_automatic_control_sync_reaches_its_destination(tmp_path, agent):
-    proc, _ = run_program("automatic_control.py", tmp_path, 4000, "--sync", "--agent", agent, "--seed", "1",
+@pytest.mark.parametrize("agent, mode", [("Basic", ["--sync"]), ("Behavior", ["--sync"]), ("Basic", [])],
+                         ids=["Basic-sync", "Behavior-sync", "Basic-async"])
+def test_automatic_control_reaches_its_destination(tmp_path, agent, mode):
+    proc, _ = run_program("automatic_control.py", tmp_path, 4000, *mode, "--agent", agent, "--seed", "1",
                           timeout=400)
     assert "The target has been reached, stopping the simulation" in proc.stdout
 
