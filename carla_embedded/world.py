@@ -566,6 +566,8 @@ class World(CarlaSurface, carla.World):
                     time.sleep(delay)
         finally:
             self._late_after = None
+            with self._ticked:                        # nobody waits out PACE_WAIT_SECONDS for a stopped clock
+                self._ticked.notify_all()
 
     def _keep_pace(self) -> None:
         """Asynchronous mode: a thread that looks at the world while its clock is more than a step
