@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The best offline classifier measured here (training/README.md, session 4, run F):
-# EfficientNet-Lite0 from the packaged ImageNet weights on 8000 embedded frames from Town01, 03, 04
-# and 05 (Town02 held out for the test), then evaluated on the real CARLA frames when they are there.
-# About 50 min on a 2-core CPU: collecting 2 x 4000 frames ~10 min each, training ~28 min.
-#   bash scripts/best_classifier.sh [OUT]          (default OUT: runs/best_classifier)
-# Both collections resume if interrupted. FRAMES=N (per collection) and EPOCHS=N shrink it for a smoke run.
+# The best offline classifiers measured here (training/README.md), EfficientNet-Lite0 from the packaged
+# ImageNet weights, Town02 held out for the test, then evaluated on the real CARLA frames when they are there.
+#   bash scripts/best_classifier.sh [OUT]               run F (default OUT: runs/best_classifier): 8000 frames
+#       from Town01-05 in 5 day presets; ~50 min on a 2-core CPU (2 x ~10 min collecting, ~28 min training).
+#   ALL_WEATHER=1 bash scripts/best_classifier.sh [OUT] run K (default OUT: runs/all_weather_classifier): F's
+#       frames plus night and mid-rain presets, traffic in all 22 presets, and domain-randomised frames;
+#       ~2.5 h (collections ~1.5 h, training ~50 min). Better in all weather, a little worse on real frames.
+# Every collection resumes if interrupted. FRAMES=N (per collection) and EPOCHS=N shrink it for a smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-runs/best_classifier}
+ALL_WEATHER=${ALL_WEATHER:-0}
+if [ "$ALL_WEATHER" = 1 ]; then OUT=${1:-runs/all_weather_classifier}; else OUT=${1:-runs/best_classifier}; fi
 bash scripts/setup_env.sh
 [ -f .venv/maps.env ] && . .venv/maps.env
 export MPLBACKEND=Agg
@@ -21,7 +24,22 @@ $PY -m carla_client.collect --town Town01,Town03,Town04,Town02 --frames $FRAMES 
 # 2. as many frames again from the training towns and Town05, another seed (one worker, as run E)
 $PY -m carla_client.collect --town Town01,Town03,Town04,Town05 --frames $FRAMES --weather $PRESETS \
     --min-spacing 3 --episode-length 150 --seed 7 --workers 1 --out "$OUT/data_b"
-$PY -m training.train --data "$OUT/data_a" "$OUT/data_b" --arch efficientnet_lite0 --weights imagenet \
+DATA=("$OUT/data_a" "$OUT/data_b")
+if [ "$ALL_WEATHER" = 1 ]; then
+  # 3. night and mid-rain presets (run H)
+  $PY -m carla_client.collect --town Town01,Town03,Town04,Town05 --frames $FRAMES \
+      --weather ClearNight,CloudyNight,WetNight,WetCloudyNight,SoftRainNight,MidRainyNight,HardRainNight,MidRainyNoon,MidRainSunset \
+      --min-spacing 3 --episode-length 150 --seed 13 --workers 2 --out "$OUT/data_night"
+  # 4. traffic in all 22 presets, a new preset every saved frame (run I)
+  $PY -m carla_client.collect --town Town01,Town03,Town04,Town05 --frames $(( FRAMES * 3 / 5 )) --weather all \
+      --weather-every 1 --traffic 30 --walkers 10 --min-spacing 3 --episode-length 200 --seed 17 --workers 2 \
+      --out "$OUT/data_traffic"
+  # 5. domain-randomised renderer (run J)
+  $PY -m carla_client.collect --town Town01,Town03,Town04,Town05 --frames $FRAMES --weather $PRESETS \
+      --min-spacing 3 --episode-length 150 --seed 7 --workers 2 --domain-randomization --out "$OUT/data_dr"
+  DATA+=("$OUT/data_night" "$OUT/data_traffic" "$OUT/data_dr")
+fi
+$PY -m training.train --data "${DATA[@]}" --arch efficientnet_lite0 --weights imagenet \
     --img-size 128 --batch-size 32 --epochs $EPOCHS --patience 3 --lr 3e-4 --lr-schedule cosine \
     --freeze-epochs 1 --unfreeze-blocks -1 --test-towns Town02 --workers 0 --out "$OUT/train"
 if [ -d ../shared/real_carla ]; then
