@@ -577,9 +577,10 @@ class World(CarlaSurface, carla.World):
 
         Why: the clock is a thread of the user's process. A user thread that keeps the GIL
         (pygame's ``Clock.tick_busy_loop`` in ``manual_control.py``, a busy Python loop) starves it:
-        each time the renderer releases the GIL it waits for it again, and the world fell to ~1
-        step/s. A CARLA server is another process and keeps its pace; waiting here gives the
-        clock the GIL, so the world a program observes advances about as it would on a server.
+        each time the renderer releases the GIL it waits for it again, and the world fell to 0.4
+        steps/s (``python -m carla_embedded.bench_async``). A CARLA server is another process and
+        keeps its pace; waiting here gives the clock the GIL, so the world a program observes
+        advances about as it would on a server.
         """
         late_after = self._late_after
         if late_after is None or time.perf_counter() < late_after:
