@@ -25,14 +25,15 @@ import time
 
 import carla
 
-from .bench import CAMERA_MOUNT, cpu_model, parse_resolution
+from .bench import _listening_camera, cpu_model, parse_resolution
 from .client import Client
 from .errors import TownNotFoundError
 
 CASES = ("idle", "busy", "busy, looking", "pygame busy loop, looking")
 
 
-def _spin(seconds: float) -> None:
+def spin(seconds: float) -> None:
+    """Keep the GIL for ``seconds`` in Python, as a busy user loop does."""
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
@@ -51,7 +52,7 @@ def _main_loop(case: str, world, car, seconds: float) -> None:
         if clock is not None:
             clock.tick_busy_loop(60)
         else:
-            _spin(0.016)
+            spin(0.016)
         if case.endswith("looking"):
             car.get_transform()
             world.get_snapshot()
@@ -63,13 +64,9 @@ def run_async_bench(town: str, resolution: tuple[int, int], seconds: float, case
     settings = world.get_settings()
     settings.synchronous_mode, settings.fixed_delta_seconds = False, 0.05
     world.apply_settings(settings)
-    library = world.get_blueprint_library()
-    car = world.spawn_actor(library.find("vehicle.tesla.model3"), world.get_map().get_spawn_points()[0])
-    bp = library.find("sensor.camera.rgb")
-    bp.set_attribute("image_size_x", str(resolution[0]))
-    bp.set_attribute("image_size_y", str(resolution[1]))
-    camera = world.spawn_actor(bp, CAMERA_MOUNT, attach_to=car)
-    camera.listen(lambda image: None)
+    car = world.spawn_actor(world.get_blueprint_library().find("vehicle.tesla.model3"),
+                            world.get_map().get_spawn_points()[0])
+    camera, _ = _listening_camera(world, car, *resolution, fov=90.0)
     rates = {}
     try:
         world.wait_for_tick()

@@ -9,6 +9,7 @@ import pytest
 import carla
 from carla_embedded import Client, UnsupportedFeatureError
 from carla_embedded import world as world_module
+from carla_embedded.bench_async import spin
 from carla_embedded.towns import road_speed_limits
 from tests.sim_world import DT, sync_world
 
@@ -289,13 +290,6 @@ def test_asynchronous_world_advances_on_its_own():
     assert world.tick() == frame + 1
 
 
-def _busy(seconds: float) -> None:
-    """Keep the GIL for ``seconds`` in Python, as a busy user loop (pygame's ``tick_busy_loop``) does."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
 def _async_world_with_camera():
     world = Client().load_world("Embedded01")            # asynchronous
     library = world.get_blueprint_library()
@@ -317,7 +311,7 @@ def test_a_busy_user_thread_that_looks_at_the_world_sees_it_advance():
     world.wait_for_tick()
     frames = []
     for _ in range(20):
-        _busy(3 * world.delta_seconds())
+        spin(3 * world.delta_seconds())
         car.get_transform()
         frames.append(world.get_snapshot().frame)
     camera.destroy()
@@ -339,7 +333,7 @@ def test_a_sensor_callback_that_waits_on_the_user_thread_does_not_hang_it(monkey
     camera.listen(callback)
     world.wait_for_tick()
     with lock:
-        _busy(3 * world.delta_seconds())
+        spin(3 * world.delta_seconds())
         start = time.perf_counter()
         car.get_transform()
         car.get_transform()
