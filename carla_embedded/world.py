@@ -545,7 +545,8 @@ class World(CarlaSurface, carla.World):
         next_time = time.perf_counter()
         try:
             while self._alive and not self._settings.synchronous_mode and not self._manual_clock:
-                next_time += self.delta_seconds()
+                delta = self.delta_seconds()
+                next_time += delta
                 with self._lock:
                     if self._settings.synchronous_mode or self._manual_clock or not self._alive:
                         break
@@ -557,11 +558,10 @@ class World(CarlaSurface, carla.World):
                     cpu = time.thread_time() - cpu
                 now = time.perf_counter()
                 delay = next_time - now
-                if delay <= 0:
-                    next_time = now                   # running late (slow sensors): no catch-up burst
+                next_time = max(next_time, now)       # running late (slow sensors): no catch-up burst
                 # the next step starts at next_time and, with the GIL to itself, takes about this one's
                 # CPU time (its wall time is no guide: starved, it is mostly waiting for the GIL)
-                self._late_after = next_time + cpu + self.delta_seconds()
+                self._late_after = next_time + cpu + delta
                 if delay > 0:
                     time.sleep(delay)
         finally:
