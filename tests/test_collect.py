@@ -143,6 +143,65 @@ def test_acceptance_labels_agree_with_the_map(acceptance_dir):
     assert audit_labels(acceptance_dir) == {"curve": 100, "straight": 100}
 
 
+def test_the_road_beyond_the_label_horizon_comes_from_the_stored_routes(acceptance_dir, tmp_path):
+    """training.horizon: heading change over 2L from routes/<episode>.json, exact for every frame the route
+    reproduces; a frame it does not reproduce, or an episode without a readable route, is unknown."""
+    import shutil
+
+    from datasets.dataset import load_frames
+    from datasets.schema import CLASSES
+    from training.horizon import CLEAR, CURVE, TURN_AHEAD, UNKNOWN, horizon_weights, road_ahead_deg, road_ahead_groups
+
+    table = load_frames([acceptance_dir])
+    table = table.subset(~table.route_dependent)
+    rows = rows_of(acceptance_dir, flagged=True)                  # table.row indexes the whole manifest
+    ahead = road_ahead_deg(table)
+    recorded = np.array([float(rows[int(r)]["heading_change_deg"]) for r in table.row])
+    assert not np.isnan(ahead).any()
+    assert (ahead >= recorded - 0.01).all()                      # 2L holds the first L (manifest: 4 decimals)
+    groups = road_ahead_groups(table, ahead)
+    curve = table.label == CLASSES.index("curve")
+    assert (groups[curve] == CURVE).all() and (ahead[curve] >= 20.0).all()
+    assert {CLEAR, TURN_AHEAD} <= set(groups[~curve])            # Town02 has both kinds of straight
+    assert (ahead[groups == TURN_AHEAD] >= 20.0).all() and (ahead[groups == CLEAR] < 20.0).all()
+    w = horizon_weights(table, 3.0)
+    assert set(np.unique(w[groups == TURN_AHEAD])) == {3.0} and set(np.unique(w[groups != TURN_AHEAD])) == {1.0}
+
+    # training.evaluate's report: a model wrong only on the turns beyond the horizon is named weak there
+    from training.evaluate import write_robustness
+    labels = table.label.astype(np.int64)
+    wrong = groups == TURN_AHEAD
+    pred = np.where(wrong, 1 - labels, labels)
+    probs = np.where(pred[:, None] == np.arange(2)[None], 0.9, 0.1)
+    report = write_robustness(tmp_path, {"index": np.arange(len(table)), "labels": labels, "probs": probs}, table, "t")
+    assert report["weakest"][0]["group"] == "road ahead" and report["weakest"][0]["value"] == TURN_AHEAD
+    assert "road ahead = straight, turn beyond L" in (tmp_path / "robustness.md").read_text()
+    with open(tmp_path / "predictions.csv", newline="") as f:
+        pred_rows = list(csv.DictReader(f))
+    n_wrong = int(wrong.sum())
+    assert [r["road_ahead"] for r in pred_rows[:n_wrong]] == [TURN_AHEAD] * n_wrong
+    assert all(float(r["road_ahead_deg"]) >= 20.0 for r in pred_rows[:n_wrong])
+
+    copy = shutil.copytree(acceptance_dir, tmp_path / "copy", ignore=shutil.ignore_patterns("cache", "images"))
+    episode = rows[0]["episode"]
+    (copy / "routes" / f"{episode}.json").write_text("{not json")
+    with open(copy / "manifest.csv", newline="") as f:
+        edited = list(csv.DictReader(f))
+    other = next(i for i, r in enumerate(edited) if r["episode"] != episode and r["label"] == "straight")
+    edited[other]["heading_change_deg"] = str(float(edited[other]["heading_change_deg"]) + 7.0)
+    with open(copy / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(edited[0]))
+        writer.writeheader()
+        writer.writerows(edited)
+    table2 = load_frames([copy], check_files=False)
+    table2 = table2.subset(~table2.route_dependent)
+    groups2 = road_ahead_groups(table2)
+    lost = np.array([edited[int(r)]["episode"] == episode for r in table2.row])
+    lost[np.flatnonzero(table2.row == other)] = True
+    assert (groups2[lost & (table2.label != CLASSES.index("curve"))] == UNKNOWN).all()
+    assert (groups2[~lost] == groups[~lost]).all()
+
+
 def test_saved_frames_are_spaced_and_true_colour(acceptance_dir):
     rows = rows_of(acceptance_dir)
     by_episode = {}

@@ -100,6 +100,14 @@ def test_evaluate_cli_writes_same_metrics(run, data, tmp_path, capsys):
         assert m["accuracy_per_town"][town]["accuracy"] == pytest.approx(trained[split]["accuracy"])
     assert (tmp_path / "confusion_matrix.png").is_file() and (tmp_path / "predictions.png").is_file()
     assert "accuracy" in capsys.readouterr().out
+    with open(tmp_path / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == m["frames"]
+    assert np.mean([int(r["correct"]) for r in rows]) == pytest.approx(m["accuracy"])
+    correct = [int(r["correct"]) for r in rows]
+    assert correct == sorted(correct)                                  # the mistakes first
+    for r in rows:
+        assert (float(r["p_curve"]) >= 0.5) == (r["pred"] == "curve") and r["weather"] and r["town"]
 
 
 @pytest.mark.timeout(60)
@@ -179,6 +187,24 @@ def test_nan_loss_stops_with_message():
                           1, T.Runtime(progress=False))
 
 
+def test_sample_weights_make_the_loss_a_weighted_mean():
+    """--horizon-weight's loss: frames weighted as given, the plain mean when every weight is 1."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    x, y = torch.randn(6, 3), torch.tensor([0, 1, 0, 1, 1, 0])
+    loader = [(x, y, torch.arange(6))]
+    frozen = torch.optim.SGD(model.parameters(), 0.0)
+    per = nn.functional.cross_entropy(model(x), y, reduction="none").detach()
+    rt = T.Runtime(progress=False)
+    plain = T.train_one_epoch(model, nn.CrossEntropyLoss(), frozen, loader, 1, rt)["loss"]
+    ones = T.train_one_epoch(model, nn.CrossEntropyLoss(), frozen, loader, 1, rt, sample_weight=torch.ones(6))["loss"]
+    w = torch.tensor([1.0, 1.0, 3.0, 1.0, 3.0, 1.0])
+    weighted = T.train_one_epoch(model, nn.CrossEntropyLoss(), frozen, loader, 1, rt, sample_weight=w)["loss"]
+    assert plain == pytest.approx(float(per.mean()), rel=1e-6) and ones == pytest.approx(plain, rel=1e-6)
+    assert weighted == pytest.approx(float((per * w).sum() / w.sum()), rel=1e-6)
+    assert weighted != pytest.approx(plain, rel=1e-3)
+
+
 def _one_line_error(capsys, argv, code=2):
     with pytest.raises(SystemExit) as e:
         T.main(argv)
@@ -193,6 +219,7 @@ def test_cli_bad_inputs_are_one_line_errors(data, tmp_path, capsys):
     assert "unknown town(s) Town7; towns in the data: Town01, Town02, Town03" in err
     assert "needs a CUDA device" in _one_line_error(capsys, [*base, "--amp", "--device", "cpu"])
     assert "--dropout 1.5" in _one_line_error(capsys, [*base, "--dropout", "1.5"])
+    assert "--horizon-weight 0.0: must be > 0" in _one_line_error(capsys, [*base, "--horizon-weight", "0"])
     assert "no such directory" in _one_line_error(capsys, ["--data", str(tmp_path / "nope"), *FAST])
     one = shutil.copytree(data, tmp_path / "one", ignore=shutil.ignore_patterns("cache"))
     with open(one / "manifest.csv", newline="") as f:

@@ -17,7 +17,10 @@ inference does; ``eval.ece_uncalibrated`` keeps the raw-softmax ECE beside the c
 Besides ``metrics.json`` and the plots, the run writes ``robustness.json`` / ``robustness.md`` (also
 printed): accuracy, balanced accuracy and both recalls per weather preset, per town and per camera
 variation (the manifest's ``camera_variant`` column where the collector recorded one, else the
-camera of each dataset's ``dataset.json``), the confusion matrix, and the weakest cells named.
+camera of each dataset's ``dataset.json``), per *road ahead* where the datasets keep their routes
+(curve frames, straight frames whose road stays straight for twice the label lookahead, and those
+whose road turns just beyond it: see :mod:`training.horizon`), the confusion matrix, and the weakest
+cells named. ``predictions.csv`` has one row per frame, confident mistakes first.
 A read-only dataset folder needs no flag: its frame cache goes to the user's cache directory.
 """
 from __future__ import annotations
@@ -202,18 +205,46 @@ def camera_variants(table: FrameTable) -> np.ndarray:
 
 
 def write_robustness(out: Path, result: dict, table: FrameTable, title: str) -> dict:
-    """robustness.json + robustness.md for one evaluated table (see :mod:`training.robustness`)."""
+    """robustness.json + robustness.md and predictions.csv for one evaluated table (see
+    :mod:`training.robustness`, :mod:`training.horizon`)."""
     from datasets.schema import CLASSES
+    from training.horizon import UNKNOWN, road_ahead_deg, road_ahead_groups
     from training.robustness import robustness_markdown, robustness_report
 
-    idx = result["index"]
-    sub = table.subset(idx)
-    report = robustness_report(result["labels"], result["probs"], CLASSES,
-                               {"weather": sub.weather, "town": sub.town, "camera": camera_variants(sub)},
-                               episodes=sub.episode_keys())
+    sub = table.subset(result["index"])
+    groups = {"weather": sub.weather, "town": sub.town, "camera": camera_variants(sub)}
+    ahead_deg = road_ahead_deg(sub)
+    ahead = road_ahead_groups(sub, ahead_deg)
+    if (ahead != UNKNOWN).any():     # datasets that keep their routes: the curve beyond the label's horizon
+        groups["road ahead"] = ahead
+    report = robustness_report(result["labels"], result["probs"], CLASSES, groups, episodes=sub.episode_keys())
     write_json_atomic(out / "robustness.json", report)
     (out / "robustness.md").write_text(robustness_markdown(report, CLASSES, title))
+    write_predictions(out / "predictions.csv", result, sub, groups, ahead_deg)
     return report
+
+
+def write_predictions(path: Path, result: dict, sub: FrameTable, groups: dict, ahead_deg: np.ndarray) -> None:
+    """One row per evaluated frame, worst first (wrong and confident at the top): where to look first."""
+    import csv
+
+    from datasets.schema import CLASSES
+    probs, labels = result["probs"], result["labels"]
+    pred = probs.argmax(1)
+    confidence_wrong = np.where(pred != labels, probs.max(1), -probs.max(1))
+    order = np.argsort(-confidence_wrong, kind="stable")
+    ci = CLASSES.index("curve")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dataset", "image", "label", "pred", "correct", "p_curve", *(g.replace(" ", "_") for g in groups),
+                    "road_ahead_deg"])
+        for k in order.tolist():
+            w.writerow([str(sub.roots[int(sub.source[k])]), str(sub.image[k]), CLASSES[int(labels[k])],
+                        CLASSES[int(pred[k])], int(pred[k] == labels[k]), f"{float(probs[k, ci]):.4f}",
+                        *(str(v[k]) for v in groups.values()),
+                        "" if np.isnan(ahead_deg[k]) else f"{float(ahead_deg[k]):.2f}"])
+    tmp.replace(path)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

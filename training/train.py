@@ -115,6 +115,7 @@ class TrainConfig:
     progress: bool = True
     gpu_augment: bool = False
     cudnn_benchmark: bool = False
+    horizon_weight: float = 1.0
 
     def __post_init__(self):
         self.data = tuple(str(d) for d in self.data)
@@ -133,6 +134,7 @@ class TrainConfig:
             (self.unfreeze_blocks >= -1, f"--unfreeze-blocks {self.unfreeze_blocks}: must be >= 0, or -1 for all"),
             (self.workers >= 0, f"--workers {self.workers}: must be >= 0"),
             (0.0 <= self.hflip_prob <= 1.0, f"--hflip-prob {self.hflip_prob}: must be in [0, 1]"),
+            (self.horizon_weight > 0, f"--horizon-weight {self.horizon_weight}: must be > 0 (1 = every frame alike)"),
             (self.device in DEVICES, f"--device {self.device!r}: unknown; valid: {', '.join(DEVICES)}"),
             (self.opt in OPTIMIZERS, f"--opt {self.opt!r}: unknown; valid: {', '.join(OPTIMIZERS)}"),
             (self.lr_schedule in LR_SCHEDULES,
@@ -185,6 +187,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--val-split", type=float, default=d.val_split, help="fraction of episodes per town for validation (without --val-towns)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="disable training augmentation")
     p.add_argument("--hflip-prob", type=float, default=d.hflip_prob, help="horizontal flip probability (label-preserving)")
+    p.add_argument("--horizon-weight", type=float, default=d.horizon_weight,
+                   help="loss weight of straight frames whose route turns within twice the label lookahead "
+                        "(the curve beyond the horizon: see training/horizon.py); 1 = every frame alike")
     p.add_argument("--device", default=d.device, choices=DEVICES, help="compute device")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported, else fp16)")
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
@@ -387,8 +392,11 @@ class Runtime:
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
                     epoch: int, rt: Runtime | None = None, *, desc: str = "", check_every: int = 10,
-                    batch_transform=None) -> dict:
+                    batch_transform=None, sample_weight: torch.Tensor | None = None) -> dict:
     """One pass over ``loader``; returns loss, accuracy, images/s and the share of time spent waiting on data.
+
+    ``sample_weight`` (per dataset index, on the device): the loss is the weighted mean of the frames'
+    cross-entropies instead of ``criterion``'s plain mean.
 
     Raises:
         NonFiniteLossError: the loss went NaN/inf (checked every ``check_every`` steps without a
@@ -404,14 +412,18 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     bar = tqdm(loader, desc=desc or f"epoch {epoch}", unit="batch", disable=not (rt.progress and rt.info.is_main),
                leave=True, dynamic_ncols=True)
     step = 0
-    for step, (x, y, _) in enumerate(bar, 1):
+    for step, (x, y, index) in enumerate(bar, 1):
         wait += time.perf_counter() - tick
         x, y = rt.to_device(x, y)
         if batch_transform is not None:   # GPU recipe: uint8 batch -> augmented, normalised float
             x = batch_transform(x)
         with rt.autocast():
             logits = model(x)
-            loss = criterion(logits, y)
+            if sample_weight is None:
+                loss = criterion(logits, y)
+            else:
+                w = sample_weight[index.to(sample_weight.device)]
+                loss = (nn.functional.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
         rt.backward_step(loss, optimizer)
         loss_sum += loss.detach().double() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
@@ -616,6 +628,7 @@ class TrainData:
     eval_loaders: dict[str, DataLoader]     # val / test, those that have frames
     contract: Contract | None               # camera + labels of every dataset (None: none recorded)
     batch_transform: object = None          # the GPU recipe's per-batch augmentation (--gpu-augment), else None
+    sample_weight: torch.Tensor | None = None  # loss weight per training frame (--horizon-weight), else None
 
     @property
     def table(self) -> FrameTable:
@@ -654,7 +667,11 @@ def build_data(cfg: TrainConfig, rt: Runtime, out: Path, resume_ckpt: dict | Non
                                seed=cfg.seed)
     eval_loaders = {k: make_loader(dsets[k], cfg.batch_size * 2, cfg.workers, rt.device, train=False, info=info,
                                    seed=cfg.seed) for k in ("val", "test") if len(dsets[k])}
-    return TrainData(prepared, tables, dsets, train_loader, eval_loaders, contract, gpu_aug)
+    sample_weight = None
+    if cfg.horizon_weight != 1.0:
+        from training.horizon import horizon_weights
+        sample_weight = torch.from_numpy(horizon_weights(tables["train"], cfg.horizon_weight)).to(rt.device)
+    return TrainData(prepared, tables, dsets, train_loader, eval_loaders, contract, gpu_aug, sample_weight)
 
 
 def _training_contract(data: tuple[str, ...], resume_ckpt: dict | None, info: ddp.DistInfo) -> Contract | None:
@@ -805,7 +822,8 @@ def _run_epoch(run: TrainRun, net: nn.Module, optimizer: torch.optim.Optimizer, 
         loader.sampler.set_epoch(epoch)
     set_train_mode(net)
     tr = train_one_epoch(net, run.criterion, optimizer, loader, epoch + 1, run.rt,
-                         desc=f"epoch {epoch + 1}/{cfg.epochs} stage {stage}", batch_transform=run.data.batch_transform)
+                         desc=f"epoch {epoch + 1}/{cfg.epochs} stage {stage}", batch_transform=run.data.batch_transform,
+                         sample_weight=run.data.sample_weight)
     va = evaluate(run.model, run.criterion, run.data.eval_loaders["val"], run.rt, desc="val")
     return {"epoch": epoch + 1, "stage": stage, "lr": optimizer.param_groups[0]["lr"],
             "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"], "val_acc": va["acc"],
