@@ -4,7 +4,7 @@ Why measure: which one is fastest depends on the CPU, not on its flags. bf16 on 
 was 1.45x faster than FP32 on a Zen 4 and 1.4x slower on a Xeon with ``avx512_bf16`` but no AMX
 (issue 16), so ``precision="auto"`` no longer follows a flag rule.
 
-What is measured, once per (CPU model, ONNX Runtime build, model bytes, thread count):
+What is measured, once per (CPU model and ISA flags, ONNX Runtime build, model bytes, thread count):
 
 1. Candidates: every (provider, precision) the installed build offers on this CPU: OpenVINO EP in
    FP32, OpenVINO EP in bf16 (CPUs with native bf16), the plain CPU EP in the ONNX's own precision;
@@ -202,6 +202,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+ISA_FLAG_PREFIXES = ("avx", "amx", "fma", "f16c", "sse4", "vnni", "bf16", "fp16", "asimd", "sve", "i8mm")
+"""CPU flags that change which kernels a runtime runs (vector width, int8/bf16/fp16 units)."""
+
+
+def cpu_identity() -> str:
+    """What a cached decision is valid for: the model name plus the instruction-set flags that decide speed.
+
+    A cloud VM's model name is often generic ("Intel(R) Xeon(R) Processor") and stays the same when the
+    instance moves to other hardware: this machine had ``amx_bf16`` on some days and not on others,
+    which makes bf16 1.4x faster or 1.4x slower than fp32. The flags make such a move measure again.
+    """
+    from perception.backends.onnxruntime_backend import cpu_flags
+    isa = sorted(f for f in cpu_flags() if f.startswith(ISA_FLAG_PREFIXES))
+    return f"{cpu_model()} [{' '.join(isa)}]" if isa else cpu_model()
+
+
 def runtime_build() -> str:
     """Installed ONNX Runtime distribution and version (the builds share one import name), plus OpenVINO's."""
     from importlib import metadata
@@ -385,7 +401,7 @@ def tune(path: str | os.PathLike, meta: ModelMeta | None = None, *, candidates: 
         candidates = (default_candidates(ort.get_available_providers(), meta.precision) if threads is None else
                       cpu_candidates(ort.get_available_providers(), meta.precision, bool(BF16_CPU_FLAGS & cpu_flags())))
     threads = threads or max((c.threads for c in candidates), default=0) or default_threads()
-    key = TuneKey(cpu=cpu_model(), runtime=runtime_build(), model_sha256=sha256_file(path), threads=int(threads),
+    key = TuneKey(cpu=cpu_identity(), runtime=runtime_build(), model_sha256=sha256_file(path), threads=int(threads),
                   candidates=tuple(c.label for c in candidates))
     if not force and (cached := read_cached(key, cache_dir)) is not None:
         log.debug("cached CPU decision for %s: %s", path, cached.chosen.label)

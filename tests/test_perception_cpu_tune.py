@@ -213,7 +213,28 @@ def test_cache_key_changes_with_model_bytes_threads_and_candidates(model_file, t
     assert len(calls) == 4 and not any(x.cached for x in (a, b, c, d))
     assert a.key.model_sha256 != b.key.model_sha256
     assert len({x.key.filename() for x in (a, b, c, d)}) == 4
-    assert a.key.cpu == cpu_tune.cpu_model() and "onnxruntime" in a.key.runtime
+    assert a.key.cpu == cpu_tune.cpu_identity() and a.key.cpu.startswith(cpu_tune.cpu_model())
+    assert "onnxruntime" in a.key.runtime
+
+
+def test_a_vm_moved_to_a_cpu_with_other_vector_units_measures_again(model_file, tmp_path, monkeypatch):
+    """Same model name, other ISA flags (a cloud VM on new hardware): the cached decision is not reused."""
+    from perception.backends import onnxruntime_backend as ob
+
+    calls = []
+    kw = dict(candidates=[REF, OV32], threads=2, cache_dir=tmp_path / "c",
+              measure_fn=_fake_measure({REF: (5.0, 1.0), OV32: (4.0, 1.0)}, calls))
+    monkeypatch.setattr(cpu_tune, "cpu_model", lambda: "Intel(R) Xeon(R) Processor")
+    monkeypatch.setattr(ob, "cpu_flags", lambda: frozenset({"fpu", "sse4_2", "avx2", "avx512f", "avx512_bf16", "amx_bf16"}))
+    first = tune(model_file, META, **kw)
+    assert tune(model_file, META, **kw).cached and len(calls) == 1
+    monkeypatch.setattr(ob, "cpu_flags", lambda: frozenset({"fpu", "sse4_2", "avx2", "avx512f", "avx512_bf16", "ht"}))
+    moved = tune(model_file, META, **kw)
+    assert not moved.cached and len(calls) == 2
+    assert first.key.cpu == "Intel(R) Xeon(R) Processor [amx_bf16 avx2 avx512_bf16 avx512f sse4_2]"
+    assert moved.key.cpu == "Intel(R) Xeon(R) Processor [avx2 avx512_bf16 avx512f sse4_2]"
+    monkeypatch.setattr(ob, "cpu_flags", lambda: frozenset({"fpu", "sse4_2", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "ht"}))
+    assert tune(model_file, META, **kw).cached and len(calls) == 2      # flags that do not matter: same key
 
 
 def test_a_corrupt_or_foreign_cache_entry_is_measured_again(model_file, tmp_path):
