@@ -103,6 +103,9 @@ def test_evaluate_cli_writes_same_metrics(run, data, tmp_path, capsys):
     with open(tmp_path / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == m["frames"]
+    groups = json.loads((tmp_path / "robustness.json").read_text())["groups"]
+    assert set(groups) == {"weather", "town", "camera"}                   # no routes stored: no road-ahead group
+    assert all(r["road_ahead_deg"] == "" for r in rows)
     assert np.mean([int(r["correct"]) for r in rows]) == pytest.approx(m["accuracy"])
     correct = [int(r["correct"]) for r in rows]
     assert correct == sorted(correct)                                  # the mistakes first

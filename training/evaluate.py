@@ -208,14 +208,14 @@ def write_robustness(out: Path, result: dict, table: FrameTable, title: str) -> 
     """robustness.json + robustness.md and predictions.csv for one evaluated table (see
     :mod:`training.robustness`, :mod:`training.horizon`)."""
     from datasets.schema import CLASSES
-    from training.horizon import UNKNOWN, road_ahead_deg, road_ahead_groups
+    from training.horizon import road_ahead_deg, road_ahead_groups
     from training.robustness import robustness_markdown, robustness_report
 
     sub = table.subset(result["index"])
     groups = {"weather": sub.weather, "town": sub.town, "camera": camera_variants(sub)}
     ahead_deg = road_ahead_deg(sub)
     ahead = road_ahead_groups(sub, ahead_deg)
-    if (ahead != UNKNOWN).any():     # datasets that keep their routes: the curve beyond the label's horizon
+    if not np.isnan(ahead_deg).all():     # datasets that keep their routes: the curve beyond the label's horizon
         groups["road ahead"] = ahead
     report = robustness_report(result["labels"], result["probs"], CLASSES, groups, episodes=sub.episode_keys())
     write_json_atomic(out / "robustness.json", report)

@@ -4,9 +4,10 @@ A frame is labelled from the heading change over the next L metres of its route 
 ``curve_deg`` up, ``straight`` up to ``straight_deg``), but the camera sees further than L. A
 straight frame whose route turns just past L shows the curve ahead, and a model must judge its
 distance. That is where the models trained on the embedded simulator err (issue 14): run K, on
-the 2200-frame Town02 sweep, got 2.2 % of the straight frames wrong whose road stays straight for
-2L and 28 % of those whose road turns by ``curve_deg`` or more within 2L; 45 of its 68 wrong
-straight frames are of that kind. Its validation frames show the same gap, smaller (1.3 % / 7.6 %).
+the 2200-frame Town02 sweep, got 2.7 % of the straight frames wrong whose road stays straight for
+2L and 13.6 % of those whose road turns by ``curve_deg`` or more within 2L (48 of its 80 mistakes;
+8 of the 11 in its worst preset, MidRainyNight). Its validation frames (other towns) show the same
+gap, smaller: 1.2 % and 5.9 %.
 
 Every dataset the collector writes keeps each episode's route (``routes/<episode>.json``: x, y and
 yaw of every point the labels were computed from), so the heading change over 2L is known exactly
