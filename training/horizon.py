@@ -127,6 +127,9 @@ def horizon_weights(table: FrameTable, weight: float) -> np.ndarray:
     groups = road_ahead_groups(table)
     w[groups == TURN_AHEAD] = weight
     unknown = int((groups == UNKNOWN).sum())
+    if unknown == int((table.label == CLASSES.index("straight")).sum()):
+        log.warning("--horizon-weight %g has no effect: no straight training frame has a usable stored route "
+                    "(routes/<episode>.json, written by carla_client.collect)", weight)
     log.info("--horizon-weight %g: %d of %d training frames are straights with a turn within 2L; "
              "%d frames have no usable stored route (weight 1)", weight, int((groups == TURN_AHEAD).sum()),
              len(table), unknown)
