@@ -208,6 +208,16 @@ def test_sample_weights_make_the_loss_a_weighted_mean():
     assert weighted != pytest.approx(plain, rel=1e-3)
 
 
+def test_horizon_weight_on_data_without_routes_warns_and_weighs_nothing(data, caplog):
+    from datasets.dataset import load_frames
+    from training.horizon import horizon_weights
+
+    table = load_frames([data])
+    with caplog.at_level("WARNING", logger="training.horizon"):
+        w = horizon_weights(table, 3.0)
+    assert (w == 1.0).all() and "--horizon-weight 3 has no effect" in caplog.text
+
+
 def _one_line_error(capsys, argv, code=2):
     with pytest.raises(SystemExit) as e:
         T.main(argv)
