@@ -159,13 +159,17 @@ def dumps_strict(obj, **kwargs) -> str:
 
 
 def write_json_atomic(path: str | os.PathLike, obj, indent: int | None = 2) -> Path:
-    """Write ``obj`` as strict JSON to ``path`` through a temp file and a rename.
+    """Write ``obj`` as strict JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
+    return write_text_atomic(path, dumps_strict(obj, indent=indent))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temp file and a rename.
 
     A reader sees the old file or the new one, never half of one; on any error (disk full) the
     temp file is removed and an OSError naming the path is raised.
     """
     path = Path(path)
-    text = dumps_strict(obj, indent=indent)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:

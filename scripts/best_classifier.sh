@@ -26,6 +26,7 @@ $PY -m carla_client.collect --town Town01,Town03,Town04,Town02 --frames $FRAMES 
 $PY -m carla_client.collect --town Town01,Town03,Town04,Town05 --frames $FRAMES --weather $PRESETS \
     --min-spacing 3 --episode-length 150 --seed 7 --workers 1 --out "$OUT/data_b"
 DATA=("$OUT/data_a" "$OUT/data_b")
+EXTRA=()
 if [ "$ALL_WEATHER" = 1 ]; then
   # 3. night and mid-rain presets (run H)
   $PY -m carla_client.collect --town Town01,Town03,Town04,Town05 --frames $FRAMES \
@@ -39,9 +40,8 @@ if [ "$ALL_WEATHER" = 1 ]; then
   $PY -m carla_client.collect --town Town01,Town03,Town04,Town05 --frames $FRAMES --weather $PRESETS \
       --min-spacing 3 --episode-length 150 --seed 7 --workers 2 --domain-randomization --out "$OUT/data_dr"
   DATA+=("$OUT/data_night" "$OUT/data_traffic" "$OUT/data_dr")
+  EXTRA=(--horizon-weight 3)      # straights with a turn just past the lookahead weigh 3x (run L)
 fi
-EXTRA=()
-if [ "$ALL_WEATHER" = 1 ]; then EXTRA=(--horizon-weight 3); fi
 $PY -m training.train --data "${DATA[@]}" --arch efficientnet_lite0 --weights imagenet \
     --img-size 128 --batch-size 32 --epochs $EPOCHS --patience 3 --lr 3e-4 --lr-schedule cosine \
     --freeze-epochs 1 --unfreeze-blocks -1 --test-towns Town02 --workers 0 "${EXTRA[@]}" --out "$OUT/train"

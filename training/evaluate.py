@@ -35,7 +35,7 @@ import numpy as np
 from torch import nn
 
 from datasets.dataset import DatasetError, FrameDataset, FrameTable, check_hygiene, read_info, read_manifest
-from datasets.io_safety import check_output_path, cli_errors, write_json_atomic
+from datasets.io_safety import check_output_path, cli_errors, write_json_atomic, write_text_atomic
 from datasets.presets import ClassificationPresetEval
 from training import ddp
 from training.calibration import calibration_report, expected_calibration_error, softmax
@@ -227,6 +227,7 @@ def write_robustness(out: Path, result: dict, table: FrameTable, title: str) -> 
 def write_predictions(path: Path, result: dict, sub: FrameTable, groups: dict, ahead_deg: np.ndarray) -> None:
     """One row per evaluated frame, worst first (wrong and confident at the top): where to look first."""
     import csv
+    import io
 
     from datasets.schema import CLASSES
     probs, labels = result["probs"], result["labels"]
@@ -234,17 +235,16 @@ def write_predictions(path: Path, result: dict, sub: FrameTable, groups: dict, a
     confidence_wrong = np.where(pred != labels, probs.max(1), -probs.max(1))
     order = np.argsort(-confidence_wrong, kind="stable")
     ci = CLASSES.index("curve")
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["dataset", "image", "label", "pred", "correct", "p_curve", *(g.replace(" ", "_") for g in groups),
-                    "road_ahead_deg"])
-        for k in order.tolist():
-            w.writerow([str(sub.roots[int(sub.source[k])]), str(sub.image[k]), CLASSES[int(labels[k])],
-                        CLASSES[int(pred[k])], int(pred[k] == labels[k]), f"{float(probs[k, ci]):.4f}",
-                        *(str(v[k]) for v in groups.values()),
-                        "" if np.isnan(ahead_deg[k]) else f"{float(ahead_deg[k]):.2f}"])
-    tmp.replace(path)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["dataset", "image", "label", "pred", "correct", "p_curve", *(g.replace(" ", "_") for g in groups),
+                "road_ahead_deg"])
+    for k in order.tolist():
+        w.writerow([str(sub.roots[int(sub.source[k])]), str(sub.image[k]), CLASSES[int(labels[k])],
+                    CLASSES[int(pred[k])], int(pred[k] == labels[k]), f"{float(probs[k, ci]):.4f}",
+                    *(str(v[k]) for v in groups.values()),
+                    "" if np.isnan(ahead_deg[k]) else f"{float(ahead_deg[k]):.2f}"])
+    write_text_atomic(path, buf.getvalue())
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

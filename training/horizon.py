@@ -29,6 +29,7 @@ import numpy as np
 from carla_client.labels import heading_change_deg
 from carla_client.route import RoutePath
 from datasets.dataset import FrameTable, read_info, read_manifest
+from datasets.manifest import ROUTES_DIR
 from datasets.schema import CLASSES, LabelParams
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ UNKNOWN = "unknown (no route)"
 def _route(root: Path, episode: str, cache: dict) -> RoutePath | None:
     key = (root, episode)
     if key not in cache:
-        path = root / "routes" / f"{episode}.json"
+        path = root / ROUTES_DIR / f"{episode}.json"
         try:
             data = json.loads(path.read_text())
             cols = data["columns"]
@@ -73,7 +74,7 @@ def road_ahead_deg(table: FrameTable, factor: float = HORIZON_FACTOR) -> np.ndar
         if not len(idx):
             continue
         root = Path(root)
-        if not (root / "routes").is_dir():
+        if not (root / ROUTES_DIR).is_dir():
             continue
         rows = read_manifest(root, strict=False)
         for i in idx:
@@ -98,11 +99,9 @@ def road_ahead_deg(table: FrameTable, factor: float = HORIZON_FACTOR) -> np.ndar
 
 def curve_thresholds(table: FrameTable) -> np.ndarray:
     """Per frame: its dataset's ``curve_deg`` (``dataset.json``, else the default label definition)."""
-    out = np.full(len(table), LabelParams().curve_deg, dtype=np.float64)
+    out = np.empty(len(table), dtype=np.float64)
     for s, root in enumerate(table.roots):
-        label = (read_info(root) or {}).get("label") or {}
-        if "curve_deg" in label:
-            out[table.source == s] = float(label["curve_deg"])
+        out[table.source == s] = LabelParams.from_json(read_info(root).get("label") or {}).curve_deg
     return out
 
 
