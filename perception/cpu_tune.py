@@ -309,7 +309,7 @@ def measure(candidates: list[Candidate], build: SessionFactory, x: np.ndarray, b
     times: dict[Candidate, list[float]] = {c: [] for c in live}
     _time_rounds(live, times, x, budget, clock)
     medians = {c: float(np.median(t)) for c, t in times.items() if t}
-    agreeing = [c for c in medians if agreement[c] >= min_agreement]
+    agreeing = [c for c in medians if Measurement(c, agreement=agreement[c]).agrees(min_agreement)]
     best = min((medians[c] for c in agreeing), default=0.0)
     runoff = [c for c in agreeing if medians[c] <= (1.0 + RUNOFF_MARGIN) * best]
     runoff = runoff if len(runoff) >= 2 else []        # one candidate alone has nothing to be timed against
