@@ -150,7 +150,9 @@ def test_the_road_beyond_the_label_horizon_comes_from_the_stored_routes(acceptan
 
     from datasets.dataset import load_frames
     from datasets.schema import CLASSES
-    from training.horizon import CLEAR, CURVE, TURN_AHEAD, UNKNOWN, horizon_weights, road_ahead_deg, road_ahead_groups
+    from carla_client.labels import heading_change_deg
+    from training.horizon import (CLEAR, CURVE, TURN_AHEAD, UNKNOWN, _route, horizon_weights, road_ahead,
+                                  road_ahead_deg, road_ahead_groups)
 
     table = load_frames([acceptance_dir])
     table = table.subset(~table.route_dependent)
@@ -167,6 +169,21 @@ def test_the_road_beyond_the_label_horizon_comes_from_the_stored_routes(acceptan
     w = horizon_weights(table, 3.0)
     assert set(np.unique(w[groups == TURN_AHEAD])) == {3.0} and set(np.unique(w[groups != TURN_AHEAD])) == {1.0}
 
+    # how far past L each of those turns reaches 20 deg: exactly where the route's heading change crosses it
+    deg2, past = road_ahead(table)
+    np.testing.assert_array_equal(deg2, ahead)
+    turn = groups == TURN_AHEAD
+    assert np.isfinite(past[turn]).all() and np.isnan(past[~turn]).all()
+    lookahead = np.array([float(rows[int(r)]["lookahead_m"]) for r in table.row])
+    assert (past[turn] >= 0).all() and (past[turn] <= lookahead[turn] + 1e-6).all()
+    routes: dict = {}
+    for i in np.flatnonzero(turn):
+        r = rows[int(table.row[i])]
+        path = _route(acceptance_dir, r["episode"], routes)
+        s0 = path.project(float(r["x"]), float(r["y"]), window=None)[0]
+        reach = lookahead[i] + past[i]                    # metres from the car
+        assert heading_change_deg(path, s0, reach + 0.01) >= 20.0 > heading_change_deg(path, s0, reach - 0.05)
+
     # training.evaluate's report: a model wrong only on the turns beyond the horizon is named weak there
     from training.evaluate import write_robustness
     labels = table.label.astype(np.int64)
@@ -174,13 +191,19 @@ def test_the_road_beyond_the_label_horizon_comes_from_the_stored_routes(acceptan
     pred = np.where(wrong, 1 - labels, labels)
     probs = np.where(pred[:, None] == np.arange(2)[None], 0.9, 0.1)
     report = write_robustness(tmp_path, {"index": np.arange(len(table)), "labels": labels, "probs": probs}, table, "t")
-    assert report["weakest"][0]["group"] == "road ahead" and report["weakest"][0]["value"] == TURN_AHEAD
+    assert report["weakest"][0]["group"] in ("road ahead", "turn past L")
+    assert {"group": "road ahead", "value": TURN_AHEAD} in [{k: c[k] for k in ("group", "value")} for c in report["weakest"]]
     assert "road ahead = straight, turn beyond L" in (tmp_path / "robustness.md").read_text()
+    bands = report["groups"]["turn past L"]             # only those frames, by metres past L; every one wrong
+    assert sum(c["frames"] for c in bands.values()) == int(turn.sum())
+    assert set(bands) <= {"< 5 m", "5-10 m", ">= 10 m"} and all(c["accuracy"] == 0.0 for c in bands.values())
     with open(tmp_path / "predictions.csv", newline="") as f:
         pred_rows = list(csv.DictReader(f))
     n_wrong = int(wrong.sum())
     assert [r["road_ahead"] for r in pred_rows[:n_wrong]] == [TURN_AHEAD] * n_wrong
     assert all(float(r["road_ahead_deg"]) >= 20.0 for r in pred_rows[:n_wrong])
+    assert all(0.0 <= float(r["turn_past_l_m"]) <= 25.0 for r in pred_rows[:n_wrong])
+    assert all(r["turn_past_l_m"] == "" for r in pred_rows[n_wrong:])
 
     copy = shutil.copytree(acceptance_dir, tmp_path / "copy", ignore=shutil.ignore_patterns("cache", "images"))
     episode = rows[0]["episode"]

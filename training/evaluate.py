@@ -19,8 +19,9 @@ printed): accuracy, balanced accuracy and both recalls per weather preset, per t
 variation (the manifest's ``camera_variant`` column where the collector recorded one, else the
 camera of each dataset's ``dataset.json``), per *road ahead* where the datasets keep their routes
 (curve frames, straight frames whose road stays straight for twice the label lookahead, and those
-whose road turns just beyond it: see :mod:`training.horizon`), the confusion matrix, and the weakest
-cells named. ``predictions.csv`` has one row per frame, confident mistakes first.
+whose road turns just beyond it: see :mod:`training.horizon`), per *turn past L* for the last kind
+(how many metres past the lookahead the turn reaches the curve threshold), the confusion matrix,
+and the weakest cells named. ``predictions.csv`` has one row per frame, confident mistakes first.
 A read-only dataset folder needs no flag: its frame cache goes to the user's cache directory.
 """
 from __future__ import annotations
@@ -208,23 +209,25 @@ def write_robustness(out: Path, result: dict, table: FrameTable, title: str) -> 
     """robustness.json + robustness.md and predictions.csv for one evaluated table (see
     :mod:`training.robustness`, :mod:`training.horizon`)."""
     from datasets.schema import CLASSES
-    from training.horizon import road_ahead_deg, road_ahead_groups
+    from training.horizon import road_ahead, road_ahead_groups, turn_past_bands
     from training.robustness import robustness_markdown, robustness_report
 
     sub = table.subset(result["index"])
     groups = {"weather": sub.weather, "town": sub.town, "camera": camera_variants(sub)}
-    ahead_deg = road_ahead_deg(sub)
-    ahead = road_ahead_groups(sub, ahead_deg)
+    ahead_deg, past_m = road_ahead(sub)
     if not np.isnan(ahead_deg).all():     # datasets that keep their routes: the curve beyond the label's horizon
-        groups["road ahead"] = ahead
+        groups["road ahead"] = road_ahead_groups(sub, ahead_deg)
+        if not np.isnan(past_m).all():    # and how far past L it turns ('' = not such a frame: no cell)
+            groups["turn past L"] = turn_past_bands(past_m)
     report = robustness_report(result["labels"], result["probs"], CLASSES, groups, episodes=sub.episode_keys())
     write_json_atomic(out / "robustness.json", report)
     (out / "robustness.md").write_text(robustness_markdown(report, CLASSES, title))
-    write_predictions(out / "predictions.csv", result, sub, groups, ahead_deg)
+    write_predictions(out / "predictions.csv", result, sub, groups, ahead_deg, past_m)
     return report
 
 
-def write_predictions(path: Path, result: dict, sub: FrameTable, groups: dict, ahead_deg: np.ndarray) -> None:
+def write_predictions(path: Path, result: dict, sub: FrameTable, groups: dict, ahead_deg: np.ndarray,
+                      past_m: np.ndarray) -> None:
     """One row per evaluated frame, worst first (wrong and confident at the top): where to look first."""
     import csv
     import io
@@ -238,12 +241,13 @@ def write_predictions(path: Path, result: dict, sub: FrameTable, groups: dict, a
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
     w.writerow(["dataset", "image", "label", "pred", "correct", "p_curve", *(g.replace(" ", "_") for g in groups),
-                "road_ahead_deg"])
+                "road_ahead_deg", "turn_past_l_m"])
     for k in order.tolist():
         w.writerow([str(sub.roots[int(sub.source[k])]), str(sub.image[k]), CLASSES[int(labels[k])],
                     CLASSES[int(pred[k])], int(pred[k] == labels[k]), f"{float(probs[k, ci]):.4f}",
                     *(str(v[k]) for v in groups.values()),
-                    "" if np.isnan(ahead_deg[k]) else f"{float(ahead_deg[k]):.2f}"])
+                    "" if np.isnan(ahead_deg[k]) else f"{float(ahead_deg[k]):.2f}",
+                    "" if np.isnan(past_m[k]) else f"{float(past_m[k]):.2f}"])
     write_text_atomic(path, buf.getvalue())
 
 

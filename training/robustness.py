@@ -42,7 +42,8 @@ def robustness_report(labels: np.ndarray, probs: np.ndarray, classes: Sequence[s
 
     Args:
         labels: N true class indices; probs: N x C probabilities (argmax is the prediction).
-        groups: column name (``weather``, ``town``, ``camera``...) -> N group values.
+        groups: column name (``weather``, ``town``, ``camera``...) -> N group values; a frame whose value
+            is '' has no cell in that column (the grouping does not apply to it).
         min_frames: cells smaller than this are reported but never named weakest (too noisy).
         episodes: N episode ids (optional): each cell then counts the episodes its frames come from.
     Returns:
@@ -56,7 +57,7 @@ def robustness_report(labels: np.ndarray, probs: np.ndarray, classes: Sequence[s
     for column, values in groups.items():
         values = np.asarray(values).astype(str)
         table = {}
-        for v in sorted(set(values.tolist())):
+        for v in sorted(set(values.tolist()) - {""}):
             m = values == v
             table[v] = _cell(labels[m], pred[m], classes, None if eps is None else eps[m])
             if table[v]["frames"] >= min_frames:
