@@ -197,6 +197,7 @@ def test_the_road_beyond_the_label_horizon_comes_from_the_stored_routes(acceptan
     bands = report["groups"]["turn past L"]             # only those frames, by metres past L; every one wrong
     assert sum(c["frames"] for c in bands.values()) == int(turn.sum())
     assert set(bands) <= {"< 5 m", "5-10 m", ">= 10 m"} and all(c["accuracy"] == 0.0 for c in bands.values())
+    assert (tmp_path / "turn_past_l.png").stat().st_size > 10_000        # and a plot of them by metres past L
     with open(tmp_path / "predictions.csv", newline="") as f:
         pred_rows = list(csv.DictReader(f))
     n_wrong = int(wrong.sum())

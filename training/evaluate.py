@@ -20,8 +20,9 @@ variation (the manifest's ``camera_variant`` column where the collector recorded
 camera of each dataset's ``dataset.json``), per *road ahead* where the datasets keep their routes
 (curve frames, straight frames whose road stays straight for twice the label lookahead, and those
 whose road turns just beyond it: see :mod:`training.horizon`), per *turn past L* for the last kind
-(how many metres past the lookahead the turn reaches the curve threshold), the confusion matrix,
-and the weakest cells named. ``predictions.csv`` has one row per frame, confident mistakes first.
+(how many metres past the lookahead the turn reaches the curve threshold; ``turn_past_l.png`` plots
+their error rate by those metres), the confusion matrix, and the weakest cells named.
+``predictions.csv`` has one row per frame, confident mistakes first.
 A read-only dataset folder needs no flag: its frame cache goes to the user's cache directory.
 """
 from __future__ import annotations
@@ -220,6 +221,13 @@ def write_robustness(out: Path, result: dict, table: FrameTable, title: str) -> 
         if not np.isnan(past_m).all():    # and how far past L it turns ('' = not such a frame: no cell)
             groups["turn past L"] = turn_past_bands(past_m)
     report = robustness_report(result["labels"], result["probs"], CLASSES, groups, episodes=sub.episode_keys())
+    if not np.isnan(past_m).all():
+        from training.horizon import CLEAR
+        from training.plots import plot_turn_past
+        wrong = result["probs"].argmax(1) != result["labels"]
+        turn, clear = ~np.isnan(past_m), groups["road ahead"] == CLEAR
+        plot_turn_past(past_m[turn], wrong[turn], float(wrong[clear].mean()) if clear.any() else None,
+                       out / "turn_past_l.png")
     write_json_atomic(out / "robustness.json", report)
     (out / "robustness.md").write_text(robustness_markdown(report, CLASSES, title))
     write_predictions(out / "predictions.csv", result, sub, groups, ahead_deg, past_m)

@@ -168,3 +168,37 @@ def plot_reliability(report: dict, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+@_optional_figure
+def plot_turn_past(past_m: np.ndarray, wrong: np.ndarray, clear_wrong: float | None, path: str | Path,
+                   bin_m: float = 2.5) -> None:
+    """Error rate of the straight frames whose road turns just beyond the label's lookahead L, by how
+    many metres past L the turn reaches the curve threshold (``training.horizon.road_ahead``): how
+    much of what is left is the label's boundary itself. ``clear_wrong``: the error rate of straights
+    whose road stays straight (a dashed line), for scale.
+    """
+    plt = _plt()
+    past_m = np.asarray(past_m, float)
+    wrong = np.asarray(wrong, bool)
+    edges = np.arange(0.0, max(float(past_m.max()), bin_m) + bin_m, bin_m)
+    k = np.clip(np.digitize(past_m, edges) - 1, 0, len(edges) - 2)
+    count = np.bincount(k, minlength=len(edges) - 1)
+    errors = np.bincount(k, weights=wrong.astype(float), minlength=len(edges) - 1)
+    rate = np.divide(errors, count, out=np.zeros_like(errors), where=count > 0)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    filled = count > 0
+    ax.bar(edges[:-1][filled], 100 * rate[filled], width=bin_m, align="edge", edgecolor="k", alpha=0.7,
+           label="straight, turn beyond L")
+    for x, r, n, e in zip(edges[:-1][filled], rate[filled], count[filled], errors[filled]):
+        ax.annotate(f"{int(e)}/{n}", (x + bin_m / 2, 100 * r), ha="center", va="bottom", fontsize=8)
+    if clear_wrong is not None:
+        ax.axhline(100 * clear_wrong, color="k", ls="--", lw=1, label="straight, clear road")
+    ax.set_xlabel("metres past the label's lookahead L where the road's turn reaches the curve threshold")
+    ax.set_ylabel("frames wrong, %")
+    ax.set_title(f"Straight frames with a turn just beyond L: {int(wrong.sum())} of {len(wrong)} wrong")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
