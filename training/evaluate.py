@@ -210,24 +210,23 @@ def write_robustness(out: Path, result: dict, table: FrameTable, title: str) -> 
     """robustness.json + robustness.md and predictions.csv for one evaluated table (see
     :mod:`training.robustness`, :mod:`training.horizon`)."""
     from datasets.schema import CLASSES
-    from training.horizon import road_ahead, road_ahead_groups, turn_past_bands
+    from training.horizon import CLEAR, road_ahead, road_ahead_groups, turn_past_bands
+    from training.plots import plot_turn_past
     from training.robustness import robustness_markdown, robustness_report
 
     sub = table.subset(result["index"])
     groups = {"weather": sub.weather, "town": sub.town, "camera": camera_variants(sub)}
     ahead_deg, past_m = road_ahead(sub)
+    turn = ~np.isnan(past_m)
     if not np.isnan(ahead_deg).all():     # datasets that keep their routes: the curve beyond the label's horizon
         groups["road ahead"] = road_ahead_groups(sub, ahead_deg)
-        if not np.isnan(past_m).all():    # and how far past L it turns ('' = not such a frame: no cell)
-            groups["turn past L"] = turn_past_bands(past_m)
-    report = robustness_report(result["labels"], result["probs"], CLASSES, groups, episodes=sub.episode_keys())
-    if not np.isnan(past_m).all():
-        from training.horizon import CLEAR
-        from training.plots import plot_turn_past
+    if turn.any():                        # and how far past L it turns ('' = not such a frame: no cell)
+        groups["turn past L"] = turn_past_bands(past_m)
         wrong = result["probs"].argmax(1) != result["labels"]
-        turn, clear = ~np.isnan(past_m), groups["road ahead"] == CLEAR
+        clear = groups["road ahead"] == CLEAR
         plot_turn_past(past_m[turn], wrong[turn], float(wrong[clear].mean()) if clear.any() else None,
                        out / "turn_past_l.png")
+    report = robustness_report(result["labels"], result["probs"], CLASSES, groups, episodes=sub.episode_keys())
     write_json_atomic(out / "robustness.json", report)
     (out / "robustness.md").write_text(robustness_markdown(report, CLASSES, title))
     write_predictions(out / "predictions.csv", result, sub, groups, ahead_deg, past_m)
