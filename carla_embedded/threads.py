@@ -1,13 +1,17 @@
 """How many threads the embedded simulator's own work (OpenCV in the renderer) may use.
 
-OpenCV's default pool has one thread per CPU. On a small machine it fights the caller's other
-threads (inference runtime, video encoder, other processes) for the same cores, and each
-parallel warp then waits on its slowest stripe: on the 2-core dev machine an 800x600 tick took
-11.7 ms unpinned against 5.2 ms pinned to one core (issue 16). The renderer's frame is a few
-large whole-array calls that one thread runs at full speed, so the default is one thread.
+OpenCV's default pool has one thread per CPU. On a many-core machine that splits an 800x600
+frame's warps into stripes too thin to pay for their hand-off, and every thread the renderer
+takes is one the caller's inference runtime or video encoder does not get. Two threads are the
+default (one where the process may use a single CPU): measured on the 2-core dev machine
+(session 9, alternating blocks in one process; `docs/benchmarks.md`), a Town02 800x600 tick
+took 0.89x the time of one thread, idle or beside a busy process on the other core, the closed
+loop without video ran 1.09-1.13x faster and with video 0.97x (the encoder thread wants the
+second core). Images are bit-identical whatever the count (OpenCV splits by rows).
 
-Knob: ``CARLA_EMBEDDED_THREADS=N`` gives OpenCV N threads (e.g. on a many-core machine running
-one simulator); ``CARLA_EMBEDDED_THREADS=0`` leaves OpenCV's setting alone (the caller's own
+Knob: ``CARLA_EMBEDDED_THREADS=N`` gives OpenCV N threads (1 when several simulators or other
+jobs share a small machine, more on a big one running one simulator);
+``CARLA_EMBEDDED_THREADS=0`` leaves OpenCV's setting alone (the caller's own
 ``cv2.setNumThreads`` wins). OpenCV's setting is per process, so it applies to the caller's cv2
 calls too.
 """
@@ -19,21 +23,29 @@ import os
 logger = logging.getLogger(__name__)
 
 ENV = "CARLA_EMBEDDED_THREADS"
-DEFAULT_THREADS = 1
+DEFAULT_THREADS = 2
 
 
 def render_threads() -> int:
-    """OpenCV threads the renderer asks for: ``$CARLA_EMBEDDED_THREADS`` (0 = leave alone), else 1.
+    """OpenCV threads the renderer asks for: ``$CARLA_EMBEDDED_THREADS`` (0 = leave alone), else
+    :data:`DEFAULT_THREADS` or the CPUs this process may use, whichever is fewer.
 
     Raises:
         ValueError: the variable is not a non-negative integer.
     """
     value = os.environ.get(ENV, "").strip()
     if not value:
-        return DEFAULT_THREADS
+        return min(DEFAULT_THREADS, usable_cpus())
     if not value.isdigit():
         raise ValueError(f"{ENV}={value!r}: want a non-negative integer (OpenCV threads; 0 = leave OpenCV's setting)")
     return int(value)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, e.g. under ``taskset``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def configure_render_threads() -> int:

@@ -481,7 +481,7 @@ class World(CarlaSurface, carla.World):
         if self._renderer_instance is None:
             from .render import Renderer     # built on first camera: worlds without cameras stay cheap
             from .threads import configure_render_threads
-            configure_render_threads()       # one OpenCV thread unless $CARLA_EMBEDDED_THREADS says otherwise
+            configure_render_threads()       # two OpenCV threads unless $CARLA_EMBEDDED_THREADS says otherwise
             self._renderer_instance = Renderer(self._map, seed=self._render_seed)
         return self._renderer_instance
 

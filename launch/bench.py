@@ -34,7 +34,7 @@ import numpy as np
 
 from carla_client.cli import add_carla_args
 from control.gates import gate_names
-from launch.loop import DriveConfig, load_classifier, open_world, run_episode
+from launch.loop import DriveConfig, load_classifier, open_world, opencv_threads_while_recording, run_episode
 
 STAGES = ("tick", "infer", "control", "overlay", "record", "display")
 
@@ -128,11 +128,11 @@ def _combine(blocks: list[dict], d: DriveConfig, classifier, record: bool) -> di
                         "p50_ms": float(np.median([r["p50_ms"] for r in rows])),
                         "p99_ms": float(np.median([r["p99_ms"] for r in rows]))}
     return {"loop_fps": frames / seconds, "frames": frames, "res": list(d.res), "gate": d.gate, "model": d.model,
-            "backend": getattr(classifier, "backend_name", None), "record": record, "host": _host(classifier),
+            "backend": getattr(classifier, "backend_name", None), "record": record, "host": _host(classifier, record),
             "stages": stages}
 
 
-def _host(classifier) -> str:
+def _host(classifier, record: bool = False) -> str:
     """CPU model, CPUs this process may use, the load at the end (other jobs skew the figures), and
     the thread counts the run had (what users get by default)."""
     import os
@@ -143,7 +143,10 @@ def _host(classifier) -> str:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     device = classifier.backend.describe() if classifier is not None else "no classifier"
     load = "load average %.2f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else "load average ?"
-    return f"{cpu_model()}; {cpus} CPUs usable, {load}; OpenCV {cv2.getNumThreads()} thread(s); {device}"
+    threads = cv2.getNumThreads()
+    while_recording = opencv_threads_while_recording(threads) if record else threads
+    opencv = f"OpenCV {threads} thread(s)" + (f", {while_recording} while recording" if while_recording != threads else "")
+    return f"{cpu_model()}; {cpus} CPUs usable, {load}; {opencv}; {device}"
 
 
 def format_bench(out: dict) -> str:

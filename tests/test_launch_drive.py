@@ -89,6 +89,35 @@ def test_ctrl_c_finalises_video_and_metrics(tmp_path, ctx):
     assert not ctx.world.get_settings().synchronous_mode
 
 
+@pytest.mark.parametrize("cpus, before, during", [(2, 2, 1), (4, 4, 3), (4, 2, 2), (1, 1, 1)])
+def test_recording_leaves_the_encoder_a_core_and_gives_it_back(cpus, before, during, tmp_path, ctx, monkeypatch):
+    """While a video records, OpenCV may not take every CPU (the encoder thread needs one); after it, or
+    after a Ctrl-C, the caller's setting is back."""
+    import os
+
+    import cv2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    old = cv2.getNumThreads()
+    seen = []
+
+    def watch(i, rec):
+        seen.append(cv2.getNumThreads())
+        if i == 4:
+            raise KeyboardInterrupt
+
+    try:
+        run_episode(ctx, _cfg(frames=1))           # the renderer sets its own count when it starts: let it first
+        cv2.setNumThreads(before)
+        run_episode(ctx, _cfg(frames=10, record=str(tmp_path / "t.mp4")), on_tick=watch)
+        assert seen == [during] * 4
+        assert cv2.getNumThreads() == before
+        seen.clear()
+        run_episode(ctx, _cfg(frames=3), on_tick=watch)          # no video: nothing changes
+        assert seen == [before] * 3
+    finally:
+        cv2.setNumThreads(old)
+
+
 def test_encoder_failure_ends_the_drive_after_the_metrics_and_keeps_the_frames_before_it(tmp_path, ctx, monkeypatch):
     from launch.video import VideoWriter
     write = VideoWriter.write
