@@ -442,10 +442,20 @@ class QuotaGuard:
         self.quota.release(label)
 
 
+def _share_cores_with_siblings(config: CollectConfig) -> None:
+    """Embedded workers split the CPUs for their renderers' OpenCV threads (each would take two by default:
+    with two workers on two cores they would fight), unless ``CARLA_EMBEDDED_THREADS`` says otherwise."""
+    if config.sim != "embedded" or config.workers < 2:
+        return
+    from carla_embedded.threads import ENV, usable_cpus
+    os.environ.setdefault(ENV, str(max(1, usable_cpus() // config.workers)))
+
+
 def _worker_main(config: CollectConfig, jobs: list[Job], events, guard: QuotaGuard | None = None,
                  parent_pid: int | None = None) -> None:
     die_with_parent(parent_pid)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    _share_cores_with_siblings(config)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     client = None
     try:

@@ -284,3 +284,19 @@ def test_weather_changes_within_an_episode_so_no_preset_gets_one_class_only(tmp_
     assert all(by[w, c] > 0 for w in presets for c in ("curve", "straight")), by
     with pytest.raises(ValueError, match="--weather-every must be >= 0"):
         small_config(out, weather_every=-1)
+
+
+@pytest.mark.parametrize("sim, workers, cpus, preset, want", [
+    ("embedded", 2, 2, None, "1"), ("embedded", 2, 8, None, "4"), ("embedded", 3, 2, None, "1"),
+    ("embedded", 2, 2, "3", "3"), ("embedded", 1, 2, None, None), ("carla", 2, 2, None, None)])
+def test_embedded_workers_split_the_cores_for_rendering(sim, workers, cpus, preset, want, tmp_path, monkeypatch):
+    """Each embedded renderer takes two OpenCV threads by default; parallel workers share the machine instead
+    of fighting over it, and a thread count the user set wins."""
+    from carla_embedded import threads
+    monkeypatch.setattr(threads, "usable_cpus", lambda: cpus)
+    monkeypatch.setenv(threads.ENV, preset or "")      # recorded, so whatever the test sets is undone
+    if preset is None:
+        monkeypatch.delenv(threads.ENV)
+    kw = {"ports": (2000, 2001, 2002)} if sim == "carla" else {}
+    collect_mod._share_cores_with_siblings(small_config(tmp_path / "d", sim=sim, workers=workers, **kw))
+    assert os.environ.get(threads.ENV) == want
