@@ -30,6 +30,10 @@ A CARLA program, unchanged: ``python -m carla_embedded.run PythonAPI/examples/ma
 Benchmarks: ``python -m carla_embedded.bench``, ``python -m carla_embedded.bench_sensors``,
 ``python -m carla_embedded.bench_async``.
 """
+from .threads import quiet_opencv_workers
+
+quiet_opencv_workers()            # before anything below loads OpenCV (see threads.py)
+
 from .actors import ActorList, Image, LaneInvasionEvent
 from .blueprints import ActorAttribute, ActorBlueprint, BlueprintLibrary
 from .client import VERSION, Client

@@ -146,6 +146,8 @@ def _host(classifier, record: bool = False) -> str:
     threads = cv2.getNumThreads()
     while_recording = opencv_threads_while_recording(threads) if record else threads
     opencv = f"OpenCV {threads} thread(s)" + (f", {while_recording} while recording" if while_recording != threads else "")
+    if os.environ.get("OPENCV_THREAD_POOL_ACTIVE_WAIT_WORKER") == "0":
+        opencv += ", idle workers sleep"
     return f"{cpu_model()}; {cpus} CPUs usable, {load}; {opencv}; {device}"
 
 

@@ -76,3 +76,25 @@ def test_bad_value_names_the_variable(bad, monkeypatch):
     monkeypatch.setenv(ENV, bad)
     with pytest.raises(ValueError, match=rf"{ENV}='{bad}': want a non-negative integer"):
         render_threads()
+
+
+@pytest.mark.parametrize("code, env, want", [
+    ("import carla_embedded", None, "0"),
+    ("import launch", None, "0"),
+    ("import cv2, carla_embedded", None, None),           # OpenCV already read it: not pretended
+    ("import carla_embedded", "500", "500"),              # the user's value wins
+])
+def test_opencv_idle_workers_sleep_unless_the_user_says_otherwise(code, env, want):
+    """OpenCV reads its pool's spin setting once, when it loads: set before that, or not at all."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    from carla_embedded.threads import WORKER_WAIT_ENV
+    environ = {k: v for k, v in os.environ.items() if k != WORKER_WAIT_ENV}
+    if env is not None:
+        environ[WORKER_WAIT_ENV] = env
+    out = subprocess.run([sys.executable, "-c", f"{code}; import os; print(os.environ.get({WORKER_WAIT_ENV!r}))"],
+                         capture_output=True, text=True, env=environ, cwd=Path(__file__).resolve().parents[1],
+                         check=True).stdout.split()[-1]
+    assert out == str(want)
