@@ -374,10 +374,12 @@ class _Recorder:
 
     def close(self) -> None:
         """End the current video; the worker finalises it after the frames queued before (even after an error)."""
-        if self.writer is not None:
-            self.worker.submit(self.writer.close, always=True)
-            self.writer = None
-        self._restore_cv_threads()
+        try:
+            if self.writer is not None:
+                self.worker.submit(self.writer.close, always=True)
+                self.writer = None
+        finally:
+            self._restore_cv_threads()
 
     def shutdown(self, timer: CycleTimer | None = None) -> None:
         """Close the video and wait until it is written; the worker's timings go to ``timer``. Raises its error."""

@@ -128,9 +128,12 @@ def test_encoder_failure_ends_the_drive_after_the_metrics_and_keeps_the_frames_b
         write(self, frame)
 
     monkeypatch.setattr(VideoWriter, "write", failing)
+    import cv2
     cfg = _cfg(frames=40, record=str(tmp_path / "f.mp4"), metrics=str(tmp_path / "f.json"))
+    threads = cv2.getNumThreads()
     with pytest.raises(OSError, match="No space left"):
         run_episode(ctx, cfg)
+    assert cv2.getNumThreads() == threads            # recording's thread count given back after the error
     m = json.loads((tmp_path / "f.json").read_text())
     assert m["end_reason"].startswith("error: OSError") and 6 < m["ticks"] < 40
     assert probe(tmp_path / "f.mp4")["frames"] == 6
