@@ -5,13 +5,16 @@ Usage::
     python -m carla_embedded.bench                                  # 800x600, Town02: default vs pinned
     python -m carla_embedded.bench --res 800x600,1280x720,320x240 --ticks 300 --town Town03
     python -m carla_embedded.bench --cores 0                        # only what a plain user process gets
+    python -m carla_embedded.bench --threads 1,4                    # the default beside other OpenCV thread counts
 
 Prints the CPU model, then one row per case and configuration: median and p99 of ``world.tick()``
 wall time in ms, and the median process CPU time per tick (``cpu ms``: on a shared, busy machine the
 wall time grows with the competition for the core, the CPU time much less). ``default`` is what a user's script gets: the process unpinned, OpenCV threads
 as the simulator sets them (:mod:`carla_embedded.threads`). ``pinned`` (``--cores N``, default 1)
-pins the process to N CPUs and OpenCV to N threads. The two are timed in alternating blocks in
-one run, so a busy machine hits both alike, and the ratio default/pinned is printed.
+pins the process to N CPUs and OpenCV to N threads. ``threads N`` (``--threads N,...``) leaves the
+process unpinned with N OpenCV threads: whether the simulator's own choice suits this machine. All are
+timed in alternating blocks in one run, so a busy machine hits them alike, and the default's ratio to
+each of the others is printed.
 
 The traffic case (``--traffic``, default 30 vehicles + 10 walkers in Town03, with its traffic lights)
 is issue 12's rig: one RGB and one semantic camera at the same hood mount, at the first ``--res``. It is
@@ -63,6 +66,7 @@ class BenchConfig:
     traffic: tuple[int, int] = (30, 10)   # traffic case: vehicles, walkers (0, 0 skips it)
     traffic_town: str = "Town03"
     block: int = 20         # ticks per block of the traffic case's interleaving
+    threads: tuple[int, ...] = ()   # OpenCV thread counts timed unpinned beside the default
 
     def __post_init__(self):
         if self.ticks < 1 or self.warmup < 0:
@@ -71,6 +75,8 @@ class BenchConfig:
             raise ValueError(f"cores={self.cores} must be >= 0 (0 = only the default, unpinned configuration)")
         if self.blocks < 1:
             raise ValueError(f"blocks={self.blocks} must be >= 1")
+        if any(n < 1 for n in self.threads) or len(set(self.threads)) != len(self.threads):
+            raise ValueError(f"threads={self.threads} must be distinct counts >= 1")
         if len(self.traffic) != 2 or min(self.traffic) < 0:
             raise ValueError(f"traffic={self.traffic} must be two counts >= 0 (vehicles, walkers)")
 
@@ -88,29 +94,31 @@ class BenchResult:
 class _Configs:
     """The configurations timed: ``default`` as the process started, ``pinned N`` (N CPUs, N OpenCV threads)."""
 
-    def __init__(self, cores: int):
+    def __init__(self, cores: int, threads: tuple[int, ...] = ()):
         import cv2
 
         self._cv2 = cv2
         self._all = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self._cv2_default = None
-        self.names = ["default"] + ([f"pinned {cores}"] if cores and self._all else [])
+        self._threads = {f"threads {n}": n for n in threads}
+        self.names = ["default"] + list(self._threads) + ([f"pinned {cores}"] if cores and self._all else [])
         self._cores = cores
 
     def apply(self, name: str) -> None:
         if self._cv2_default is None:          # read once the renderer has set its own count
             self._cv2_default = self._cv2.getNumThreads()
-        if name == "default":
+        if name == "default" or name in self._threads:
             if self._all:
                 os.sched_setaffinity(0, set(self._all))
-            self._cv2.setNumThreads(self._cv2_default)
+            self._cv2.setNumThreads(self._threads.get(name, self._cv2_default))
         else:
             os.sched_setaffinity(0, set(self._all[:self._cores]))
             self._cv2.setNumThreads(self._cores)
 
     def describe(self, name: str) -> str:
-        if name == "default":
-            return f"default: unpinned ({len(self._all) or os.cpu_count()} CPUs), {self._cv2_default} OpenCV thread(s)"
+        if name == "default" or name in self._threads:
+            n = self._threads.get(name, self._cv2_default)
+            return f"{name}: unpinned ({len(self._all) or os.cpu_count()} CPUs), {n} OpenCV thread(s)"
         return f"{name}: pinned to CPU(s) {self._all[:self._cores]}, {self._cores} OpenCV thread(s)"
 
 
@@ -204,7 +212,7 @@ def _interleaved(world, vehicle, config: BenchConfig, configs: _Configs, case: s
 
 def run_bench(config: BenchConfig, configs: _Configs | None = None) -> list[BenchResult]:
     """Median/p99 tick time without a camera, then with one camera per resolution, per configuration."""
-    configs = configs or _Configs(config.cores)
+    configs = configs or _Configs(config.cores, config.threads)
     client, world = sync_world(config.town, config.seed)
     library = world.get_blueprint_library()
     spawn = world.get_map().get_spawn_points()[0]
@@ -269,7 +277,7 @@ def _traffic_world(config: BenchConfig, vehicles: int, walkers: int):
 def run_traffic_bench(config: BenchConfig, configs: _Configs | None = None) -> list[BenchResult]:
     """The issue's camera rig (``TRAFFIC_CAMERAS``) without and with traffic in ``traffic_town``: blocks of
     ``config.block`` ticks alternate over both worlds and every configuration, so load hits all alike."""
-    configs = configs or _Configs(config.cores)
+    configs = configs or _Configs(config.cores, config.threads)
     vehicles, walkers = config.traffic
     width, height = config.resolutions[0]
     cases = {"no traffic": _traffic_world(config, 0, 0), "traffic": _traffic_world(config, vehicles, walkers)}
@@ -325,6 +333,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--cores", type=int, default=1,
                         help="CPUs of the pinned configuration timed beside the default unpinned one; "
                              "0 = time only the default (default: 1)")
+    parser.add_argument("--threads", default="",
+                        help="comma-separated OpenCV thread counts timed unpinned beside the default, e.g. 1,4 "
+                             "(default: none)")
     parser.add_argument("--blocks", type=int, default=4,
                         help="alternating blocks per configuration (default: 4)")
     parser.add_argument("--traffic", default="30,10",
@@ -333,6 +344,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "0,0 skips it (default: 30,10)")
     parser.add_argument("--traffic-town", default="Town03", help="town of the traffic case (default: Town03)")
     return parser
+
+
+def _parse_threads(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--threads {text!r} is not a comma-separated list of counts, e.g. 1,4") from None
 
 
 def _parse_traffic(text: str) -> tuple[int, int]:
@@ -353,13 +371,14 @@ def main(argv=None) -> None:
         config = BenchConfig(resolutions=tuple(parse_resolution(r) for r in args.res.split(",") if r.strip()),
                              ticks=args.ticks, warmup=args.warmup, town=args.town, fov=args.fov,
                              seed=args.seed, cores=args.cores, blocks=args.blocks,
-                             traffic=_parse_traffic(args.traffic), traffic_town=args.traffic_town)
+                             traffic=_parse_traffic(args.traffic), traffic_town=args.traffic_town,
+                             threads=_parse_threads(args.threads))
         from .towns import canonical_town
         canonical_town(config.town)
         canonical_town(config.traffic_town)
     except ValueError as exc:
         parser.error(str(exc))
-    configs = _Configs(config.cores)
+    configs = _Configs(config.cores, config.threads)
     try:
         results = run_bench(config, configs)
         if sum(config.traffic):
@@ -377,10 +396,11 @@ def main(argv=None) -> None:
         print(f"{r.case:>{width}} {r.config:>10} {r.median_ms:>10.2f} {r.p99_ms:>8.2f} {r.cpu_median_ms:>8.2f}")
     for case in dict.fromkeys(r.case for r in results if r.case != "no camera"):
         rows = {r.config: r for r in results if r.case == case}
-        if len(rows) == 2:
-            default, pinned = rows["default"], rows[configs.names[1]]
-            print(f"{case}: default / {configs.names[1]} median = {default.median_ms / pinned.median_ms:.2f}x "
-                  f"(target <= 1.2x)")
+        for name in configs.names[1:]:
+            if name in rows:
+                target = " (target <= 1.2x)" if name.startswith("pinned") else ""
+                print(f"{case}: default / {name} median = {rows['default'].median_ms / rows[name].median_ms:.2f}x"
+                      f"{target}")
 
     traffic = {r.config: r for r in results if r.case.endswith(f"{config.traffic[0]}v+{config.traffic[1]}w")}
     if traffic:

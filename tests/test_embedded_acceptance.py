@@ -117,12 +117,31 @@ def test_bench_reports_each_case(capsys):
     assert [(r.case, r.config) for r in results] == [("no camera", "default"), ("64x48", "default"),
                                                      ("64x48", "pinned 1"), ("32x24", "default"), ("32x24", "pinned 1")]
     assert all(0 < r.median_ms <= r.p99_ms and r.ticks == 4 for r in results)
-    for argv in (["--res", "800by600"], ["--town", "Town99"], ["--ticks", "0"], ["--blocks", "0"]):
+    for argv in (["--res", "800by600"], ["--town", "Town99"], ["--ticks", "0"], ["--blocks", "0"],
+                 ["--threads", "two"], ["--threads", "0"]):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "800by600" in err and "Town99" in err and "ticks=0" in err and "blocks=0" in err
+    assert "--threads 'two'" in err and "threads=(0,)" in err
+
+
+def test_bench_compares_the_default_with_other_opencv_thread_counts(capsys):
+    """Whether the simulator's own thread count suits this machine: the default beside others, unpinned."""
+    import cv2
+    from carla_embedded.bench import main
+    from carla_embedded.threads import render_threads
+
+    main(["--res", "64x48", "--ticks", "4", "--warmup", "1", "--town", "Embedded01", "--blocks", "2",
+          "--traffic", "0,0", "--threads", "1,3"])
+    out = capsys.readouterr().out
+    assert "threads 1: unpinned" in out and "3 OpenCV thread(s)" in out and "pinned to CPU(s)" in out, out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("64x48 ")]
+    assert sorted(" ".join(r[1:-3]) for r in rows) == ["default", "pinned 1", "threads 1", "threads 3"], out
+    for name in ("threads 1", "threads 3", "pinned 1"):
+        assert any(line.startswith(f"64x48: default / {name} median = ") for line in out.splitlines()), out
+    assert cv2.getNumThreads() == render_threads()     # the default configuration is restored at the end
 
 
 def test_traffic_bench_times_the_issue_rig_beside_no_traffic(capsys):
