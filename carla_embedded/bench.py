@@ -92,7 +92,8 @@ class BenchResult:
 
 
 class _Configs:
-    """The configurations timed: ``default`` as the process started, ``pinned N`` (N CPUs, N OpenCV threads)."""
+    """The configurations timed: ``default`` as the process started, ``threads N`` (unpinned, N OpenCV threads),
+    ``pinned N`` (N CPUs, N OpenCV threads)."""
 
     def __init__(self, cores: int, threads: tuple[int, ...] = ()):
         import cv2
