@@ -1,9 +1,9 @@
 """The closed loop: drive, overlay, record, evaluate, benchmark.
 
 OpenCV's idle pool workers sleep instead of spinning (``carla_embedded.threads.quiet_opencv_workers``
-says why): set here, before any module of the loop loads OpenCV, as the embedded simulator does for
-programs that import it first; a value the user exported wins.
+says why and when it cannot): applied here, before any module of the loop loads OpenCV, whichever
+simulator the loop then drives.
 """
-import os
+from carla_embedded.threads import quiet_opencv_workers
 
-os.environ.setdefault("OPENCV_THREAD_POOL_ACTIVE_WAIT_WORKER", "0")
+quiet_opencv_workers()

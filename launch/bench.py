@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from carla_client.cli import add_carla_args
+from carla_embedded.threads import WORKER_WAIT_ENV, usable_cpus
 from control.gates import gate_names
 from launch.loop import DriveConfig, load_classifier, open_world, opencv_threads_while_recording, run_episode
 
@@ -140,13 +141,13 @@ def _host(classifier, record: bool = False) -> str:
     import cv2
 
     from perception.cpu_tune import cpu_model
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = usable_cpus()
     device = classifier.backend.describe() if classifier is not None else "no classifier"
     load = "load average %.2f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else "load average ?"
     threads = cv2.getNumThreads()
     while_recording = opencv_threads_while_recording(threads) if record else threads
     opencv = f"OpenCV {threads} thread(s)" + (f", {while_recording} while recording" if while_recording != threads else "")
-    if os.environ.get("OPENCV_THREAD_POOL_ACTIVE_WAIT_WORKER") == "0":
+    if os.environ.get(WORKER_WAIT_ENV) == "0":
         opencv += ", idle workers sleep"
     return f"{cpu_model()}; {cpus} CPUs usable, {load}; {opencv}; {device}"
 

@@ -36,6 +36,7 @@ from carla_client.episode import StopRule
 from carla_client.labels import label_at
 from carla_client.route import RoutePath
 from carla_client.sync import CarlaSyncMode
+from carla_embedded.threads import usable_cpus
 from datasets.io_safety import write_json_atomic
 from datasets.schema import Contract
 from control.experts import Observation, create_expert
@@ -306,8 +307,7 @@ def plan_route(ctx: WorldContext, seed: int, length_m: float):
 def opencv_threads_while_recording(threads: int) -> int:
     """OpenCV threads while a video records, given ``threads`` otherwise: one fewer than the CPUs this
     process may use when OpenCV would take them all (the recording thread needs a core), else unchanged."""
-    import os
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = usable_cpus()
     return cpus - 1 if cpus > 1 and threads >= cpus else threads
 
 
@@ -336,9 +336,10 @@ class _Recorder:
     def _give_encoder_a_core(self) -> None:
         import cv2
         n = cv2.getNumThreads()
-        if self._cv_threads is None and opencv_threads_while_recording(n) != n:
+        fewer = opencv_threads_while_recording(n)
+        if self._cv_threads is None and fewer != n:
             self._cv_threads = n
-            cv2.setNumThreads(opencv_threads_while_recording(n))
+            cv2.setNumThreads(fewer)
 
     def _restore_cv_threads(self) -> None:
         if self._cv_threads is not None:

@@ -82,6 +82,7 @@ def test_bad_value_names_the_variable(bad, monkeypatch):
     ("import carla_embedded", None, "0"),
     ("import launch", None, "0"),
     ("import cv2, carla_embedded", None, None),           # OpenCV already read it: not pretended
+    ("import cv2, launch", None, None),                   # the loop applies the same rule
     ("import carla_embedded", "500", "500"),              # the user's value wins
 ])
 def test_opencv_idle_workers_sleep_unless_the_user_says_otherwise(code, env, want):
