@@ -185,10 +185,16 @@ class StopRule:
     _slow_s: float = field(default=0.0, init=False, repr=False)
     _ticks: int = field(default=0, init=False, repr=False)
 
-    def check(self, dt: float, speed_ms: float, remaining_m: float, route_dist_m: float) -> str | None:
-        """The reason the episode ends after this tick, or None to go on."""
+    def check(self, dt: float, speed_ms: float, remaining_m: float, route_dist_m: float,
+              waiting: bool = False) -> str | None:
+        """The reason the episode ends after this tick, or None to go on.
+
+        ``waiting``: the car stands still on purpose (at a red light): that time does not count as blocked.
+        """
         self._ticks += 1
-        self._slow_s = self._slow_s + dt if speed_ms < self.stuck_speed_ms and self._ticks > self.warmup_ticks else 0.0
+        if not waiting:
+            slow = speed_ms < self.stuck_speed_ms and self._ticks > self.warmup_ticks
+            self._slow_s = self._slow_s + dt if slow else 0.0
         if remaining_m < self.end_margin_m:
             return "route_completed"
         if route_dist_m > self.max_route_deviation_m:

@@ -42,6 +42,7 @@ from datasets.schema import Contract
 from control.experts import Observation, create_expert
 from control.gates import CURVE, STRAIGHT, create_gate, gate_names
 from control.moe import MoEController, MoEStep
+from control.traffic_rules import TRAFFIC_LIGHT_RULES, hold, must_hold
 from launch.display import Action, open_display
 from launch.metrics import LEADERBOARD_1_0, DriveTrace, TickRecord, episode_metrics
 from launch.overlay import HudState, Minimap, Overlay, bgra_to_bgr, image_to_array, route_to_xy
@@ -141,6 +142,11 @@ class DriveConfig(SimConfig):
         "learned experts: 'cruise' holds --cruise-kmh and takes only their steering, 'learned' their throttle/brake too",
         choices=("cruise", "learned")))
     cruise_kmh: float = field(default=20.0, metadata=arg("learned experts' cruise speed, km/h"))
+    traffic_lights: str = field(default="stop", metadata=arg(
+        "'stop': brake while the car is in the trigger zone of a red light (vehicle.is_at_traffic_light(), "
+        "CARLA's BasicAgent rule), the same for every gate and expert, so a comparison measures the driving and "
+        "not when each arrived at a light; 'ignore': drive through. Runs are counted either way",
+        choices=TRAFFIC_LIGHT_RULES))
     max_route_deviation_m: float = 30.0
     blocked_s: float = 30.0
     extend_route: bool = True
@@ -166,6 +172,8 @@ class DriveConfig(SimConfig):
         _weather(self.weather)
         if self.model and not Path(self.model).exists():
             raise ValueError(f"--model {self.model!r}: no such file")
+        if self.traffic_lights not in TRAFFIC_LIGHT_RULES:
+            raise ValueError(f"unknown traffic_lights {self.traffic_lights!r}; valid: {', '.join(TRAFFIC_LIGHT_RULES)}")
         if self.traffic < 0 or self.walkers < 0:
             raise ValueError(f"--traffic and --walkers must be >= 0, got {self.traffic} and {self.walkers}")
         if self.fov is not None and not 0 < self.fov < 180:
@@ -483,7 +491,9 @@ class _Drive:
             truth = evidence.label if evidence is not None else None
             obs = Observation(tf, vel, timestamp=t, frame=frame_id, image=raw, command=self.path.command_at(s0))
             step: MoEStep = self.moe.run_step(obs, p_curve, truth)
-            vehicle.apply_control(step.control)
+            held = must_hold(vehicle, cfg.traffic_lights)
+            control = hold(step.control) if held else step.control
+            vehicle.apply_control(control)
             if self.monitor is not None:
                 self.monitor.update()
             on_road = self.ctx.map.get_waypoint(tf.location, project_to_road=False,
@@ -492,15 +502,16 @@ class _Drive:
         del self.invasions[:n_inv]
         rec = TickRecord(
             frame=frame_id, t=t, x=x, y=y, yaw=tf.rotation.yaw, speed_kmh=obs.speed_kmh,
-            steer=step.control.steer, throttle=step.control.throttle, brake=step.control.brake,
+            steer=control.steer, throttle=control.throttle, brake=control.brake,
             progress_m=s0, route_dist_m=dist, on_road=on_road, lane_invasions=n_inv, truth=truth,
             pred=label, p_curve=p_curve, expert=step.in_charge, w_curve=step.decision.weights.get(CURVE, 0.0),
-            fallback=step.fallback, gate=self.moe.gate.name, infer_ms=infer_ms)
+            fallback=step.fallback, gate=self.moe.gate.name, infer_ms=infer_ms, red_light_hold=held)
         return rec, step, raw
 
     def end_reason(self, rec: TickRecord) -> str | None:
         """Leaderboard-like end conditions after this tick (None: drive on)."""
-        reason = self.stop.check(self.cfg.dt, rec.speed_kmh / 3.6, self.path.length - rec.progress_m, rec.route_dist_m)
+        reason = self.stop.check(self.cfg.dt, rec.speed_kmh / 3.6, self.path.length - rec.progress_m, rec.route_dist_m,
+                                 waiting=rec.red_light_hold)
         if self.moe.done():
             return "route_completed"
         if reason == "max_ticks":
@@ -600,7 +611,7 @@ class _View:
             client_fps=1.0 / max(float(np.mean(cycle_s)), 1e-9) if cycle_s else float("nan"),
             infer_p50_ms=infer_p50, infer_p99_ms=infer_p99, town=cfg.town, weather=cfg.weather,
             sim_time=rec.t, x=rec.x, y=rec.y, yaw=rec.yaw, recording=recording, paused=paused,
-            infractions=infractions[0], penalty=infractions[1]), show_hud=show_hud)
+            infractions=infractions[0], penalty=infractions[1], red_light_hold=rec.red_light_hold), show_hud=show_hud)
 
     def close(self, timer: CycleTimer | None = None) -> None:
         """Finish the recording (waits for every queued frame) and close the window, even if that fails."""
@@ -704,6 +715,9 @@ def run_episode(ctx: WorldContext, cfg: DriveConfig, classifier=None, on_tick: T
     contract, overridden = resolve_contract(cfg, model_contract(cfg, classifier))
     route, path = _route_for(ctx, cfg)
     ctx.world.set_weather(getattr(carla.WeatherParameters, cfg.weather))
+    # Every episode starts the lights' cycle from the same state: the same route then gives the same drive
+    # whatever ran before it (evaluate's gate order, a study's shards), lights obeyed or not.
+    ctx.world.reset_all_traffic_lights()
     if predict is None and classifier is not None:
         predict = lambda f: _predict(classifier, f)  # noqa: E731
     gate_order = [g for g in gate_names() if predict is not None or not create_gate(g).needs_model]

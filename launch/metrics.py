@@ -78,6 +78,7 @@ class TickRecord:
     fallback: bool
     gate: str
     infer_ms: float | None = None
+    red_light_hold: bool = False     # the traffic-light rule held the car (control.traffic_rules)
 
 
 def _per_km(count: float, km: float) -> float:
@@ -129,7 +130,7 @@ def episode_metrics(records: list[TickRecord], route_length_m: float, dt: float,
                     "lateral_deviation_mean_m", "lateral_deviation_max_m", "speed_mean_kmh", "steer_rate_mean_per_s",
                     "gate_accuracy", "classifier_accuracy", "gate_switches_per_km", "inference_p50_ms",
                     "inference_p99_ms")},
-                "route_time_s": 0.0, "gate_accuracy_frames": 0, "gate_switches": 0, "fallback_frames": 0,
+                "route_time_s": 0.0, "red_light_hold_s": 0.0, "gate_accuracy_frames": 0, "gate_switches": 0, "fallback_frames": 0,
                 "expert_share": {c: nan for c in CLASSES}}
     xy = np.array([(r.x, r.y) for r in records])
     dist_m = float(np.sum(np.hypot(*np.diff(xy, axis=0).T))) if n > 1 else 0.0
@@ -144,7 +145,7 @@ def episode_metrics(records: list[TickRecord], route_length_m: float, dt: float,
     steer = np.array([r.steer for r in records])
     experts = [r.expert for r in records]
     switches = sum(a != b for a, b in zip(experts[:-1], experts[1:]))
-    scored = [r for r in records if r.truth in CLASSES]
+    scored = [r for r in records if r.truth in CLASSES and not r.red_light_hold]  # held: the gate decides nothing
     gate_acc = float(np.mean([r.expert == r.truth for r in scored])) if scored else float("nan")
     pred_scored = [r for r in scored if r.pred in CLASSES]
     cls_acc = float(np.mean([r.pred == r.truth for r in pred_scored])) if pred_scored else float("nan")
@@ -166,6 +167,7 @@ def episode_metrics(records: list[TickRecord], route_length_m: float, dt: float,
         "lateral_deviation_max_m": float(np.max(dev)),
         "speed_mean_kmh": float(np.mean([r.speed_kmh for r in records])),
         "route_time_s": duration,
+        "red_light_hold_s": float(sum(r.red_light_hold for r in records) * dt),
         "steer_rate_mean_per_s": float(np.mean(np.abs(np.diff(steer))) / dt) if n > 1 else 0.0,
         "gate_accuracy": gate_acc,
         "gate_accuracy_frames": len(scored),

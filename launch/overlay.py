@@ -67,6 +67,7 @@ class HudState:
     paused: bool = False
     infractions: dict[str, int] = field(default_factory=dict)  # kind -> count (carla_client.infractions)
     penalty: float = 1.0   # the Leaderboard's product of penalty factors so far
+    red_light_hold: bool = False   # the traffic-light rule holds the car at a red light
 
 
 def _fmt(v: float | None, spec: str, none: str = "--") -> str:
@@ -221,8 +222,9 @@ class Overlay:
         self._text(frame, f"t {s.sim_time:7.2f} s" + ("  PAUSED" if s.paused else ""), 14, color="dim")
         collisions = sum(v for k, v in s.infractions.items() if k.startswith("collision"))
         red = s.infractions.get("red_light", 0)
-        self._text(frame, f"collisions {collisions}  red lights {red}  x{s.penalty:.2f}", 15,
-                   color="bad" if collisions or red else "dim")
+        self._text(frame, f"collisions {collisions}  red lights {red}  x{s.penalty:.2f}"
+                   + ("  HOLD: red light" if s.red_light_hold else ""), 15,
+                   color="bad" if collisions or red else "brake" if s.red_light_hold else "dim")
         if self.minimap is not None and s.x is not None and s.y is not None:
             mm = self.minimap.render(s.x, s.y, s.yaw)
             side = min(int(mm.shape[0] * self.scale), self.height - 2 * self.margin, self.width // 3)

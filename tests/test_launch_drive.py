@@ -158,8 +158,9 @@ def test_recording_changes_neither_the_drive_nor_the_frames_hud(tmp_path, ctx):
 
 
 def test_oracle_gate_follows_the_map_label_along_the_route(ctx):
+    # lights ignored: seed 1 starts at a red light, and this test is about the gate along the whole route
     result = run_episode(ctx, _cfg(gate="oracle", frames=400, seed=1, minimap=False, hud=False,
-                                   route_length_m=150.0, extend_route=False))
+                                   route_length_m=150.0, extend_route=False, traffic_lights="ignore"))
     labelled = [r for r in result.records if r.truth in ("curve", "straight")]
     assert {r.truth for r in labelled} == {"curve", "straight"}, "route should contain a turn"
     assert all(r.expert == r.truth for r in labelled)
@@ -236,3 +237,46 @@ def test_drive_cli_acceptance_shape(tmp_path, tiny_onnx):
     assert rc == 0
     assert probe(tmp_path / "d.mp4")["frames"] == 20
     assert json.loads((tmp_path / "d.json").read_text())["ticks"] == 20
+
+
+def _all_lights(world, state, frozen: bool) -> None:
+    for light in world.get_actors().filter("*traffic_light*"):
+        light.set_state(state)
+        light.freeze(frozen)
+
+
+@pytest.mark.parametrize("rule", ["stop", "ignore"])
+def test_red_lights_hold_the_car_or_are_run_and_counted(ctx, rule):
+    """Every light red and frozen from the first tick; the one the car waits at green at tick 200. Route seed 4 meets a light
+    at about tick 70. 'stop' (the default) holds the car before the junction, the wait does not count as
+    blocked (blocked_s is 3 s, the wait ~6 s) and it drives on at green; 'ignore' runs the light, counted."""
+    def lights(i, rec):
+        if i == 0:
+            _all_lights(ctx.world, carla.TrafficLightState.Red, True)
+        elif i == 200:                                      # the light the car waits at turns green
+            light = ctx.world.get_actors().filter("vehicle.*")[0].get_traffic_light()
+            if light is not None:
+                light.set_state(carla.TrafficLightState.Green)
+    try:
+        result = run_episode(ctx, _cfg(seed=4, frames=300, blocked_s=3.0, traffic_lights=rule), on_tick=lights)
+    finally:
+        ctx.world.freeze_all_traffic_lights(False)
+        ctx.world.reset_all_traffic_lights()
+    recs, m = result.records, result.metrics
+    assert result.end_reason == "frames"
+    if rule == "ignore":
+        assert m["red_lights"] >= 1 and m["red_light_hold_s"] == 0.0 and not any(r.red_light_hold for r in recs)
+        return
+    assert m["red_lights"] == 0
+    held = [i for i, r in enumerate(recs) if r.red_light_hold]
+    assert held and held[-1] < 201 and m["red_light_hold_s"] > 3.0
+    stopped = recs[held[-1]]
+    assert stopped.speed_kmh < 0.5 and stopped.brake == 1.0 and stopped.throttle == 0.0
+    where = ctx.map.get_waypoint(carla.Location(stopped.x, stopped.y, 0.0))
+    assert not where.is_junction                         # it stood before the junction, not in it
+    assert recs[-1].speed_kmh > 5.0 and recs[-1].progress_m > stopped.progress_m + 5.0   # and drove on at green
+
+
+def test_traffic_light_rule_is_checked():
+    with pytest.raises(ValueError, match="traffic_lights 'maybe'; valid: stop, ignore"):
+        DriveConfig(town="Town02", sim="embedded", gate="oracle", traffic_lights="maybe")

@@ -215,6 +215,25 @@ def test_gate_accuracy_switches_and_steering_suddenness():
     assert m["steer_rate_mean_per_s"] == pytest.approx(0.5 / 0.05)
 
 
+def test_frames_held_at_a_red_light_are_timed_and_not_scored_for_the_gate():
+    from dataclasses import replace
+    # 40 moving frames, the gate right; then 60 held at a red light in front of a junction, the gate wrong
+    recs = [_rec(i, i * 0.5) for i in range(40)]
+    recs += [replace(_rec(i, 20.0, truth="curve", expert="straight"), speed_kmh=0.0, red_light_hold=True)
+             for i in range(40, 100)]
+    m = episode_metrics(recs, 100.0, dt=0.05)
+    assert m["red_light_hold_s"] == pytest.approx(3.0)
+    assert m["gate_accuracy"] == 1.0 and m["gate_accuracy_frames"] == 40
+    assert m["route_time_s"] == pytest.approx(5.0)            # the wait is part of the route's time
+
+
+def test_episode_time_limit_grows_with_the_route():
+    from launch.evaluate import TownSettings
+    assert TownSettings("TownX", route_length_m=400.0).max_duration_s == pytest.approx(325.0)
+    assert TownSettings("TownX", route_length_m=400.0, max_duration_s=60.0).max_duration_s == 60.0
+    assert TownSettings.load("Town02").max_duration_s == pytest.approx(325.0)
+
+
 def test_route_progress_ignores_going_backwards():
     recs = [_rec(i, p) for i, p in enumerate([0, 5, 10, 4, 8, 12, 20])]
     assert route_progress(recs, 40.0) == (pytest.approx(0.5), pytest.approx(0.5))

@@ -26,3 +26,14 @@ def test_infractions_turn_the_infraction_row_red():
     assert _red_pixels(clean, band) == 0
     assert _red_pixels(hit, band) > 50                       # and in red once there is one
     assert not np.array_equal(clean[band], hit[band])
+
+
+def test_a_hold_at_a_red_light_is_shown_on_the_infraction_row():
+    ov = Overlay((800, 600))
+    base = np.full((600, 800, 3), 128, np.uint8)
+    band = _row_band(ov, 15)
+    moving = ov.draw(base.copy(), HudState())
+    held = ov.draw(base.copy(), HudState(red_light_hold=True))
+    brake = np.array(COLORS["brake"], np.uint8)
+    assert int(np.all(held[band] == brake, axis=-1).sum()) > 50     # "HOLD: red light", in the brake colour
+    assert int(np.all(moving[band] == brake, axis=-1).sum()) == 0
