@@ -21,11 +21,16 @@ needs 7.7 m at the embedded car's 8 m/s^2, so the car stops before the line when
 already red as it entered the zone."""
 
 
+def check_rule(rule: str) -> str:
+    """``rule`` if it is one of :data:`TRAFFIC_LIGHT_RULES`, else ValueError naming the valid ones."""
+    if rule not in TRAFFIC_LIGHT_RULES:
+        raise ValueError(f"unknown traffic_lights {rule!r}; valid: {', '.join(TRAFFIC_LIGHT_RULES)}")
+    return rule
+
+
 def must_hold(vehicle, rule: str) -> bool:
     """True when ``rule`` says the car must stand still now (in the zone of a red light)."""
-    if rule not in TRAFFIC_LIGHT_RULES:
-        raise ValueError(f"unknown traffic light rule {rule!r}; valid: {', '.join(TRAFFIC_LIGHT_RULES)}")
-    return rule == "stop" and bool(vehicle.is_at_traffic_light())
+    return check_rule(rule) == "stop" and bool(vehicle.is_at_traffic_light())
 
 
 def hold(control: carla.VehicleControl) -> carla.VehicleControl:

@@ -27,7 +27,7 @@ from carla_client.cli import add_carla_args
 from carla_client.config import SimConfig, add_dataclass_args, arg, from_args, parse_res
 from datasets.io_safety import check_output_path, cli_errors, write_json_atomic
 from control.gates import create_gate, gate_names, gates_of_kind
-from control.traffic_rules import TRAFFIC_LIGHT_RULES
+from control.traffic_rules import TRAFFIC_LIGHT_RULES, check_rule
 from launch.loop import DriveConfig, _backend_choices, load_classifier, open_world, run_episode
 from launch.metrics import LEADERBOARD_1_0, DriveTrace
 
@@ -138,8 +138,7 @@ class EvalConfig(SimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.traffic_lights not in TRAFFIC_LIGHT_RULES:
-            raise ValueError(f"unknown traffic_lights {self.traffic_lights!r}; valid: {', '.join(TRAFFIC_LIGHT_RULES)}")
+        check_rule(self.traffic_lights)
         self.towns, self.gates = _names(self.towns), _names(self.gates)
         if not self.towns:
             raise ValueError("--towns is empty; give at least one town, e.g. Town02")

@@ -42,7 +42,7 @@ from datasets.schema import Contract
 from control.experts import Observation, create_expert
 from control.gates import CURVE, STRAIGHT, create_gate, gate_names
 from control.moe import MoEController, MoEStep
-from control.traffic_rules import TRAFFIC_LIGHT_RULES, hold, must_hold
+from control.traffic_rules import TRAFFIC_LIGHT_RULES, check_rule, hold, must_hold
 from launch.display import Action, open_display
 from launch.metrics import LEADERBOARD_1_0, DriveTrace, TickRecord, episode_metrics
 from launch.overlay import HudState, Minimap, Overlay, bgra_to_bgr, image_to_array, route_to_xy
@@ -172,8 +172,7 @@ class DriveConfig(SimConfig):
         _weather(self.weather)
         if self.model and not Path(self.model).exists():
             raise ValueError(f"--model {self.model!r}: no such file")
-        if self.traffic_lights not in TRAFFIC_LIGHT_RULES:
-            raise ValueError(f"unknown traffic_lights {self.traffic_lights!r}; valid: {', '.join(TRAFFIC_LIGHT_RULES)}")
+        check_rule(self.traffic_lights)
         if self.traffic < 0 or self.walkers < 0:
             raise ValueError(f"--traffic and --walkers must be >= 0, got {self.traffic} and {self.walkers}")
         if self.fov is not None and not 0 < self.fov < 180:

@@ -130,7 +130,8 @@ def episode_metrics(records: list[TickRecord], route_length_m: float, dt: float,
                     "lateral_deviation_mean_m", "lateral_deviation_max_m", "speed_mean_kmh", "steer_rate_mean_per_s",
                     "gate_accuracy", "classifier_accuracy", "gate_switches_per_km", "inference_p50_ms",
                     "inference_p99_ms")},
-                "route_time_s": 0.0, "red_light_hold_s": 0.0, "gate_accuracy_frames": 0, "gate_switches": 0, "fallback_frames": 0,
+                "route_time_s": 0.0, "red_light_hold_s": 0.0, "gate_accuracy_frames": 0, "gate_switches": 0,
+                "fallback_frames": 0,
                 "expert_share": {c: nan for c in CLASSES}}
     xy = np.array([(r.x, r.y) for r in records])
     dist_m = float(np.sum(np.hypot(*np.diff(xy, axis=0).T))) if n > 1 else 0.0

@@ -247,9 +247,10 @@ def _all_lights(world, state, frozen: bool) -> None:
 
 @pytest.mark.parametrize("rule", ["stop", "ignore"])
 def test_red_lights_hold_the_car_or_are_run_and_counted(ctx, rule):
-    """Every light red and frozen from the first tick; the one the car waits at green at tick 200. Route seed 4 meets a light
-    at about tick 70. 'stop' (the default) holds the car before the junction, the wait does not count as
-    blocked (blocked_s is 3 s, the wait ~6 s) and it drives on at green; 'ignore' runs the light, counted."""
+    """Every light red and frozen from the first tick; the one the car waits at green at tick 200.
+    Route seed 4 meets a light at about tick 70. 'stop' (the default) holds the car before the junction,
+    the wait does not count as blocked (blocked_s is 3 s, the wait ~6 s) and it drives on at green;
+    'ignore' runs the light, counted."""
     def lights(i, rec):
         if i == 0:
             _all_lights(ctx.world, carla.TrafficLightState.Red, True)
