@@ -5,6 +5,7 @@ them everything here degrades to a single process. gloo on CPU, nccl on CUDA.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -47,9 +48,28 @@ def init_distributed(device_type: str) -> DistInfo:
     return info
 
 
-def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+def cleanup(info: DistInfo, finished: bool = True) -> None:
+    """Leave the process group. After a normal finish every rank first waits for the others: a rank
+    that tears gloo down while rank 0 is still writing its artifacts can abort at exit ("terminate
+    called without an active exception", seen once in CI), and PyTorch asks for a collective
+    ``destroy_process_group``. After an error there is no wait: the other ranks may never come."""
+    if not (info.enabled and dist.is_initialized()):
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed(device_type: str):
+    """``init_distributed`` for the block, then :func:`cleanup` (collective only if the block finished)."""
+    info = init_distributed(device_type)
+    finished = False
+    try:
+        yield info
+        finished = True
+    finally:
+        cleanup(info, finished)
 
 
 def barrier(info: DistInfo) -> None:

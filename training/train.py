@@ -587,12 +587,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             cfg.out = str(Path(cfg.resume).resolve().parent.parent)
 
     device_type = resolve_device(cfg.device).type
-    info = ddp.init_distributed(device_type)
-    try:
-        with fork_safe_cv2():
-            return _train(cfg, info, resume_ckpt)
-    finally:
-        ddp.cleanup(info)
+    with ddp.distributed(device_type) as info, fork_safe_cv2():
+        return _train(cfg, info, resume_ckpt)
 
 
 def _train(cfg: TrainConfig, info: ddp.DistInfo, resume_ckpt: dict | None) -> TrainResult:

@@ -336,11 +336,8 @@ def train_policy(cfg: PolicyTrainConfig, init: str | Path | None = None) -> Poli
     every rank returns the same metrics. ``init``: a policy checkpoint to start from (DAgger rounds
     warm-start from the previous round). DAgger itself (``cfg.dagger``) is run by
     :func:`training.dagger.run_dagger` around this."""
-    info = ddp.init_distributed(resolve_device(cfg.device).type)
-    try:
+    with ddp.distributed(resolve_device(cfg.device).type) as info:
         return _train_policy(cfg, init, info)
-    finally:
-        ddp.cleanup(info)
 
 
 def _train_policy(cfg: PolicyTrainConfig, init: str | Path | None, info: ddp.DistInfo) -> PolicyTrainResult:
