@@ -28,9 +28,10 @@ def check_rule(rule: str) -> str:
     return rule
 
 
-def must_hold(vehicle, rule: str) -> bool:
-    """True when ``rule`` says the car must stand still now (in the zone of a red light)."""
-    return check_rule(rule) == "stop" and bool(vehicle.is_at_traffic_light())
+def must_hold(vehicle, stop_at_red: bool) -> bool:
+    """True when the car must stand still now: ``stop_at_red`` (``check_rule(rule) == "stop"``, decided once
+    per drive, not per tick) and the car is in the zone of a red light."""
+    return stop_at_red and bool(vehicle.is_at_traffic_light())
 
 
 def hold(control: carla.VehicleControl) -> carla.VehicleControl:

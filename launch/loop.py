@@ -463,6 +463,7 @@ class _Drive:
         experts = {name: create_expert(name, route, vehicle=ego.vehicle, dt=cfg.dt, **cfg.expert_params.get(name, {}))
                    for name in (STRAIGHT, CURVE)}
         self.moe = MoEController(experts, create_gate(cfg.gate))
+        self.stop_at_red = check_rule(cfg.traffic_lights) == "stop"
         self.hint = 0
         self.stop = StopRule(end_margin_m=2.0, max_route_deviation_m=cfg.max_route_deviation_m,
                              stuck_speed_ms=0.5 / 3.6, stuck_s=cfg.blocked_s, max_ticks=cfg.max_ticks)
@@ -490,7 +491,7 @@ class _Drive:
             truth = evidence.label if evidence is not None else None
             obs = Observation(tf, vel, timestamp=t, frame=frame_id, image=raw, command=self.path.command_at(s0))
             step: MoEStep = self.moe.run_step(obs, p_curve, truth)
-            held = must_hold(vehicle, cfg.traffic_lights)
+            held = must_hold(vehicle, self.stop_at_red)
             control = hold(step.control) if held else step.control
             vehicle.apply_control(control)
             if self.monitor is not None:

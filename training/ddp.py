@@ -56,7 +56,7 @@ def cleanup(info: DistInfo, finished: bool = True) -> None:
     if not (info.enabled and dist.is_initialized()):
         return
     if finished:
-        dist.barrier()
+        barrier(info)
     dist.destroy_process_group()
 
 
