@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datasets.preprocess import to_rgb_resized
+from datasets.preprocess import FULL_FRAME, check_crop_rows, to_rgb_resized
 from datasets.io_safety import check_img_size, write_json_atomic
 from datasets.manifest import DatasetError, read_manifest, resolve_inside  # noqa: F401  (re-exported: the one manifest reader)
 from datasets.schema import CLASSES, INFO_NAME, MANIFEST_NAME, Contract, ContractError, describe_differences
@@ -229,13 +229,13 @@ def _fingerprint(root: Path, images: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _decode(path: Path, img_size: int) -> np.ndarray | None:
+def _decode(path: Path, img_size: int, crop_rows: tuple[float, float] = FULL_FRAME) -> np.ndarray | None:
     """Decode one image file to the cached form (uint8 RGB, img_size^2); None when unreadable."""
     data = np.fromfile(str(path), dtype=np.uint8)
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is None:
         return None
-    return to_rgb_resized(bgr, img_size, "BGR")
+    return to_rgb_resized(bgr, img_size, "BGR", crop_rows=crop_rows)
 
 
 def _gib(n: int) -> str:
@@ -293,35 +293,42 @@ def resolve_cache_dir(root: Path, cache_dir: Path | None) -> Path | None:
     return fallback
 
 
-def cache_paths(root: Path, img_size: int, cache_dir: Path | None = None) -> tuple[Path, Path]:
-    """(frames .npy, index .json) for one dataset directory and image size."""
+def cache_paths(root: Path, img_size: int, cache_dir: Path | None = None,
+                crop_rows: tuple[float, float] = FULL_FRAME) -> tuple[Path, Path]:
+    """(frames .npy, index .json) for one dataset directory, image size and row band."""
     base = cache_dir / hashlib.sha1(str(root).encode()).hexdigest()[:12] if cache_dir else root / "cache"
-    return base / f"frames_{img_size}.npy", base / f"frames_{img_size}.json"
+    stem = f"frames_{img_size}"
+    if tuple(crop_rows) != FULL_FRAME:
+        stem += f"_rows{crop_rows[0]:.4f}-{crop_rows[1]:.4f}"
+    return base / f"{stem}.npy", base / f"{stem}.json"
 
 
-def _fresh(npy: Path, index: Path, fp: str, images: list[str], img_size: int) -> list[int] | None:
+def _fresh(npy: Path, index: Path, fp: str, images: list[str], img_size: int,
+           crop_rows: tuple[float, float] = FULL_FRAME) -> list[int] | None:
     """Corrupt rows of an up-to-date cache at (npy, index); None when absent or stale."""
     if not (npy.is_file() and index.is_file()):
         return None
     try:
         meta = json.loads(index.read_text())
         if (meta.get("version") == CACHE_VERSION and meta.get("fingerprint") == fp
-                and meta.get("images") == images and meta.get("img_size") == img_size):
+                and meta.get("images") == images and meta.get("img_size") == img_size
+                and tuple(meta.get("crop_rows", FULL_FRAME)) == tuple(crop_rows)):
             return list(meta["corrupt"])
     except (OSError, ValueError, KeyError):
         pass
     return None
 
 
-def _build_one(root: Path, img_size: int, cache_dir: Path | None, workers: int, progress: bool) -> tuple[Path, list[int]]:
+def _build_one(root: Path, img_size: int, cache_dir: Path | None, workers: int, progress: bool,
+               crop_rows: tuple[float, float] = FULL_FRAME) -> tuple[Path, list[int]]:
     """Reuse or build one directory's cache: ``--cache-dir``, else ``<root>/cache``, else (read-only
     dataset, e.g. a shared drive) the user's cache directory (:func:`resolve_cache_dir`)."""
     from tqdm import tqdm
 
     images = [r["image"] for r in read_manifest(root)]
-    npy, index = cache_paths(root, img_size, resolve_cache_dir(root, cache_dir))
+    npy, index = cache_paths(root, img_size, resolve_cache_dir(root, cache_dir), crop_rows)
     fp = _fingerprint(root, images)
-    corrupt = _fresh(npy, index, fp, images, img_size)
+    corrupt = _fresh(npy, index, fp, images, img_size, crop_rows)
     if corrupt is not None:
         log.info("frame cache %s is up to date (%d frames)", npy, len(images))
         return npy, corrupt
@@ -343,7 +350,7 @@ def _build_one(root: Path, img_size: int, cache_dir: Path | None, workers: int, 
     corrupt: list[int] = []
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool:  # cv2 decode/resize release the GIL
-            it = pool.map(lambda rel: _decode(root / rel, img_size), images, chunksize=16)
+            it = pool.map(lambda rel: _decode(root / rel, img_size, crop_rows), images, chunksize=16)
             for i, frame in enumerate(tqdm(it, total=len(images), desc=f"caching {root.name} @{img_size}px",
                                            unit="img", disable=not progress, leave=False)):
                 if frame is None:
@@ -359,8 +366,8 @@ def _build_one(root: Path, img_size: int, cache_dir: Path | None, workers: int, 
             raise DatasetError(f"cannot write the frame cache {npy} ({_disk_why(e)}); the partial file was "
                                "removed") from None
         raise
-    meta = {"version": CACHE_VERSION, "img_size": img_size, "color_order": "RGB", "fingerprint": fp,
-            "images": images, "corrupt": corrupt}
+    meta = {"version": CACHE_VERSION, "img_size": img_size, "crop_rows": list(crop_rows), "color_order": "RGB",
+            "fingerprint": fp, "images": images, "corrupt": corrupt}
     try:
         write_json_atomic(index, meta, indent=None)
     except OSError as e:
@@ -455,6 +462,7 @@ class FrameCache:
     npy_paths: list[Path]
     corrupt: list[list[int]]
     img_size: int
+    crop_rows: tuple[float, float] = FULL_FRAME
     _arrays: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self):
@@ -478,21 +486,24 @@ class FrameCache:
 
 
 def build_cache(table: FrameTable, img_size: int, cache_dir: str | os.PathLike | None = None,
-                workers: int | None = None, progress: bool = True) -> FrameCache:
-    """Build (or reuse) the uint8 frame cache of every directory in ``table`` at ``img_size``.
+                workers: int | None = None, progress: bool = True,
+                crop_rows: tuple[float, float] = FULL_FRAME) -> FrameCache:
+    """Build (or reuse) the uint8 frame cache of every directory in ``table`` at ``img_size``, from the
+    band ``crop_rows`` of every frame (:func:`datasets.preprocess.crop_band`; default the whole frame).
 
     Corrupt images are not fatal: they are logged with a count and the first few names, and
     :meth:`FrameCache.corrupt_mask` lets the caller drop them.
     """
     img_size = check_img_size(img_size, "--img-size")
+    crop_rows = check_crop_rows(crop_rows)
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     cdir = Path(cache_dir) if cache_dir else None
     npys, corrupt = [], []
     for root in table.roots:
-        npy, bad = _build_one(root, img_size, cdir, workers, progress)
+        npy, bad = _build_one(root, img_size, cdir, workers, progress, crop_rows)
         npys.append(npy)
         corrupt.append(bad)
-    cache = FrameCache(npys, corrupt, img_size)
+    cache = FrameCache(npys, corrupt, img_size, crop_rows)
     n_bad = sum(len(b) for b in corrupt)
     if n_bad:
         names = [str(table.roots[s] / table.image[(table.source == s) & (table.row == r)][0])

@@ -522,14 +522,15 @@ class _Drive:
 class _View:
     """The window, the HUD and the video: what a person sees of the drive, and the keys they press."""
 
-    def __init__(self, ctx: WorldContext, cfg: DriveConfig, route, camera, gate_order: list[str]) -> None:
+    def __init__(self, ctx: WorldContext, cfg: DriveConfig, route, camera, gate_order: list[str],
+                 crop_rows: tuple[float, float] | None = None) -> None:
         self.cfg, self.gate_order = cfg, gate_order
         self.minimap = None
         if cfg.minimap and cfg.hud:
             raster = ctx.raster()
             if raster is not None:
                 self.minimap = Minimap(raster.image, raster.world_to_pixel, route_to_xy(route))
-        self.overlay = Overlay(camera.res, self.minimap)
+        self.overlay = Overlay(camera.res, self.minimap, crop_rows)
         self.recorder = _Recorder(cfg, cfg.gate)
         self.display = open_display(camera.res, cfg.display, title=f"carla-drive {cfg.town}")
         self.realtime = cfg.realtime if cfg.realtime is not None else self.display is not None
@@ -732,7 +733,8 @@ def run_episode(ctx: WorldContext, cfg: DriveConfig, classifier=None, on_tick: T
                 _traffic(ctx, cfg, start.location), _infractions(ctx, cfg, ego.vehicle) as monitor:
             drive = _Drive(ctx, cfg, ego, route, path, contract, predict, timer)
             drive.monitor = monitor
-            view = _View(ctx, cfg, route, contract.camera, gate_order)
+            view = _View(ctx, cfg, route, contract.camera, gate_order,
+                         getattr(getattr(classifier, "meta", None), "crop_rows", None))
             view.monitor = monitor
             end_reason = _ticks(drive, view, on_tick)
     except KeyboardInterrupt:

@@ -145,10 +145,16 @@ class Overlay:
     Args:
         size: frame (width, height), px.
         minimap: optional :class:`Minimap`; its size is rescaled to the frame height.
+        crop_rows: the classifier's band of rows (``ModelMeta.crop_rows``); when it is not the whole
+            frame its edges are drawn as dotted lines, so the viewer sees what the model sees.
     """
 
-    def __init__(self, size: tuple[int, int], minimap: Minimap | None = None) -> None:
+    def __init__(self, size: tuple[int, int], minimap: Minimap | None = None,
+                 crop_rows: tuple[float, float] | None = None) -> None:
         self.width, self.height = int(size[0]), int(size[1])
+        self.band_rows = None
+        if crop_rows is not None and tuple(crop_rows) != (0.0, 1.0):
+            self.band_rows = tuple(int(round(f * self.height)) for f in crop_rows)
         self.scale = self.height / 600.0
         self.minimap = minimap
         self.panel_w = max(60, int(230 * self.scale))
@@ -187,6 +193,8 @@ class Overlay:
             if s.recording:
                 self._rec_dot(frame)
             return frame
+        if self.band_rows is not None:
+            self._band_edges(frame)
         roi = frame[:self.panel_h, :self.panel_w]
         cv2.convertScaleAbs(roi, roi, alpha=0.35)  # darken in place: the translucent panel
         # prediction
@@ -236,6 +244,13 @@ class Overlay:
         if s.recording:
             self._rec_dot(frame)
         return frame
+
+    def _band_edges(self, frame: np.ndarray) -> None:
+        """Dotted lines (8 px on, 8 off) at the top and bottom of the classifier's band of rows."""
+        cols = np.arange(self.panel_w, self.width)
+        cols = cols[(cols - self.panel_w) % 16 < 8]
+        for row in self.band_rows:
+            frame[min(max(row, 0), self.height - 1), cols] = COLORS["dim"]
 
     def _rec_dot(self, frame: np.ndarray) -> None:
         r = max(3, int(8 * self.scale))

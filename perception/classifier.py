@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.preprocess import check_frame, normalize, to_rgb_resized
+from datasets.preprocess import check_frame, crop_band, normalize, to_rgb_resized
 from datasets.schema import CameraSpec, Contract, LabelParams
 from perception.backends import Backend, available_backends, load_backend, unavailable_reason
 from perception.formats import backend_info, default_cache_dir, format_for_path
@@ -252,8 +252,9 @@ class CurveClassifier:
         return self.meta.label_params
 
     def preprocess(self, frame: np.ndarray, color_order: str = "BGRA") -> np.ndarray:
-        """Raw frame -> float32 1x3xSxS, exactly as training saw it (datasets.preprocess)."""
-        rgb = to_rgb_resized(frame, self.meta.img_size, color_order, self._pool)
+        """Raw frame -> float32 1x3xSxS, exactly as training saw it (datasets.preprocess), the model's
+        band of rows (``meta.crop_rows``) included."""
+        rgb = to_rgb_resized(frame, self.meta.img_size, color_order, self._pool, self.meta.crop_rows)
         return normalize(rgb, self.meta.mean, self.meta.std)[None]
 
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -275,7 +276,7 @@ class CurveClassifier:
     def takes_frame(self, frame: np.ndarray) -> bool:
         """True when the backend preprocesses raw frames itself (GPU backends, see ``infer_frame``)."""
         accepts = getattr(self.backend, "accepts_frame", None)
-        return accepts is not None and accepts(frame.shape, self.meta.img_size)
+        return accepts is not None and accepts(crop_band(frame, self.meta.crop_rows).shape, self.meta.img_size)
 
     def predict(self, frame: np.ndarray, color_order: str = "BGRA") -> Prediction:
         """Classify one raw frame. Raises ValueError for a wrong shape/dtype/colour order.

@@ -279,7 +279,7 @@ def reference_inputs(meta: ModelMeta, n: int, frames: tuple[list[np.ndarray], st
         imgs, order = road_frames(n, seed=0, width=400, height=300)[0], "BGRA"
     else:
         imgs, order = frames[0][:n], frames[1]
-    return np.concatenate([preprocess(f, meta.img_size, order, meta.mean, meta.std) for f in imgs])
+    return np.concatenate([preprocess(f, meta.img_size, order, meta.mean, meta.std, meta.crop_rows) for f in imgs])
 
 
 SessionFactory = Callable[[Candidate], object]     # returns something with .infer(x) -> logits

@@ -214,7 +214,7 @@ def parity_check(model, onnx_path: Path, meta: ModelMeta, frames: list[np.ndarra
     import torch
     from datasets.preprocess import preprocess
     from perception.backends.onnxruntime_backend import OnnxRuntimeBackend
-    x = np.concatenate([preprocess(f, meta.img_size, color_order, meta.mean, meta.std) for f in frames])
+    x = np.concatenate([preprocess(f, meta.img_size, color_order, meta.mean, meta.std, meta.crop_rows) for f in frames])
     with torch.inference_mode():
         ref = model.eval().float()(torch.from_numpy(x)).numpy()
     reports = []
@@ -334,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         result = export(cfg)
     m = result.meta
     print(f"wrote {result.onnx} ({result.onnx.stat().st_size / 1e6:.1f} MB): {m.arch}, {m.precision}, "
-          f"{'dynamic' if m.dynamic_batch else 'static'} batch, input {m.img_size}x{m.img_size} {m.color_order}, "
+          f"{'dynamic' if m.dynamic_batch else 'static'} batch, input {m.img_size}x{m.img_size} {m.color_order}"
+          f"{'' if m.crop_rows == (0.0, 1.0) else f' from rows {m.crop_rows[0]:g}-{m.crop_rows[1]:g} of the frame'}, "
           f"classes {list(m.classes)}, checkpoint sha256 {m.checkpoint_sha256[:12]}...; onnx.checker OK")
     print(describe_contract(m.contract))
     if result.cpu_decision is not None:

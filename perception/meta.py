@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from datasets.io_safety import check_img_size
-from datasets.preprocess import COLOR_ORDERS
+from datasets.preprocess import COLOR_ORDERS, FULL_FRAME, check_crop_rows
 from datasets.schema import CLASSES, CameraSpec, Contract, LabelParams
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ MARKER_KEY = "carla_perception"            # present (= META_VERSION) in every O
 PRECISIONS = ("fp32", "fp16")
 CONTRACT_KEYS = ("camera", "label")         # ONNX metadata keys of the contract (JSON each)
 FRAME_NOTE = ("model input is RGB float32 NCHW normalised with mean/std; raw CARLA frames are BGRA uint8 "
-              "and go through datasets.preprocess.preprocess(frame, img_size, 'BGRA', mean, std)")
+              "and go through datasets.preprocess.preprocess(frame, img_size, 'BGRA', mean, std, crop_rows)")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class ModelMeta:
         arch: training.models architecture name (lets torch rebuild the network).
         classes: class names in logit order; index 0 is ``curve``.
         img_size: square model input side, px.
+        crop_rows: (top, bottom) fractions of the frame's rows kept before resizing
+            (:func:`datasets.preprocess.crop_band`); (0, 1) is the whole frame.
         mean, std: per-channel RGB normalisation (0..1 scale).
         color_order: channel order of the MODEL INPUT (always ``RGB``; frames are converted).
         dropout: head dropout (architecture only; inactive at inference).
@@ -57,6 +59,7 @@ class ModelMeta:
     arch: str
     classes: tuple[str, ...] = CLASSES
     img_size: int = 224
+    crop_rows: tuple[float, float] = FULL_FRAME
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     color_order: str = "RGB"
@@ -76,6 +79,7 @@ class ModelMeta:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         object.__setattr__(self, "img_size", int(self.img_size))
+        object.__setattr__(self, "crop_rows", check_crop_rows(self.crop_rows, "the model's crop_rows"))
         object.__setattr__(self, "temperature", float(self.temperature))
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
@@ -119,7 +123,8 @@ class ModelMeta:
             raise ValueError(f"checkpoint {path or '?'} config lacks {', '.join(missing)}; "
                              f"expected keys arch, classes, img_size, mean, std, color_order, dropout")
         return cls(arch=config["arch"], classes=tuple(config.get("classes", CLASSES)),
-                   img_size=config["img_size"], mean=config["mean"], std=config["std"],
+                   img_size=config["img_size"], crop_rows=config.get("crop_rows", FULL_FRAME),
+                   mean=config["mean"], std=config["std"],
                    color_order=config.get("color_order", "RGB"), dropout=float(config.get("dropout", 0.0)),
                    checkpoint_sha256=sha256, checkpoint_path=path, contract=Contract.from_json(config.get("contract")),
                    temperature=float(config.get("temperature", 1.0)))
@@ -151,7 +156,7 @@ class ModelMeta:
             if f.name not in props:
                 continue
             raw = props[f.name]
-            if f.name in ("classes", "mean", "std"):
+            if f.name in ("classes", "mean", "std", "crop_rows"):
                 kwargs[f.name] = tuple(json.loads(raw))
             elif f.name == "dynamic_batch":
                 kwargs[f.name] = json.loads(raw)

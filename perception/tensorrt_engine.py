@@ -30,6 +30,7 @@ from types import ModuleType
 
 import numpy as np
 
+from datasets.preprocess import crop_band
 from perception.formats import default_cache_dir
 from perception.meta import PRECISIONS, ModelMeta, read_onnx_meta, sha256_file
 
@@ -398,6 +399,7 @@ class TensorRTRunner:
         and the logits copy, all on this runner's stream; one sync at the end."""
         torch = self._torch
         from perception.gpu_preprocess import FramePreprocessor
+        frame = crop_band(frame, meta.crop_rows)     # only the model's rows are staged and uploaded
         key = (tuple(frame.shape), color_order, meta.img_size)
         if getattr(self, "_frame_key", None) != key:
             pin = self.stream is not None

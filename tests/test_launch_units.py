@@ -142,6 +142,18 @@ def _minimap():
     return Minimap(img, w2p, route, size=160)
 
 
+def test_overlay_marks_the_classifiers_band_of_rows():
+    state = HudState(pred_label="curve", p_curve=0.8, gate="hard", town="Town02", weather="ClearNoon")
+    base = np.full((600, 800, 3), 128, np.uint8)
+    out = Overlay((800, 600), crop_rows=(0.3, 0.8)).draw(base.copy(), state)
+    for row in (180, 480):
+        marked = (out[row, 400:] != 128).any(axis=1)
+        assert 0.4 < marked.mean() < 0.6                   # dotted across the view
+    assert (out[300:420, 300:500] == 128).all() and (out[470:479, 300:] == 128).all()
+    whole = Overlay((800, 600), crop_rows=(0.0, 1.0)).draw(base.copy(), state)
+    assert (whole[180, 400:] == 128).all() and (whole[480, 400:] == 128).all()
+
+
 def test_overlay_draws_hud_and_is_cheap():
     ov = Overlay((800, 600), _minimap())
     state = HudState(pred_label="curve", p_curve=0.8, truth="straight", gate="hard",

@@ -361,6 +361,27 @@ def test_classifier_on_stand_in_tensorrt_end_to_end(fake_trt, onnx_files, tmp_pa
     assert again.meta.img_size == IMG and again.predict(frame).p_curve == pytest.approx(p_curve, rel=1e-5)
 
 
+def test_stand_in_tensorrt_frame_path_uploads_only_the_models_band(fake_trt, onnx_files, tmp_path, monkeypatch):
+    """A model trained on a band of rows (``crop_rows`` in its metadata): the engine's frame path stages
+    and preprocesses only those rows, and agrees with the host path."""
+    import onnx
+    monkeypatch.setattr(TensorRTBackend, "unavailable_reason", staticmethod(lambda: None))
+    model = onnx.load(str(onnx_files["fp32_static"]))
+    for prop in model.metadata_props:
+        if prop.key == "crop_rows":
+            prop.value = "[0.3, 0.8]"
+    onnx_path = tmp_path / "band.onnx"
+    onnx.save(model, str(onnx_path))
+    clf = CurveClassifier.load(onnx_path, warmup=0, device="cpu")
+    assert clf.backend_name == "tensorrt" and clf.meta.crop_rows == (0.3, 0.8)
+    frame = frames_and_labels(1, seed=5)[0][0]
+    logits = fake_mean_logits(clf.preprocess(frame))[0]
+    assert clf.takes_frame(frame)
+    assert clf.predict(frame).p_curve == pytest.approx(1 / (1 + np.exp(logits[1] - logits[0])), rel=1e-5)
+    assert clf.backend.runner._frame_key[0] == (round(0.8 * frame.shape[0]) - round(0.3 * frame.shape[0]),
+                                                *frame.shape[1:])
+
+
 def test_engine_file_without_tensorrt_says_what_to_do(onnx_files, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)      # import tensorrt -> ImportError
     engine = tmp_path / "m.engine"

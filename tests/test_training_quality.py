@@ -230,6 +230,35 @@ def test_robustness_report_counts_episodes_and_flags_cells_from_few_drives():
     assert "episodes" not in no_eps and "Careful" not in no_eps and "| CloudyNight | 60 | 33.3 |" in no_eps
 
 
+def test_wilson_interval_matches_the_textbook_values():
+    from training.robustness import wilson_interval
+    assert wilson_interval(95, 100) == pytest.approx((0.8883, 0.9785), abs=2e-4)
+    assert wilson_interval(0, 20) == pytest.approx((0.0, 0.1611), abs=2e-4)
+    assert wilson_interval(20, 20)[1] == 1.0
+
+
+def test_report_says_how_low_the_worst_cell_reads_by_chance():
+    """22 presets of 100 frames, all 96 % right: the worst preset reads ~92 % with nothing weak; a preset
+    that really is weak (80 %) falls below the chance range, and the report shows both."""
+    from training.robustness import chance_worst
+    ch = chance_worst([100] * 22, 0.966)
+    assert 0.91 <= ch["median"] <= 0.94 and ch["p05"] < ch["median"] < ch["p95"] <= 0.96
+    rng = np.random.default_rng(4)
+    labels = np.tile([0, 1], 1100)
+    weather = np.repeat([f"P{i:02d}" for i in range(22)], 100)
+    wrong = rng.random(2200) < 0.04
+    wrong[weather == "P07"] = rng.random(100) < 0.2
+    probs = np.eye(2)[np.where(wrong, 1 - labels, labels)]
+    r = robustness_report(labels, probs, CLASSES, {"weather": weather})
+    worst = r["groups"]["weather"]["P07"]
+    assert r["weakest"][0]["value"] == "P07" and worst["accuracy"] < r["chance_worst"]["weather"]["p05"]
+    lo, hi = worst["accuracy_ci95"]
+    assert lo < worst["accuracy"] < hi
+    md = robustness_markdown(r, CLASSES)
+    assert "Worst weather by chance: if each of its 22 cells were as accurate as their pooled" in md
+    assert f"measured {100 * worst['accuracy']:.1f} %" in md and "accuracy 95 % CI" in md
+
+
 def _make_read_only(root: Path) -> None:
     for p in sorted(root.rglob("*"), reverse=True) + [root]:
         p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))

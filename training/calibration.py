@@ -121,17 +121,18 @@ def calibrate_checkpoint(cfg: CalibrateConfig) -> dict:
     from datasets.dataset import FrameDataset
     from datasets.presets import ClassificationPresetEval
     from training import ddp
-    from training.checkpoint import read_checkpoint, load_checkpoint, save_checkpoint
-    from training.train import evaluate, fork_safe_cv2, make_loader, prepare_data, resolve_device
+    from training.checkpoint import crop_rows_of, read_checkpoint, load_checkpoint, save_checkpoint
+    from training.train import Runtime, evaluate, fork_safe_cv2, make_loader, prepare_data, resolve_device
 
     device = resolve_device(cfg.device)
     model, mcfg = load_checkpoint(cfg.checkpoint, device)
-    info = ddp.DistInfo()
+    rt = Runtime(device=device, info=ddp.DistInfo(), progress=False)
     with fork_safe_cv2():
-        table, cache, _ = prepare_data(cfg.data, int(mcfg["img_size"]), cfg.cache_dir, info, False)
-        ds = FrameDataset(cache, table, ClassificationPresetEval(mean=mcfg["mean"], std=mcfg["std"]))
-        loader = make_loader(ds, cfg.batch_size, cfg.workers, device, train=False, info=info, seed=0)
-        result = evaluate(model, nn.CrossEntropyLoss(), loader, device, info=info, desc="calibrate")
+        prepared = prepare_data(cfg.data, int(mcfg["img_size"]), cfg.cache_dir, rt.info, False, crop_rows_of(mcfg))
+        ds = FrameDataset(prepared.cache, prepared.table,
+                          ClassificationPresetEval(mean=mcfg["mean"], std=mcfg["std"]))
+        loader = make_loader(ds, cfg.batch_size, cfg.workers, device, train=False, info=rt.info, seed=0)
+        result = evaluate(model, nn.CrossEntropyLoss(), loader, rt, desc="calibrate")
     report = calibration_report(result["logits"], result["labels"])
     ckpt = read_checkpoint(cfg.checkpoint)
     config = {**ckpt["config"], "temperature": report["temperature"]}

@@ -5,6 +5,7 @@ A checkpoint is ``torch.save`` of a dict of plain types and tensors, loadable wi
 
     {"state_dict": model.state_dict(),
      "config": {"arch": str, "num_classes": 2, "classes": ["curve", "straight"], "img_size": int,
+                "crop_rows": [top, bottom] (band of frame rows fed to the model; [0, 1] if absent),
                 "mean": [3 floats], "std": [3 floats], "color_order": "RGB", "dropout": float,
                 "recipe": {every training flag, plain types},
                 "contract": {"camera": {...}, "label": {...}} or None},
@@ -43,6 +44,12 @@ class CheckpointError(ValueError):
 
 
 REQUIRED_CONFIG = ("arch", "num_classes", "classes", "img_size", "mean", "std", "color_order", "dropout", "recipe")
+
+
+def crop_rows_of(config: dict) -> tuple[float, float]:
+    """The band of frame rows a checkpoint's model was trained on (the whole frame for older checkpoints)."""
+    from datasets.preprocess import FULL_FRAME, check_crop_rows
+    return check_crop_rows(config.get("crop_rows", FULL_FRAME), "checkpoint config crop_rows")
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict, epoch: int, metrics: dict,
@@ -102,6 +109,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     from datasets.io_safety import check_img_size
     try:
         check_img_size(ckpt["config"]["img_size"], f"{path} config img_size")
+        crop_rows_of(ckpt["config"])
     except ValueError as err:
         raise CheckpointError(str(err)) from None
     return ckpt

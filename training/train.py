@@ -60,6 +60,7 @@ from datasets.io_safety import check_output_path, check_img_size, cli_errors, wr
 from datasets.dataset import (DatasetError, FrameCache, FrameDataset, FrameTable, build_cache, check_classes,
                               load_contract, load_frames)
 from datasets.presets import ClassificationPresetEval, ClassificationPresetTrain
+from datasets.preprocess import FULL_FRAME, check_crop_rows
 from datasets.schema import CLASSES, Contract, ContractError, describe_differences
 from datasets.splits import SplitConfig, load_split, make_split
 from training import ddp
@@ -98,6 +99,7 @@ class TrainConfig:
     dropout: float = 0.3
     batch_size: int = 32
     img_size: int = 224
+    crop_rows: tuple[float, float] = FULL_FRAME
     freeze_epochs: int = 5
     unfreeze_blocks: int = 3
     val_towns: tuple[str, ...] = ()
@@ -120,6 +122,7 @@ class TrainConfig:
     def __post_init__(self):
         self.data = tuple(str(d) for d in self.data)
         self.val_towns, self.test_towns = tuple(self.val_towns), tuple(self.test_towns)
+        self.crop_rows = check_crop_rows(self.crop_rows)
         if self.arch not in list_models():
             raise ValueError(f"--arch {self.arch!r}: unknown; valid: {', '.join(list_models())}")
         checks = [
@@ -180,6 +183,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=d.dropout, help="dropout before the linear head")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per batch per process")
     p.add_argument("--img-size", type=int, default=d.img_size, help="square input side, px")
+    p.add_argument("--crop-rows", type=float, nargs=2, default=list(d.crop_rows), metavar=("TOP", "BOTTOM"),
+                   help="keep only this band of every frame's rows (fractions of its height) before resizing; "
+                        "stored in the model, so evaluation, export and inference crop alike. 0.3 0.8 on the 2 m "
+                        "hood camera keeps the horizon under any pitch of the domain randomisation and doubles "
+                        "the rows given to the distant road")
     p.add_argument("--freeze-epochs", type=int, default=d.freeze_epochs, help="stage 1 length: head only on a frozen backbone (pretrained weights only)")
     p.add_argument("--unfreeze-blocks", type=int, default=d.unfreeze_blocks, help="stage 2: last N backbone blocks to unfreeze (-1: all)")
     p.add_argument("--val-towns", nargs="*", default=[], metavar="TOWN", help="towns held out for validation")
@@ -504,17 +512,17 @@ class PreparedData:
 
 
 def prepare_data(data: tuple[str, ...], img_size: int, cache_dir: str | None, info: ddp.DistInfo,
-                 progress: bool) -> PreparedData:
+                 progress: bool, crop_rows: tuple[float, float] = FULL_FRAME) -> PreparedData:
     """Load + validate the manifests, build the cache on rank 0 (others wait), drop corrupt frames and
     route-dependent ones (a label decided by a route choice at a junction the camera cannot see is noise
     to a classifier; the collector's ``--junction-policy flag`` keeps them for driving policies).
     """
     table = load_frames(data)
     if info.is_main:
-        cache = build_cache(table, img_size, cache_dir, progress=progress)
+        cache = build_cache(table, img_size, cache_dir, progress=progress, crop_rows=crop_rows)
     ddp.barrier(info)
     if not info.is_main:
-        cache = build_cache(table, img_size, cache_dir, progress=False)
+        cache = build_cache(table, img_size, cache_dir, progress=False, crop_rows=crop_rows)
     corrupt = cache.corrupt_mask(table)
     route_dependent = table.route_dependent & ~corrupt
     if route_dependent.any() and info.is_main:
@@ -645,7 +653,7 @@ def build_data(cfg: TrainConfig, rt: Runtime, out: Path, resume_ckpt: dict | Non
     """
     info = rt.info
     contract = _training_contract(cfg.data, resume_ckpt, info)    # before the cache: refuse mixed data at once
-    prepared = prepare_data(cfg.data, cfg.img_size, cfg.cache_dir, info, cfg.progress)
+    prepared = prepare_data(cfg.data, cfg.img_size, cfg.cache_dir, info, cfg.progress, cfg.crop_rows)
     table = prepared.table
     split = load_split(out / "split.json", table) if resume_ckpt and (out / "split.json").is_file() \
         else make_split(table, SplitConfig(cfg.val_split, cfg.val_towns, cfg.test_towns, cfg.seed))
@@ -713,7 +721,7 @@ def model_config(cfg: TrainConfig, contract: Contract | None) -> dict:
     """The checkpoint ``config`` (see :mod:`training.checkpoint`), the contract included."""
     dcfg = data_config(cfg.arch)
     return {"arch": cfg.arch, "num_classes": len(CLASSES), "classes": list(CLASSES),
-            "img_size": cfg.img_size, "mean": [float(v) for v in dcfg["mean"]],
+            "img_size": cfg.img_size, "crop_rows": list(cfg.crop_rows), "mean": [float(v) for v in dcfg["mean"]],
             "std": [float(v) for v in dcfg["std"]], "color_order": dcfg["color_order"],
             "dropout": cfg.dropout, "recipe": cfg.recipe(),
             "contract": contract.to_json() if contract is not None else None}

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from datasets.preprocess import crop_band
 from perception.meta import ModelMeta, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,9 @@ class TorchCudaBackend:
         self._stream.synchronize()
 
     def infer_frame(self, frame: np.ndarray, color_order: str, meta: ModelMeta) -> np.ndarray:
-        """Raw uint8 HxWxC frame -> float32 1 x num_classes logits, preprocessing on the device."""
+        """Raw uint8 HxWxC frame -> float32 1 x num_classes logits, preprocessing on the device (only the
+        model's band of rows, ``meta.crop_rows``, is staged and uploaded)."""
+        frame = crop_band(frame, meta.crop_rows)
         key = (tuple(frame.shape), color_order, meta.img_size)
         if self._frame is None or self._frame["key"] != key:
             self._setup_frame(frame.shape, color_order, meta)
@@ -217,6 +220,7 @@ class TorchCudaBackend:
         """
         import time
         self.infer_frame(frame, color_order, meta)            # set up buffers for this shape
+        frame = crop_band(frame, meta.crop_rows)
         st = self._frame
         marks: list = []
 
