@@ -58,6 +58,14 @@ def test_preprocess_of_a_band_is_the_resize_of_those_rows():
     assert not np.array_equal(got, to_rgb_resized(f, 32, "BGRA"))
 
 
+def test_band_resized_on_two_threads_is_bit_identical():
+    from concurrent.futures import ThreadPoolExecutor
+    f = np.random.default_rng(5).integers(0, 255, (600, 800, 4), dtype=np.uint8)
+    with ThreadPoolExecutor(1) as pool:
+        np.testing.assert_array_equal(to_rgb_resized(f, 128, "BGRA", pool, crop_rows=BAND),
+                                      to_rgb_resized(f, 128, "BGRA", crop_rows=BAND))
+
+
 @pytest.mark.parametrize("bad", [(0.8, 0.3), (-0.1, 0.5), (0.2, 1.5), (0.5, 0.52), ("a", 1), (0.1,)])
 def test_bad_band_is_one_line_naming_it(bad):
     with pytest.raises(ValueError, match="--crop-rows") as e:
