@@ -61,10 +61,15 @@ def crop_band(frame: np.ndarray, crop_rows: tuple[float, float] | None) -> np.nd
     """
     if crop_rows is None or tuple(crop_rows) == FULL_FRAME:
         return frame
-    h = frame.shape[0]
+    r0, r1 = band_rows(frame.shape[0], crop_rows)
+    return frame[r0:r1]
+
+
+def band_rows(height: int, crop_rows: tuple[float, float]) -> tuple[int, int]:
+    """First and one-past-last row of the band ``crop_rows`` in a frame ``height`` rows high (at least one row)."""
     top, bottom = crop_rows
-    r0, r1 = int(round(top * h)), int(round(bottom * h))
-    return frame[r0:max(r1, r0 + 1)]
+    r0 = int(round(top * height))
+    return r0, max(int(round(bottom * height)), r0 + 1)
 
 
 def aligned_split(src_rows: int, dst_rows: int) -> tuple[int, int] | None:

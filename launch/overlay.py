@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from datasets.schema import CLASSES
+from datasets.preprocess import FULL_FRAME, band_rows
 
 CURVE, STRAIGHT = CLASSES
 
@@ -153,8 +154,8 @@ class Overlay:
                  crop_rows: tuple[float, float] | None = None) -> None:
         self.width, self.height = int(size[0]), int(size[1])
         self.band_rows = None
-        if crop_rows is not None and tuple(crop_rows) != (0.0, 1.0):
-            self.band_rows = tuple(int(round(f * self.height)) for f in crop_rows)
+        if crop_rows is not None and tuple(crop_rows) != FULL_FRAME:
+            self.band_rows = band_rows(self.height, crop_rows)
         self.scale = self.height / 600.0
         self.minimap = minimap
         self.panel_w = max(60, int(230 * self.scale))

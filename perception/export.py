@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.io_safety import check_output_path, cli_errors
+from datasets.preprocess import FULL_FRAME
 
 from perception.formats import check_options, format_by_arg, format_for_path
 from perception.meta import ModelMeta, load_checkpoint
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     m = result.meta
     print(f"wrote {result.onnx} ({result.onnx.stat().st_size / 1e6:.1f} MB): {m.arch}, {m.precision}, "
           f"{'dynamic' if m.dynamic_batch else 'static'} batch, input {m.img_size}x{m.img_size} {m.color_order}"
-          f"{'' if m.crop_rows == (0.0, 1.0) else f' from rows {m.crop_rows[0]:g}-{m.crop_rows[1]:g} of the frame'}, "
+          f"{'' if m.crop_rows == FULL_FRAME else f' from rows {m.crop_rows[0]:g}-{m.crop_rows[1]:g} of the frame'}, "
           f"classes {list(m.classes)}, checkpoint sha256 {m.checkpoint_sha256[:12]}...; onnx.checker OK")
     print(describe_contract(m.contract))
     if result.cpu_decision is not None:
