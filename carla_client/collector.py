@@ -365,7 +365,8 @@ class _Bar:
         if config.progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=sum(need.values()), unit="frame", dynamic_ncols=True, desc="collect")
+            self.bar = tqdm(total=sum(need.values()), unit="frame", dynamic_ncols=True, desc="collect",
+                            disable=None)  # None: quiet when stderr is not a terminal
             self._postfix()
 
     def _postfix(self):

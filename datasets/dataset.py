@@ -352,7 +352,7 @@ def _build_one(root: Path, img_size: int, cache_dir: Path | None, workers: int, 
         with ThreadPoolExecutor(max(1, workers)) as pool:  # cv2 decode/resize release the GIL
             it = pool.map(lambda rel: _decode(root / rel, img_size, crop_rows), images, chunksize=16)
             for i, frame in enumerate(tqdm(it, total=len(images), desc=f"caching {root.name} @{img_size}px",
-                                           unit="img", disable=not progress, leave=False)):
+                                           unit="img", disable=None if progress else True, leave=False)):
                 if frame is None:
                     corrupt.append(i)
                 else:

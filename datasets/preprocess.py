@@ -38,6 +38,17 @@ def check_frame(frame: np.ndarray, color_order: str) -> None:
         raise ValueError(f"expected an HxWx{channels} uint8 {color_order} frame, got {got}")
 
 
+TTA_CHOICES = ("none", "hflip")
+"""Test-time augmentation a model can carry (checkpoint config / ONNX metadata ``tta``): ``hflip`` averages
+the logits of a frame and of its mirror image inside the model (:class:`training.models.FlipAverage`)."""
+
+
+def check_tta(value, what: str = "--tta") -> str:
+    if value not in TTA_CHOICES:
+        raise ValueError(f"{what} {value!r}: valid: {', '.join(TTA_CHOICES)}")
+    return value
+
+
 def check_crop_rows(crop_rows, what: str = "--crop-rows") -> tuple[float, float]:
     """``(top, bottom)`` as floats with 0 <= top < bottom <= 1, else ValueError naming ``what`` and the range."""
     try:

@@ -194,7 +194,7 @@ def run_evaluation(cfg: EvalConfig) -> EvalResult:
     videos: dict = {}
     backgrounds: dict = {}
     total = sum((cfg.episodes or s.episodes) * len(cfg.gates) for s in settings.values())
-    bar = tqdm(total=total, desc="evaluate", unit="ep")
+    bar = tqdm(total=total, desc="evaluate", unit="ep", disable=None)  # quiet when stderr is not a terminal
     interrupted = False
     try:
         for town, ts in settings.items():

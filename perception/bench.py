@@ -151,9 +151,9 @@ def _load(cfg: BenchConfig, name: str, options: dict):
         if name not in ("torch", "torch-cuda") or format_for_path(cfg.model).arg == "torch":
             raise
     from perception.backends import get_backend_class
-    from training.models import create_model
+    from training.models import create_model, with_tta
     meta = read_meta(cfg.model)
-    model = create_model(meta.arch, meta.num_classes, meta.dropout, weights="none")
+    model = with_tta(create_model(meta.arch, meta.num_classes, meta.dropout, weights="none"), meta.tta)
     clf = CurveClassifier(get_backend_class(name)(model, **options), meta, cfg.model)
     clf.backend.warmup(cfg.warmup, meta.img_size)
     return clf, "RANDOM weights, same architecture (timing only: the ONNX's checkpoint is not here)"

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from datasets.io_safety import check_img_size
-from datasets.preprocess import COLOR_ORDERS, FULL_FRAME, check_crop_rows
+from datasets.preprocess import COLOR_ORDERS, FULL_FRAME, check_crop_rows, check_tta
 from datasets.schema import CLASSES, CameraSpec, Contract, LabelParams
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ class ModelMeta:
         contract: camera + label definition the model was trained under (None: not recorded).
         temperature: softmax temperature fitted on the validation split (training.calibration);
             probabilities are ``softmax(logits / temperature)``, logits stay raw.
+        tta: test-time augmentation inside the network (``hflip``: the logits are the mean over the frame
+            and its mirror, one batch of 2N per call); informational, the graph already does it.
     """
     arch: str
     classes: tuple[str, ...] = CLASSES
@@ -71,6 +73,7 @@ class ModelMeta:
     exporter: str = field(default="", compare=False)
     contract: Contract | None = None
     temperature: float = 1.0
+    tta: str = "none"
 
     def __post_init__(self) -> None:
         if isinstance(self.contract, dict):          # from asdict()/JSON: the sidecar, replace()
@@ -81,6 +84,7 @@ class ModelMeta:
         object.__setattr__(self, "img_size", int(self.img_size))
         object.__setattr__(self, "crop_rows", check_crop_rows(self.crop_rows, "the model's crop_rows"))
         object.__setattr__(self, "temperature", float(self.temperature))
+        check_tta(self.tta, "the model's tta")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if len(self.classes) < 2 or "curve" not in self.classes:
@@ -127,7 +131,7 @@ class ModelMeta:
                    mean=config["mean"], std=config["std"],
                    color_order=config.get("color_order", "RGB"), dropout=float(config.get("dropout", 0.0)),
                    checkpoint_sha256=sha256, checkpoint_path=path, contract=Contract.from_json(config.get("contract")),
-                   temperature=float(config.get("temperature", 1.0)))
+                   temperature=float(config.get("temperature", 1.0)), tta=config.get("tta", "none"))
 
     # --- flat string dict (ONNX metadata_props, JSON sidecar) -------------------------
     def to_props(self) -> dict[str, str]:

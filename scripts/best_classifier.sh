@@ -44,8 +44,9 @@ if [ "$ALL_WEATHER" = 1 ]; then
       --weather-every 1 --traffic 30 --walkers 10 --min-spacing 3 --episode-length 200 --seed 23 --workers 2 \
       --out "$OUT/data_traffic2"
   DATA+=("$OUT/data_night" "$OUT/data_traffic" "$OUT/data_dr" "$OUT/data_traffic2")
-  # the band of rows around the horizon: twice the rows for the distant road (run O2, training/README.md)
-  EXTRA=(--crop-rows 0.3 0.8)
+  # the band of rows around the horizon: twice the rows for the distant road (run O2, training/README.md);
+  # flip test-time augmentation: the mean logits of each frame and its mirror (session 12)
+  EXTRA=(--crop-rows 0.3 0.8 --tta hflip)
 fi
 $PY -m training.train --data "${DATA[@]}" --arch efficientnet_lite0 --weights imagenet \
     --img-size 128 --batch-size 32 --epochs $EPOCHS --patience 3 --lr 3e-4 --lr-schedule cosine \

@@ -85,3 +85,28 @@ if __name__ == "__main__":  # python -m tests.synthetic_data OUT [frames_per_epi
     out = make_dataset(sys.argv[1], frames_per_episode=int(sys.argv[2]) if len(sys.argv) > 2 else 10,
                        episodes=int(sys.argv[3]) if len(sys.argv) > 3 else 4)
     print(out)
+
+
+def tiny_checkpoint(path: str | Path, **config) -> Path:
+    """A seeded ``simple_cnn`` checkpoint at 32 px (``config`` overrides keys, e.g. crop_rows or tta)."""
+    import torch
+
+    from datasets.schema import CLASSES
+    from training.checkpoint import save_checkpoint
+    from training.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", weights="none")
+    cfg = {"arch": "simple_cnn", "num_classes": 2, "classes": list(CLASSES), "img_size": 32, "mean": [0.5] * 3,
+           "std": [0.25] * 3, "color_order": "RGB", "dropout": 0.3, "recipe": {}, **config}
+    save_checkpoint(path, model, cfg, 1, {})
+    return Path(path)
+
+
+def break_config(path: str | Path, key: str, value) -> None:
+    """Rewrite one key of a checkpoint's config in place (for the CheckpointError tests)."""
+    import torch
+
+    raw = torch.load(path, weights_only=True)
+    raw["config"][key] = value
+    torch.save(raw, path)

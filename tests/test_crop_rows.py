@@ -14,10 +14,8 @@ import torch
 
 from datasets.dataset import build_cache, load_frames
 from datasets.preprocess import FULL_FRAME, check_crop_rows, crop_band, preprocess, to_rgb_resized
-from datasets.schema import CLASSES
-from tests.synthetic_data import make_dataset
-from training.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from training.models import create_model
+from tests.synthetic_data import break_config, make_dataset, tiny_checkpoint
+from training.checkpoint import CheckpointError, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 BAND = (0.3, 0.8)
@@ -32,13 +30,7 @@ def _frame(h: int = 60, w: int = 80, channels: int = 4) -> np.ndarray:
 
 
 def _checkpoint(path: Path, crop_rows=BAND, img_size: int = 32) -> Path:
-    torch.manual_seed(0)
-    model = create_model("simple_cnn", weights="none")
-    cfg = {"arch": "simple_cnn", "num_classes": 2, "classes": list(CLASSES), "img_size": img_size,
-           "crop_rows": list(crop_rows), "mean": [0.5] * 3, "std": [0.25] * 3, "color_order": "RGB", "dropout": 0.3,
-           "recipe": {}}
-    save_checkpoint(path, model, cfg, 1, {})
-    return path
+    return tiny_checkpoint(path, crop_rows=list(crop_rows), img_size=img_size)
 
 
 def test_crop_band_keeps_the_rows_asked_for_without_copying():
@@ -114,9 +106,7 @@ def test_train_cli_rejects_a_bad_band_in_one_line(tmp_path):
 
 def test_checkpoint_with_a_broken_band_is_a_checkpoint_error(tmp_path):
     ckpt = _checkpoint(tmp_path / "m.pt")
-    raw = torch.load(ckpt, weights_only=True)
-    raw["config"]["crop_rows"] = [0.9, 0.1]
-    torch.save(raw, ckpt)
+    break_config(ckpt, "crop_rows", [0.9, 0.1])
     with pytest.raises(CheckpointError, match="crop_rows"):
         read_checkpoint(ckpt)
 

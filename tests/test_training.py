@@ -20,7 +20,7 @@ from training.models import create_model, get_spec
 FAST = ["--arch", "simple_cnn", "--weights", "none", "--img-size", "32", "--batch-size", "16", "--workers", "0",
         "--no-progress"]
 CONFIG_KEYS = {"arch", "num_classes", "classes", "img_size", "crop_rows", "mean", "std", "color_order", "dropout", "recipe",
-               "contract", "temperature"}
+               "contract", "temperature", "tta"}
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,27 @@ the time. One scalar T > 0 is fitted on the validation split's logits by minimis
 unchanged. T is stored in the checkpoint ``config["temperature"]``, exported into the ONNX metadata
 and applied by ``perception.classifier`` when it turns logits into probabilities.
 
-Re-calibrate an existing checkpoint on a validation dataset (never on the evaluation-only sets)::
+Re-calibrate an existing checkpoint on a validation dataset (never on the evaluation-only sets), or on
+the validation split its training run saved; ``--tta hflip`` switches the model to flip test-time
+augmentation and fits T for it (``--out`` writes a copy instead of rewriting the checkpoint)::
 
     python -m training.calibration --checkpoint runs/train/x/weights/best.pt --data data/town03
+    python -m training.calibration --checkpoint runs/train/x/weights/best.pt --split runs/train/x/split.json \
+        --tta hflip --out runs/train/x/weights/best_hflip.pt
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from datasets.preprocess import TTA_CHOICES
 
 log = logging.getLogger(__name__)
 
@@ -107,46 +115,79 @@ def calibration_report(logits: np.ndarray, labels: np.ndarray, temperature: floa
 @dataclass
 class CalibrateConfig:
     checkpoint: str
-    data: tuple[str, ...]
+    data: tuple[str, ...] = ()      # validation datasets (every frame); empty with ``split``: the run's own data
     batch_size: int = 64
     workers: int = 2
     device: str = "auto"
     cache_dir: str | None = None
+    split: str | None = None        # a training run's split.json: fit on its "val" episodes only
+    tta: str | None = None          # set the checkpoint's test-time augmentation (None: keep it)
+    out: str | None = None          # write here instead of rewriting ``checkpoint``
+
+    def __post_init__(self):
+        from datasets.preprocess import check_tta
+        self.data = tuple(str(d) for d in self.data)
+        if self.tta is not None:
+            check_tta(self.tta)
+        if not self.data and self.split is None:
+            raise ValueError("give the validation data: --data DIR [DIR ...] or --split RUN/split.json")
 
 
 def calibrate_checkpoint(cfg: CalibrateConfig) -> dict:
-    """Fit T on every frame of ``cfg.data`` (a validation set) and write it into the checkpoint's config."""
+    """Fit T on every frame of ``cfg.data`` (a validation set), or on the val episodes of ``cfg.split``, and
+    write it (with ``cfg.tta``, if given) into the checkpoint's config."""
     from torch import nn
 
-    from datasets.dataset import FrameDataset
+    from datasets.dataset import DatasetError, FrameDataset
     from datasets.presets import ClassificationPresetEval
+    from datasets.splits import load_split
     from training import ddp
-    from training.checkpoint import crop_rows_of, read_checkpoint, load_checkpoint, save_checkpoint
+    from training.checkpoint import crop_rows_of, read_checkpoint, load_checkpoint, save_checkpoint, tta_of
+    from training.models import base_model, with_tta
     from training.train import Runtime, evaluate, fork_safe_cv2, make_loader, prepare_data, resolve_device
 
     device = resolve_device(cfg.device)
     model, mcfg = load_checkpoint(cfg.checkpoint, device)
+    tta = cfg.tta or tta_of(mcfg)
+    model = with_tta(base_model(model), tta)
+    data = cfg.data
+    if cfg.split is not None:
+        try:
+            saved = json.loads(Path(cfg.split).read_text())
+            data = data or tuple(saved["data"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DatasetError(f"--split {cfg.split}: not a training run's split.json ({type(e).__name__}: {e})") from None
     rt = Runtime(device=device, info=ddp.DistInfo(), progress=False)
     with fork_safe_cv2():
-        prepared = prepare_data(cfg.data, int(mcfg["img_size"]), cfg.cache_dir, rt.info, False, crop_rows_of(mcfg))
-        ds = FrameDataset(prepared.cache, prepared.table,
-                          ClassificationPresetEval(mean=mcfg["mean"], std=mcfg["std"]))
+        prepared = prepare_data(data, int(mcfg["img_size"]), cfg.cache_dir, rt.info, False, crop_rows_of(mcfg))
+        table = prepared.table
+        if cfg.split is not None:
+            table = table.subset(load_split(cfg.split, table).indices["val"])
+            if len(table) == 0:
+                raise DatasetError(f"--split {cfg.split}: none of its val episodes are in {', '.join(data)}")
+        ds = FrameDataset(prepared.cache, table, ClassificationPresetEval(mean=mcfg["mean"], std=mcfg["std"]))
         loader = make_loader(ds, cfg.batch_size, cfg.workers, device, train=False, info=rt.info, seed=0)
         result = evaluate(model, nn.CrossEntropyLoss(), loader, rt, desc="calibrate")
     report = calibration_report(result["logits"], result["labels"])
     ckpt = read_checkpoint(cfg.checkpoint)
-    config = {**ckpt["config"], "temperature": report["temperature"]}
+    config = {**ckpt["config"], "temperature": report["temperature"], "tta": tta}
     extra = {k: v for k, v in ckpt.items() if k not in ("state_dict", "config", "epoch", "metrics")}
     metrics = {**ckpt.get("metrics", {}), "calibration": {k: report[k] for k in
                                                          ("temperature", "ece_before", "ece_after", "frames")}}
-    save_checkpoint(cfg.checkpoint, model, config, ckpt.get("epoch", 0), metrics, **extra)
+    save_checkpoint(cfg.out or cfg.checkpoint, model, config, ckpt.get("epoch", 0), metrics, **extra)
     return report
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Fit a softmax temperature on a validation dataset and store it in a checkpoint")
-    p.add_argument("--checkpoint", required=True, help="a .pt written by training.train (rewritten in place)")
-    p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="validation dataset directories")
+    p.add_argument("--checkpoint", required=True, help="a .pt written by training.train (rewritten in place unless --out)")
+    p.add_argument("--data", nargs="+", default=(), metavar="DIR",
+                   help="validation dataset directories (every frame is used)")
+    p.add_argument("--split", default=None, metavar="SPLIT_JSON",
+                   help="a training run's split.json: fit on its val episodes (of --data, default the run's data)")
+    p.add_argument("--tta", default=None, choices=TTA_CHOICES,
+                   help="set the model's test-time augmentation (default: keep the checkpoint's)")
+    p.add_argument("--out", default=None, help="write the calibrated checkpoint here (default: rewrite --checkpoint)")
     p.add_argument("--device", default="auto", help="compute device (auto, cpu, cuda)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--cache-dir", default=None, help="frame cache directory")
@@ -155,12 +196,13 @@ def main(argv: list[str] | None = None) -> None:
     from datasets.dataset import DatasetError
     try:
         r = calibrate_checkpoint(CalibrateConfig(args.checkpoint, tuple(args.data), device=args.device,
-                                                 workers=args.workers, cache_dir=args.cache_dir))
+                                                 workers=args.workers, cache_dir=args.cache_dir, split=args.split,
+                                                 tta=args.tta, out=args.out))
     except (DatasetError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"temperature {r['temperature']:.4f}; ECE ({ECE_BINS} bins) {r['ece_before']:.4f} -> {r['ece_after']:.4f} "
-          f"on {r['frames']} frames; written to {args.checkpoint}")
+          f"on {r['frames']} frames; written to {args.out or args.checkpoint}")
 
 
 if __name__ == "__main__":

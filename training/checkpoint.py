@@ -9,7 +9,8 @@ A checkpoint is ``torch.save`` of a dict of plain types and tensors, loadable wi
                 "mean": [3 floats], "std": [3 floats], "color_order": "RGB", "dropout": float,
                 "recipe": {every training flag, plain types},
                 "contract": {"camera": {...}, "label": {...}} or None},
-                "temperature": float (softmax temperature fitted on validation; 1 if absent)},
+                "temperature": float (softmax temperature fitted on validation; 1 if absent),
+                "tta": "none" | "hflip" (test-time augmentation the loaded model runs with; none if absent)},
      "epoch": int, "metrics": {plain types}}
 
 ``last.pt`` adds the resume state (``optimizer``, ``history``, ``early_stop``, ``stage``).
@@ -37,7 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.models import create_model
+from datasets.preprocess import check_tta
+from training.models import base_model, create_model, with_tta
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be read, used or written (one line naming the file)."""
@@ -52,6 +54,11 @@ def crop_rows_of(config: dict) -> tuple[float, float]:
     return check_crop_rows(config.get("crop_rows", FULL_FRAME), "checkpoint config crop_rows")
 
 
+def tta_of(config: dict) -> str:
+    """The test-time augmentation a checkpoint's model runs with (``none`` for older checkpoints)."""
+    return check_tta(config.get("tta", "none"), "checkpoint config tta")
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict, epoch: int, metrics: dict,
                     **extra) -> None:
     """Atomically write a checkpoint (a crash mid-write never leaves a truncated best.pt).
@@ -62,7 +69,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict, epo
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in base_model(model).state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
@@ -110,6 +117,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         check_img_size(ckpt["config"]["img_size"], f"{path} config img_size")
         crop_rows_of(ckpt["config"])
+        tta_of(ckpt["config"])
     except ValueError as err:
         raise CheckpointError(str(err)) from None
     return ckpt
@@ -119,7 +127,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     """Rebuild the model of a checkpoint in eval mode on ``device``; returns ``(model, config)``.
 
     The architecture comes from the name-keyed factory (no pretrained download: ``weights="none"``)
-    and the stored state dict is loaded strictly.
+    and the stored state dict is loaded strictly. A checkpoint with ``config["tta"] == "hflip"`` comes
+    back wrapped in :class:`training.models.FlipAverage`; its weights are stored unwrapped.
     """
     ckpt = read_checkpoint(path)
     cfg = ckpt["config"]
@@ -128,7 +137,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: cannot build its model ({str(err).splitlines()[0][:200]})") from None
     load_state_dict_checked(model, ckpt["state_dict"], f"{path} (arch {cfg['arch']})")
-    return model.to(device).eval(), cfg
+    return with_tta(model, tta_of(cfg)).to(device).eval(), cfg
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: dict, what: str) -> None:

@@ -41,7 +41,7 @@ from datasets.io_safety import check_output_path, cli_errors, write_json_atomic,
 from datasets.presets import ClassificationPresetEval
 from training import ddp
 from training.calibration import calibration_report, expected_calibration_error, softmax
-from training.checkpoint import crop_rows_of, load_checkpoint
+from training.checkpoint import crop_rows_of, load_checkpoint, tta_of
 from datasets.schema import Contract
 from training.train import (DEVICES, Runtime, evaluate, fork_safe_cv2, make_loader, prepare_data, resolve_device,
                             split_metrics, write_eval_artifacts)
@@ -99,7 +99,7 @@ def _evaluate_checkpoint(cfg: EvalConfig) -> tuple[Path, dict]:
     out = Path(cfg.out or Path("runs") / "evaluate" / f"{Path(cfg.checkpoint).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"checkpoint": str(cfg.checkpoint), "arch": mcfg["arch"], "img_size": mcfg["img_size"],
-               "crop_rows": list(crop_rows_of(mcfg)),
+               "crop_rows": list(crop_rows_of(mcfg)), "tta": tta_of(mcfg),
                "contract": contract,
                "data": {"dirs": list(cfg.data), "frames": len(table), "corrupt_skipped": prepared.corrupt_skipped,
                         "route_dependent_skipped": prepared.route_dependent_skipped, "towns": table.towns(),

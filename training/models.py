@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_tta
 from training.efficientnet_lite import LITE_MEAN, LITE_STD
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,34 @@ def _lite0() -> nn.Module:
 def _lite0_imagenet(model: nn.Module) -> None:
     from training.efficientnet_lite import load_imagenet
     load_imagenet(model)
+
+
+class FlipAverage(nn.Module):
+    """Logits averaged over a frame and its mirror image (horizontal-flip test-time augmentation).
+
+    Why: the curve/straight label is invariant under the flip (training flips frames, see
+    :mod:`datasets.presets`), so the two views are two looks at one answer and their mean cancels the
+    model's left/right asymmetry. It lives inside the model so ONNX, TensorRT and torch run the same
+    graph: one forward pass on a batch of 2N, not two calls.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(torch.cat([x, torch.flip(x, dims=[3])], 0))
+        return y.reshape(2, -1, y.shape[-1]).mean(0)
+
+
+def with_tta(model: nn.Module, tta: str) -> nn.Module:
+    """``model`` wrapped for test-time augmentation ``tta`` (``none``: unchanged)."""
+    return FlipAverage(model) if check_tta(tta, "tta") == "hflip" else model
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The trained network inside a :func:`with_tta` wrapper: what checkpoints store."""
+    return model.net if isinstance(model, FlipAverage) else model
 
 
 def get_spec(arch: str) -> ModelSpec:

@@ -60,14 +60,14 @@ from datasets.io_safety import check_output_path, check_img_size, cli_errors, wr
 from datasets.dataset import (DatasetError, FrameCache, FrameDataset, FrameTable, build_cache, check_classes,
                               load_contract, load_frames)
 from datasets.presets import ClassificationPresetEval, ClassificationPresetTrain
-from datasets.preprocess import FULL_FRAME, check_crop_rows
+from datasets.preprocess import FULL_FRAME, TTA_CHOICES, check_crop_rows, check_tta
 from datasets.schema import CLASSES, Contract, ContractError, describe_differences
 from datasets.splits import SplitConfig, load_split, make_split
 from training import ddp
 from training.calibration import calibration_report as calibrate
 from training.checkpoint import capture_rng_state, read_checkpoint, restore_rng_state, save_checkpoint
 from training.metrics import classification_metrics
-from training.models import create_model, data_config, get_spec, list_models
+from training.models import create_model, data_config, get_spec, list_models, with_tta
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +118,13 @@ class TrainConfig:
     gpu_augment: bool = False
     cudnn_benchmark: bool = False
     horizon_weight: float = 1.0
+    tta: str = "none"
 
     def __post_init__(self):
         self.data = tuple(str(d) for d in self.data)
         self.val_towns, self.test_towns = tuple(self.val_towns), tuple(self.test_towns)
         self.crop_rows = check_crop_rows(self.crop_rows)
+        check_tta(self.tta)
         if self.arch not in list_models():
             raise ValueError(f"--arch {self.arch!r}: unknown; valid: {', '.join(list_models())}")
         checks = [
@@ -198,6 +200,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--horizon-weight", type=float, default=d.horizon_weight,
                    help="loss weight of straight frames whose route turns within twice the label lookahead "
                         "(the curve beyond the horizon: see training/horizon.py); 1 = every frame alike")
+    p.add_argument("--tta", default=d.tta, choices=TTA_CHOICES,
+                   help="test-time augmentation stored with the model and used by the final val/test evaluation, "
+                        "the temperature fit and every backend (hflip: mean logits of the frame and its mirror, "
+                        "2x the inference work); epochs are still selected on plain val accuracy")
     p.add_argument("--device", default=d.device, choices=DEVICES, help="compute device")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported, else fp16)")
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
@@ -417,7 +423,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     correct = torch.zeros((), device=rt.device, dtype=torch.int64)
     seen, wait = 0, 0.0
     t0 = tick = time.perf_counter()
-    bar = tqdm(loader, desc=desc or f"epoch {epoch}", unit="batch", disable=not (rt.progress and rt.info.is_main),
+    bar = tqdm(loader, desc=desc or f"epoch {epoch}", unit="batch", disable=None if rt.progress and rt.info.is_main else True,
                leave=True, dynamic_ncols=True)
     step = 0
     for step, (x, y, index) in enumerate(bar, 1):
@@ -463,7 +469,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, rt: Run
     rt = rt or Runtime(progress=False)
     model.eval()
     idx, labels, probs, losses, raw = [], [], [], [], []
-    for x, y, i in tqdm(loader, desc=desc, unit="batch", disable=not (rt.progress and rt.info.is_main), leave=False):
+    for x, y, i in tqdm(loader, desc=desc, unit="batch", disable=None if rt.progress and rt.info.is_main else True,
+                         leave=False):
         x, y = rt.to_device(x, y)
         with rt.autocast():
             logits = model(x)
@@ -723,7 +730,7 @@ def model_config(cfg: TrainConfig, contract: Contract | None) -> dict:
     return {"arch": cfg.arch, "num_classes": len(CLASSES), "classes": list(CLASSES),
             "img_size": cfg.img_size, "crop_rows": list(cfg.crop_rows), "mean": [float(v) for v in dcfg["mean"]],
             "std": [float(v) for v in dcfg["std"]], "color_order": dcfg["color_order"],
-            "dropout": cfg.dropout, "recipe": cfg.recipe(),
+            "dropout": cfg.dropout, "tta": cfg.tta, "recipe": cfg.recipe(),
             "contract": contract.to_json() if contract is not None else None}
 
 
@@ -868,7 +875,8 @@ def report(run: TrainRun, state: FitState) -> TrainResult:
     """Final metrics with the best weights restored; rank 0 writes metrics.json, best.pt and the plots."""
     if state.best_state is not None:
         run.model.load_state_dict(state.best_state)
-    results = {k: evaluate(run.model, run.criterion, loader, run.rt, desc=k)
+    net = with_tta(run.model, run.cfg.tta)   # what the checkpoint will run as, so T is fitted on it
+    results = {k: evaluate(net, run.criterion, loader, run.rt, desc=k)
                for k, loader in run.data.eval_loaders.items()}
     metrics = final_metrics(run, state, results)
     if run.rt.info.is_main:
