@@ -292,3 +292,4 @@ def test_evaluate_read_only_dataset_caches_in_user_dir(tmp_path, monkeypatch, ca
     assert m["temperature"] == 1.7 and "ece_uncalibrated" in m["eval"]
     assert (tmp_path / "ev" / "robustness.md").read_text().startswith("# Robustness")
     assert (tmp_path / "ev" / "reliability.png").stat().st_size > 0
+    assert len(rep["groups"]["weather"]) == 2 and (tmp_path / "ev" / "weather.png").stat().st_size > 10_000

@@ -213,7 +213,7 @@ def write_robustness(out: Path, result: dict, table: FrameTable, title: str) -> 
     :mod:`training.robustness`, :mod:`training.horizon`)."""
     from datasets.schema import CLASSES
     from training.horizon import CLEAR, road_ahead, road_ahead_groups, turn_past_bands
-    from training.plots import plot_turn_past
+    from training.plots import plot_group_accuracy, plot_turn_past
     from training.robustness import robustness_markdown, robustness_report
 
     sub = table.subset(result["index"])
@@ -231,6 +231,8 @@ def write_robustness(out: Path, result: dict, table: FrameTable, title: str) -> 
     report = robustness_report(result["labels"], result["probs"], CLASSES, groups, episodes=sub.episode_keys())
     write_json_atomic(out / "robustness.json", report)
     (out / "robustness.md").write_text(robustness_markdown(report, CLASSES, title))
+    if len(report["groups"].get("weather", {})) > 1:
+        plot_group_accuracy(report, "weather", out / "weather.png")
     write_predictions(out / "predictions.csv", result, sub, groups, ahead_deg, past_m)
     return report
 

@@ -202,3 +202,35 @@ def plot_turn_past(past_m: np.ndarray, wrong: np.ndarray, clear_wrong: float | N
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+@_optional_figure
+def plot_group_accuracy(report: dict, group: str, path: str | Path) -> None:
+    """Accuracy of every cell of one robustness grouping (e.g. the weather presets), worst at the top, with
+    its 95 % Wilson interval, the pooled accuracy, and the band where the worst cell would fall by chance if
+    every cell were as accurate as the pooled frames (``training.robustness.chance_worst``): a bar left
+    of that band is a genuinely weak cell, one inside it may be bad luck."""
+    plt = _plt()
+    cells = report["groups"][group]
+    names = sorted(cells, key=lambda k: (cells[k]["accuracy"], k))
+    acc = np.array([100 * cells[k]["accuracy"] for k in names])
+    lo = np.array([100 * cells[k]["accuracy_ci95"][0] for k in names])
+    hi = np.array([100 * cells[k]["accuracy_ci95"][1] for k in names])
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.28 * len(names)))
+    y = np.arange(len(names))[::-1]
+    ax.barh(y, acc, color="tab:blue", alpha=0.6)
+    ax.errorbar(acc, y, xerr=[acc - lo, hi - acc], fmt="none", ecolor="k", capsize=2, lw=1, label="95 % interval")
+    chance = report.get("chance_worst", {}).get(group)
+    if chance:
+        ax.axvspan(100 * chance["p05"], 100 * chance["p95"], color="tab:orange", alpha=0.25,
+                   label="worst cell by chance (5-95 %)")
+    ax.axvline(100 * report["overall"]["accuracy"], color="k", ls="--", lw=1, label="pooled")
+    ax.set_yticks(y, [f"{k} ({cells[k]['frames']})" for k in names], fontsize=8)
+    ax.set_xlim(max(0.0, float(lo.min()) - 3), 100)
+    ax.set_xlabel("accuracy, %")
+    ax.set_title(f"Accuracy per {group} (frames)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.5 / (1.2 + 0.28 * len(names))), ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
