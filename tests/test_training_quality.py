@@ -293,3 +293,24 @@ def test_evaluate_read_only_dataset_caches_in_user_dir(tmp_path, monkeypatch, ca
     assert (tmp_path / "ev" / "robustness.md").read_text().startswith("# Robustness")
     assert (tmp_path / "ev" / "reliability.png").stat().st_size > 0
     assert len(rep["groups"]["weather"]) == 2 and (tmp_path / "ev" / "weather.png").stat().st_size > 10_000
+
+
+def test_weather_figure_draws_perfect_and_weak_presets(tmp_path):
+    """weather.png for presets of ~300 frames, one of them all right (its Wilson upper bound rounds a hair
+    under 100 %) and one weak: the figure is written, nothing raises."""
+    pytest.importorskip("matplotlib")
+    from training.plots import plot_group_accuracy
+    from training.robustness import robustness_report
+    rng = np.random.default_rng(0)
+    n = 300
+    labels = rng.integers(0, 2, 3 * n)
+    right = np.ones(3 * n, bool)
+    right[n + rng.choice(n, 30, replace=False)] = False          # "Weak": 90 %
+    right[2 * n + rng.choice(n, 5, replace=False)] = False       # "Fair": 98.3 %; "Perfect": 100 %
+    pred = np.where(right, labels, 1 - labels)
+    probs = np.stack([pred == 0, pred == 1], 1).astype(float)
+    weather = np.repeat(["Perfect", "Weak", "Fair"], n)
+    report = robustness_report(labels, probs, CLASSES, {"weather": weather})
+    assert report["groups"]["weather"]["Perfect"]["accuracy"] == 1.0
+    plot_group_accuracy(report, "weather", tmp_path / "weather.png")
+    assert (tmp_path / "weather.png").stat().st_size > 10_000

@@ -219,7 +219,8 @@ def plot_group_accuracy(report: dict, group: str, path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.28 * len(names)))
     y = np.arange(len(names))[::-1]
     ax.barh(y, acc, color="tab:blue", alpha=0.6)
-    ax.errorbar(acc, y, xerr=[acc - lo, hi - acc], fmt="none", ecolor="k", capsize=2, lw=1, label="95 % interval")
+    err = np.clip([acc - lo, hi - acc], 0.0, None)      # a 100 % cell's bound can round a hair under it
+    ax.errorbar(acc, y, xerr=err, fmt="none", ecolor="k", capsize=2, lw=1, label="95 % interval")
     chance = report.get("chance_worst", {}).get(group)
     if chance:
         ax.axvspan(100 * chance["p05"], 100 * chance["p95"], color="tab:orange", alpha=0.25,
