@@ -3,10 +3,11 @@
 # ImageNet weights, Town02 held out for the test, then evaluated on the real CARLA frames when they are there.
 #   bash scripts/best_classifier.sh [OUT]               run F (default OUT: runs/best_classifier): 8000 frames
 #       from Town01-05 in 5 day presets; ~50 min on a 2-core CPU (2 x ~10 min collecting, ~28 min training).
-#   ALL_WEATHER=1 bash scripts/best_classifier.sh [OUT] run O2 (default OUT: runs/all_weather_classifier): F's
-#       frames plus night and mid-rain presets, traffic in all 22 presets (two collections), and domain-
-#       randomised frames; 10 epochs on the band of rows around the horizon (--crop-rows 0.3 0.8); ~1.5 h on
-#       the 2-core AMD EPYC (Zen 5) of session 11 (collections ~45 min, training ~47 min). Better in all weather.
+#   ALL_WEATHER=1 bash scripts/best_classifier.sh [OUT] run O2 with flip TTA (default OUT: runs/all_weather_classifier):
+#       F's frames plus night and mid-rain presets, traffic in all 22 presets (two collections), and domain-
+#       randomised frames; 10 epochs on the band of rows around the horizon (--crop-rows 0.3 0.8), the model
+#       averaging each frame with its mirror (--tta hflip); ~1.5 h on the 2-core AMD EPYC (Zen 5) of
+#       sessions 11-12 (collections ~45 min, training ~47 min). Better in all weather.
 # Every collection resumes if interrupted. FRAMES=N (per collection) and EPOCHS=N shrink it for a smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
