@@ -17,6 +17,9 @@ import numpy as np
 from datasets.schema import MANIFEST_COLUMNS, MANIFEST_NAME, INFO_NAME
 
 WEATHERS = ("ClearNoon", "WetNoon")
+FAST = ["--arch", "simple_cnn", "--weights", "none", "--img-size", "32", "--batch-size", "16", "--workers", "0",
+        "--no-progress"]
+"""``training.train`` flags for a seconds-long run on these datasets (tiny CNN, 32 px, no workers, no bars)."""
 _TOWN_COLOURS = [((190, 150, 110), (90, 90, 90)), ((200, 170, 140), (70, 75, 80)), ((160, 130, 120), (100, 95, 90)),
                  ((180, 160, 100), (80, 80, 95)), ((210, 180, 150), (95, 85, 80))]
 

@@ -14,7 +14,7 @@ import torch
 
 from datasets.dataset import build_cache, load_frames
 from datasets.preprocess import FULL_FRAME, check_crop_rows, crop_band, preprocess, to_rgb_resized
-from tests.synthetic_data import break_config, make_dataset, tiny_checkpoint
+from tests.synthetic_data import FAST, break_config, make_dataset, tiny_checkpoint
 from training.checkpoint import CheckpointError, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,8 +84,7 @@ def test_training_stores_the_band_and_evaluation_uses_it(tmp_path):
     from training.evaluate import main as evaluate_main
     data = make_dataset(tmp_path / "ds", episodes=3, frames_per_episode=8)
     out = tmp_path / "run"
-    T.main(["--data", str(data), "--val-towns", "Town03", "--epochs", "1", "--out", str(out), "--arch", "simple_cnn",
-            "--weights", "none", "--img-size", "32", "--batch-size", "16", "--workers", "0", "--no-progress",
+    T.main(["--data", str(data), "--val-towns", "Town03", "--epochs", "1", "--out", str(out), *FAST,
             "--crop-rows", "0.3", "0.8"])
     ckpt = torch.load(out / "weights" / "best.pt", weights_only=True)
     assert ckpt["config"]["crop_rows"] == [0.3, 0.8]

@@ -20,14 +20,12 @@ from datasets.schema import CameraSpec, Contract, LabelParams, Mount
 from perception.classifier import CurveClassifier
 from perception.export import ExportConfig, export
 from perception.meta import ModelMeta, read_contract, read_model_meta, read_onnx_meta
-from tests.synthetic_data import make_dataset
+from tests.synthetic_data import FAST, make_dataset
 from training import train as T
 from training.checkpoint import save_checkpoint
 from training.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["--arch", "simple_cnn", "--weights", "none", "--img-size", "32", "--batch-size", "16", "--workers", "0",
-        "--no-progress"]
 WIDE = Contract(CameraSpec(640, 480, 110.0, Mount(x=1.2, z=1.6, pitch=-5.0)),
                 LabelParams(lookahead_m=40.0, curve_deg=25.0, straight_deg=4.0, junction_policy="flag"))
 

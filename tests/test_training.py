@@ -11,14 +11,12 @@ import torch
 from torch import nn
 
 from datasets.schema import CLASSES
-from tests.synthetic_data import make_dataset
+from tests.synthetic_data import FAST, make_dataset
 from training import train as T
 from training.checkpoint import load_checkpoint
 from training.evaluate import main as evaluate_main
 from training.models import create_model, get_spec
 
-FAST = ["--arch", "simple_cnn", "--weights", "none", "--img-size", "32", "--batch-size", "16", "--workers", "0",
-        "--no-progress"]
 CONFIG_KEYS = {"arch", "num_classes", "classes", "img_size", "crop_rows", "mean", "std", "color_order", "dropout", "recipe",
                "contract", "temperature", "tta"}
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from datasets.schema import CLASSES
-from tests.synthetic_data import make_dataset
+from tests.synthetic_data import FAST, make_dataset
 from training.calibration import expected_calibration_error, fit_temperature, reliability, softmax
 from training.checkpoint import save_checkpoint
 from training.efficientnet_lite import STAGES, EfficientNetLite0, map_lite0_keys
@@ -182,8 +182,7 @@ def test_training_fits_and_stores_a_temperature(tmp_path):
     from training import train as T
     data = make_dataset(tmp_path / "ds", episodes=4, frames_per_episode=8)
     out = tmp_path / "run"
-    T.main(["--data", str(data), "--val-towns", "Town03", "--epochs", "2", "--out", str(out), "--arch", "simple_cnn",
-            "--weights", "none", "--img-size", "32", "--batch-size", "16", "--workers", "0", "--no-progress"])
+    T.main(["--data", str(data), "--val-towns", "Town03", "--epochs", "2", "--out", str(out), *FAST])
     m = json.loads((out / "metrics.json").read_text())
     ckpt = torch.load(out / "weights" / "best.pt", weights_only=True)
     assert ckpt["config"]["temperature"] == pytest.approx(m["calibration"]["temperature"]) and m["calibration"]["temperature"] > 0

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from datasets.preprocess import check_tta, preprocess
-from tests.synthetic_data import break_config, make_dataset, tiny_checkpoint
+from tests.synthetic_data import FAST, break_config, make_dataset, tiny_checkpoint
 from training.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from training.models import FlipAverage, base_model, create_model, with_tta
 
@@ -95,8 +95,7 @@ def test_training_with_tta_stores_it_and_calibrates_on_the_averaged_logits(tmp_p
     from training.evaluate import main as evaluate_main
     data = make_dataset(tmp_path / "ds", episodes=3, frames_per_episode=8)
     out = tmp_path / "run"
-    T.main(["--data", str(data), "--val-towns", "Town03", "--epochs", "1", "--out", str(out), "--arch", "simple_cnn",
-            "--weights", "none", "--img-size", "32", "--batch-size", "16", "--workers", "0", "--no-progress",
+    T.main(["--data", str(data), "--val-towns", "Town03", "--epochs", "1", "--out", str(out), *FAST,
             "--tta", "hflip"])
     best = out / "weights" / "best.pt"
     model, cfg = load_checkpoint(best)
@@ -119,8 +118,7 @@ def test_calibration_cli_switches_a_copy_to_tta_on_the_runs_val_split(tmp_path):
     from training import train as T
     data = make_dataset(tmp_path / "ds", episodes=3, frames_per_episode=8)
     out = tmp_path / "run"
-    T.main(["--data", str(data), "--val-towns", "Town03", "--epochs", "1", "--out", str(out), "--arch", "simple_cnn",
-            "--weights", "none", "--img-size", "32", "--batch-size", "16", "--workers", "0", "--no-progress"])
+    T.main(["--data", str(data), "--val-towns", "Town03", "--epochs", "1", "--out", str(out), *FAST])
     best, copy = out / "weights" / "best.pt", out / "weights" / "best_hflip.pt"
     before = best.read_bytes()
     r = subprocess.run([sys.executable, "-m", "training.calibration", "--checkpoint", str(best), "--split",

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.preprocess import TTA_CHOICES
+from datasets.preprocess import TTA_CHOICES, check_tta
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,6 @@ class CalibrateConfig:
     out: str | None = None          # write here instead of rewriting ``checkpoint``
 
     def __post_init__(self):
-        from datasets.preprocess import check_tta
         self.data = tuple(str(d) for d in self.data)
         if self.tta is not None:
             check_tta(self.tta)

@@ -384,6 +384,11 @@ class Runtime:
         return cls(device, amp_dtype, torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
                    channels_last=device.type == "cuda", info=info, progress=cfg.progress)
 
+    @property
+    def bar_disable(self) -> bool | None:
+        """tqdm's ``disable``: off when progress is off or on a non-main rank, else None (shown only on a terminal)."""
+        return None if self.progress and self.info.is_main else True
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
@@ -423,8 +428,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     correct = torch.zeros((), device=rt.device, dtype=torch.int64)
     seen, wait = 0, 0.0
     t0 = tick = time.perf_counter()
-    bar = tqdm(loader, desc=desc or f"epoch {epoch}", unit="batch", disable=None if rt.progress and rt.info.is_main else True,
-               leave=True, dynamic_ncols=True)
+    bar = tqdm(loader, desc=desc or f"epoch {epoch}", unit="batch", disable=rt.bar_disable, leave=True,
+               dynamic_ncols=True)
     step = 0
     for step, (x, y, index) in enumerate(bar, 1):
         wait += time.perf_counter() - tick
@@ -469,8 +474,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, rt: Run
     rt = rt or Runtime(progress=False)
     model.eval()
     idx, labels, probs, losses, raw = [], [], [], [], []
-    for x, y, i in tqdm(loader, desc=desc, unit="batch", disable=None if rt.progress and rt.info.is_main else True,
-                         leave=False):
+    for x, y, i in tqdm(loader, desc=desc, unit="batch", disable=rt.bar_disable, leave=False):
         x, y = rt.to_device(x, y)
         with rt.autocast():
             logits = model(x)
