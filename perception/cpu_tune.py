@@ -34,6 +34,12 @@ TensorRT engine cache; a load with the same key reads it and times nothing. ``pe
 and ``python -m perception.tune`` run the full measurement (more frames, longer budget) and
 overwrite the entry; a first load without an entry runs a short one (:data:`QUICK`).
 
+A decision measured while other work filled the cores (:func:`host_busy`: runnable threads of other
+work counted from ``/proc/loadavg`` before and after the timing) is kept but marked busy, with a
+warning, and the first load that finds the host idle measures again and overwrites it. Session 12
+saw why: an export measured beside a training run cached OpenVINO x1 at 6.28 ms where x2 runs in
+1.34 ms on the idle machine, and every later load used it.
+
 Example::
 
     from perception.cpu_tune import tune
@@ -65,6 +71,8 @@ BLOCK_CALLS = 3
 """Consecutive timed calls of one candidate before the next one runs (see the module docstring)."""
 RUNOFF_MARGIN = 0.15
 """Agreeing candidates this close to the fastest agreeing one (fraction of its median) are timed again."""
+BUSY_FRACTION = 0.5
+"""The host is busy when other runnable threads number at least this fraction of its logical CPUs."""
 CACHE_VERSION = 3           # 2: timed in blocks of consecutive calls; 3: runoff (older decisions are measured again)
 OPENVINO, CPU = "OpenVINOExecutionProvider", "CPUExecutionProvider"
 _SHORT = {OPENVINO: "OpenVINO EP", CPU: "CPU EP"}
@@ -139,6 +147,8 @@ class Decision:
     cached: bool = False
     seconds: float = 0.0
     min_agreement: float = MIN_AGREEMENT
+    other_runnable: float | None = None     # most other runnable threads seen while measuring (None: unknown)
+    busy: bool = False                      # measured on a busy host: measured again at the first idle load
     sessions: dict = field(default_factory=dict, repr=False, compare=False)   # candidate -> live session
 
     def report(self) -> str:
@@ -146,9 +156,11 @@ class Decision:
         fastest = min((m for m in self.measurements if not m.error), key=lambda m: m.median_ms, default=None)
         threads = (f"up to {self.key.threads} threads (xN: N threads)" if any(m.candidate.threads for m in self.measurements)
                    else f"{self.key.threads} threads")
+        busy = (f"; measured on a busy host ({self.other_runnable:g} other runnable threads): measured again "
+                f"at the first load on an idle host" if self.busy else "")
         lines = [f"precision auto -> {self.chosen.label} "
                  f"({'cached decision' if self.cached else f'measured in {self.seconds:.2f} s'}; "
-                 f"{self.key.cpu}; {self.key.runtime}; {threads})"]
+                 f"{self.key.cpu}; {self.key.runtime}; {threads}{busy})"]
         for m in self.measurements:
             if m.error:
                 lines.append(f"  {m.candidate.label:21s} failed to start: {m.error}")
@@ -164,6 +176,7 @@ class Decision:
     def to_json(self) -> dict:
         return {"version": CACHE_VERSION, "key": asdict(self.key), "chosen": asdict(self.chosen),
                 "min_agreement": self.min_agreement, "seconds": self.seconds,
+                "other_runnable": self.other_runnable, "busy": self.busy,
                 "measurements": [{**asdict(m), "candidate": asdict(m.candidate)} for m in self.measurements]}
 
     @classmethod
@@ -171,7 +184,8 @@ class Decision:
         key = TuneKey(**{**data["key"], "candidates": tuple(data["key"]["candidates"])})
         ms = [Measurement(**{**m, "candidate": Candidate(**m["candidate"])}) for m in data["measurements"]]
         return cls(Candidate(**data["chosen"]), key, ms, cached=True, seconds=data.get("seconds", 0.0),
-                   min_agreement=data.get("min_agreement", MIN_AGREEMENT))
+                   min_agreement=data.get("min_agreement", MIN_AGREEMENT), other_runnable=data.get("other_runnable"),
+                   busy=bool(data.get("busy", False)))
 
 
 def choose(measurements: list[Measurement], reference: Candidate,
@@ -216,6 +230,26 @@ def cpu_identity() -> str:
     from perception.backends.onnxruntime_backend import cpu_flags
     isa = sorted(f for f in cpu_flags() if f.startswith(ISA_FLAG_PREFIXES))
     return f"{cpu_model()} [{' '.join(isa)}]" if isa else cpu_model()
+
+
+def other_runnable(samples: int = 5, interval_s: float = 0.002) -> float | None:
+    """Runnable threads other than the caller right now: the median of a few samples of the running count
+    in ``/proc/loadavg`` (the 1-minute load average lags by a minute). None where there is no such file."""
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]) - 1)   # "running/total": minus this thread
+        except (OSError, ValueError, IndexError):
+            return None
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    return float(np.median(counts))
+
+
+def host_busy(runnable: float | None) -> bool:
+    """Whether ``runnable`` other threads fill at least :data:`BUSY_FRACTION` of the logical CPUs (unknown: not busy)."""
+    return runnable is not None and runnable >= BUSY_FRACTION * (os.cpu_count() or 1)
 
 
 def runtime_build() -> str:
@@ -373,8 +407,11 @@ def write_cached(decision: Decision, cache_dir: Path | None = None) -> Path:
 def tune(path: str | os.PathLike, meta: ModelMeta | None = None, *, candidates: list[Candidate] | None = None,
          threads: int | None = None, budget: Budget = QUICK, force: bool = False, cache_dir: Path | None = None,
          frames: tuple[list[np.ndarray], str] | None = None, build: SessionFactory | None = None,
-         measure_fn: Callable[..., list[Measurement]] = measure, keep_sessions: bool = False) -> Decision:
+         measure_fn: Callable[..., list[Measurement]] = measure, keep_sessions: bool = False,
+         load_fn: Callable[[], float | None] | None = None) -> Decision:
     """The decision for ONNX ``path`` on this machine: cached, or measured now and cached.
+
+    A cached decision that was measured on a busy host is measured again when the host is idle now.
 
     Args:
         path: the ONNX file (its bytes are part of the cache key).
@@ -389,6 +426,7 @@ def tune(path: str | os.PathLike, meta: ModelMeta | None = None, *, candidates: 
         build: candidate -> session with ``infer`` (default: an ONNX Runtime session per candidate).
         measure_fn: the measuring function (tests inject timings here).
         keep_sessions: keep the live sessions in ``Decision.sessions`` so the caller reuses the winner's.
+        load_fn: other runnable threads now (default :func:`other_runnable`; tests inject a host load).
     """
     from perception.backends.onnxruntime_backend import cpu_flags, default_threads, session_for
     path = Path(path)
@@ -403,9 +441,14 @@ def tune(path: str | os.PathLike, meta: ModelMeta | None = None, *, candidates: 
     threads = threads or max((c.threads for c in candidates), default=0) or default_threads()
     key = TuneKey(cpu=cpu_identity(), runtime=runtime_build(), model_sha256=sha256_file(path), threads=int(threads),
                   candidates=tuple(c.label for c in candidates))
+    load_fn = load_fn or other_runnable
+    before = load_fn()
     if not force and (cached := read_cached(key, cache_dir)) is not None:
-        log.debug("cached CPU decision for %s: %s", path, cached.chosen.label)
-        return cached
+        if not (cached.busy and not host_busy(before)):
+            log.debug("cached CPU decision for %s: %s", path, cached.chosen.label)
+            return cached
+        log.info("the cached CPU decision for %s (%s) was measured on a busy host; the host is idle now: "
+                 "measuring again", path, cached.chosen.label)
     t0 = time.perf_counter()
     if build is None:
         def build(c: Candidate):
@@ -414,9 +457,16 @@ def tune(path: str | os.PathLike, meta: ModelMeta | None = None, *, candidates: 
     x = reference_inputs(meta, budget.frames, frames)
     measurements = measure_fn(candidates, build, x, budget, sessions)
     chosen = choose(measurements, candidates[0])
-    decision = Decision(chosen, key, measurements, seconds=time.perf_counter() - t0,
-                        sessions=sessions if keep_sessions else {})
+    loads = [n for n in (before, load_fn()) if n is not None]
+    runnable = max(loads) if loads else None
+    decision = Decision(chosen, key, measurements, seconds=time.perf_counter() - t0, other_runnable=runnable,
+                        busy=host_busy(runnable), sessions=sessions if keep_sessions else {})
     written = write_cached(decision, cache_dir)
+    if decision.busy:
+        log.warning("the CPU configuration for %s was measured while %g other threads wanted the %d CPUs: the choice "
+                    "(%s) may be wrong for an idle host; it is measured again at the first load on an idle host "
+                    "(or now: python -m perception.tune --model %s)", path, runnable, os.cpu_count() or 1,
+                    chosen.label, path)
     log.info("%s; cached in %s", decision.report().splitlines()[0], written)
     log.debug("%s", decision.report())
     return decision

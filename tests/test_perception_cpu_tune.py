@@ -8,6 +8,7 @@ import pytest
 
 from perception import cpu_tune
 from perception.cpu_tune import CPU, OPENVINO, Budget, Candidate, Measurement, choose, measure, tune
+from perception.cpu_tune import other_runnable   # the real one (conftest makes the host look idle to tune())
 from perception.meta import ModelMeta
 
 REF, OV32, OV16 = Candidate(CPU, "fp32"), Candidate(OPENVINO, "fp32"), Candidate(OPENVINO, "bf16")
@@ -267,3 +268,65 @@ def test_candidates(providers, precision, bf16, want):
 def test_bad_budget(kw):
     with pytest.raises(ValueError, match="bad tuning budget"):
         Budget(**kw)
+
+
+def test_a_decision_measured_on_a_busy_host_is_measured_again_when_the_host_is_idle(model_file, tmp_path, caplog):
+    """Session 12: an export timed beside a training run cached one thread at 6.28 ms where two run in 1.34 ms
+    on the idle machine. Such a decision is marked busy, and the first load on an idle host measures again."""
+    calls, load = [], [8.0]
+    slow2 = {REFx2: (9.0, 1.0), OV16x2: (6.3, 1.0), OV16x1: (6.0, 1.0)}      # two threads starved by the busy host
+    kw = dict(candidates=[REFx2, OV16x2, OV16x1], cache_dir=tmp_path / "c", load_fn=lambda: load[0])
+    with caplog.at_level("WARNING", logger="perception.cpu_tune"):
+        busy = tune(model_file, META, measure_fn=_fake_measure(slow2, calls), **kw)
+    assert busy.busy and busy.other_runnable == 8.0 and busy.chosen == OV16x1
+    assert "measured on a busy host (8 other runnable threads)" in busy.report()
+    assert "python -m perception.tune" in caplog.text
+    still_busy = tune(model_file, META, measure_fn=_fake_measure(slow2, calls), **kw)
+    assert still_busy.cached and still_busy.busy and len(calls) == 1            # busy now too: nothing better to do
+    load[0] = 0.0
+    idle = {REFx2: (2.5, 1.0), OV16x2: (1.34, 1.0), OV16x1: (2.0, 1.0)}
+    again = tune(model_file, META, measure_fn=_fake_measure(idle, calls), **kw)
+    assert not again.cached and not again.busy and again.chosen == OV16x2 and len(calls) == 2
+    assert tune(model_file, META, measure_fn=_fake_measure(idle, calls), **kw).cached and len(calls) == 2
+
+
+@pytest.mark.parametrize("runnable, cpus, busy", [(None, 2, False), (0.0, 2, False), (0.5, 2, False), (1.0, 2, True),
+                                                  (1.0, 4, False), (2.0, 4, True), (7.0, 16, False)])
+def test_host_busy_when_other_threads_fill_half_the_cpus(runnable, cpus, busy, monkeypatch):
+    monkeypatch.setattr(cpu_tune.os, "cpu_count", lambda: cpus)
+    assert cpu_tune.host_busy(runnable) is busy
+
+
+def test_other_runnable_reads_the_running_count_without_this_thread(monkeypatch, tmp_path):
+    import builtins
+    real_open = builtins.open
+    counts = iter(["0.50 0.40 0.30 3/120 999\n", "0.50 0.40 0.30 1/120 999\n", "0.50 0.40 0.30 3/120 999\n"])
+
+    def fake_open(path, *a, **k):
+        if path == "/proc/loadavg":
+            f = tmp_path / "loadavg"
+            f.write_text(next(counts))
+            return real_open(f, *a, **k)
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    assert other_runnable(samples=3, interval_s=0.0) == 2.0     # median of 2, 0, 2
+
+    def no_proc(path, *a, **k):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    assert other_runnable() is None and not cpu_tune.host_busy(None)
+
+
+def test_an_entry_from_before_the_busy_check_reads_as_idle(model_file, tmp_path):
+    calls = []
+    kw = dict(candidates=[REF, OV32], threads=2, cache_dir=tmp_path / "c",
+              measure_fn=_fake_measure({REF: (5.0, 1.0), OV32: (4.0, 1.0)}, calls), load_fn=lambda: 0.0)
+    d = tune(model_file, META, **kw)
+    path = cpu_tune.cache_path(d.key, tmp_path / "c")
+    data = json.loads(path.read_text())
+    del data["busy"], data["other_runnable"]
+    path.write_text(json.dumps(data))
+    old = tune(model_file, META, **{**kw, "load_fn": lambda: 0.0})
+    assert old.cached and not old.busy and old.other_runnable is None and len(calls) == 1
