@@ -3,11 +3,11 @@
 # ImageNet weights, Town02 held out for the test, then evaluated on the real CARLA frames when they are there.
 #   bash scripts/best_classifier.sh [OUT]               run F (default OUT: runs/best_classifier): 8000 frames
 #       from Town01-05 in 5 day presets; ~50 min on a 2-core CPU (2 x ~10 min collecting, ~28 min training).
-#   ALL_WEATHER=1 bash scripts/best_classifier.sh [OUT] run O2 with flip TTA (default OUT: runs/all_weather_classifier):
-#       F's frames plus night and mid-rain presets, traffic in all 22 presets (two collections), and domain-
-#       randomised frames; 10 epochs on the band of rows around the horizon (--crop-rows 0.3 0.8), the model
-#       averaging each frame with its mirror (--tta hflip); ~1.5 h on the 2-core AMD EPYC (Zen 5) of
-#       sessions 11-12 (collections ~45 min, training ~47 min). Better in all weather.
+#   ALL_WEATHER=1 bash scripts/best_classifier.sh [OUT] run Q (default OUT: runs/all_weather_classifier):
+#       F's frames plus night and mid-rain presets, traffic in all 22 presets (two collections), domain-
+#       randomised frames and night presets with traffic; 10 epochs on the band of rows around the horizon
+#       (--crop-rows 0.3 0.8), the model averaging each frame with its mirror (--tta hflip); ~2.2 h on the
+#       2-core AMD EPYC (Zen 5) of sessions 11-13 (collections ~85 min, training ~41-47 min). Better in all weather.
 # Every collection resumes if interrupted. FRAMES=N (per collection) and EPOCHS=N shrink it for a smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +44,12 @@ if [ "$ALL_WEATHER" = 1 ]; then
   $PY -m carla_client.collect --town Town01,Town03,Town04,Town05 --frames $(( FRAMES * 3 / 5 )) --weather all \
       --weather-every 1 --traffic 30 --walkers 10 --min-spacing 3 --episode-length 200 --seed 23 --workers 2 \
       --out "$OUT/data_traffic2"
-  DATA+=("$OUT/data_night" "$OUT/data_traffic" "$OUT/data_dr" "$OUT/data_traffic2")
+  # 7. the 7 night presets with traffic, a new preset every saved frame (run Q, session 13)
+  $PY -m carla_client.collect --town Town01,Town03,Town04,Town05 --frames $FRAMES \
+      --weather ClearNight,CloudyNight,WetNight,WetCloudyNight,SoftRainNight,MidRainyNight,HardRainNight \
+      --weather-every 1 --traffic 30 --walkers 10 --min-spacing 3 --episode-length 200 --seed 29 --workers 1 \
+      --out "$OUT/data_night2"
+  DATA+=("$OUT/data_night" "$OUT/data_traffic" "$OUT/data_dr" "$OUT/data_traffic2" "$OUT/data_night2")
   # the band of rows around the horizon: twice the rows for the distant road (run O2, training/README.md);
   # flip test-time augmentation: the mean logits of each frame and its mirror (session 12)
   EXTRA=(--crop-rows 0.3 0.8 --tta hflip)
