@@ -148,8 +148,12 @@ class Decision:
     seconds: float = 0.0
     min_agreement: float = MIN_AGREEMENT
     other_runnable: float | None = None     # most other runnable threads seen while measuring (None: unknown)
-    busy: bool = False                      # measured on a busy host: measured again at the first idle load
     sessions: dict = field(default_factory=dict, repr=False, compare=False)   # candidate -> live session
+
+    @property
+    def busy(self) -> bool:
+        """Measured on a busy host (:func:`host_busy`): measured again at the first load on an idle one."""
+        return host_busy(self.other_runnable)
 
     def report(self) -> str:
         """Human-readable: the choice, then one line per candidate (median ms, agreement, verdict)."""
@@ -176,7 +180,7 @@ class Decision:
     def to_json(self) -> dict:
         return {"version": CACHE_VERSION, "key": asdict(self.key), "chosen": asdict(self.chosen),
                 "min_agreement": self.min_agreement, "seconds": self.seconds,
-                "other_runnable": self.other_runnable, "busy": self.busy,
+                "other_runnable": self.other_runnable,
                 "measurements": [{**asdict(m), "candidate": asdict(m.candidate)} for m in self.measurements]}
 
     @classmethod
@@ -184,8 +188,7 @@ class Decision:
         key = TuneKey(**{**data["key"], "candidates": tuple(data["key"]["candidates"])})
         ms = [Measurement(**{**m, "candidate": Candidate(**m["candidate"])}) for m in data["measurements"]]
         return cls(Candidate(**data["chosen"]), key, ms, cached=True, seconds=data.get("seconds", 0.0),
-                   min_agreement=data.get("min_agreement", MIN_AGREEMENT), other_runnable=data.get("other_runnable"),
-                   busy=bool(data.get("busy", False)))
+                   min_agreement=data.get("min_agreement", MIN_AGREEMENT), other_runnable=data.get("other_runnable"))
 
 
 def choose(measurements: list[Measurement], reference: Candidate,
@@ -442,14 +445,14 @@ def tune(path: str | os.PathLike, meta: ModelMeta | None = None, *, candidates: 
     key = TuneKey(cpu=cpu_identity(), runtime=runtime_build(), model_sha256=sha256_file(path), threads=int(threads),
                   candidates=tuple(c.label for c in candidates))
     load_fn = load_fn or other_runnable
-    before = load_fn()
     if not force and (cached := read_cached(key, cache_dir)) is not None:
-        if not (cached.busy and not host_busy(before)):
+        if not cached.busy or host_busy(load_fn()):     # the host is looked at only for a busy decision
             log.debug("cached CPU decision for %s: %s", path, cached.chosen.label)
             return cached
         log.info("the cached CPU decision for %s (%s) was measured on a busy host; the host is idle now: "
                  "measuring again", path, cached.chosen.label)
     t0 = time.perf_counter()
+    before = load_fn()
     if build is None:
         def build(c: Candidate):
             return session_for(path, meta, c.provider, c.precision, c.threads or threads)
@@ -460,7 +463,7 @@ def tune(path: str | os.PathLike, meta: ModelMeta | None = None, *, candidates: 
     loads = [n for n in (before, load_fn()) if n is not None]
     runnable = max(loads) if loads else None
     decision = Decision(chosen, key, measurements, seconds=time.perf_counter() - t0, other_runnable=runnable,
-                        busy=host_busy(runnable), sessions=sessions if keep_sessions else {})
+                        sessions=sessions if keep_sessions else {})
     written = write_cached(decision, cache_dir)
     if decision.busy:
         log.warning("the CPU configuration for %s was measured while %g other threads wanted the %d CPUs: the choice "

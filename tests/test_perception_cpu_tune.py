@@ -288,6 +288,9 @@ def test_a_decision_measured_on_a_busy_host_is_measured_again_when_the_host_is_i
     again = tune(model_file, META, measure_fn=_fake_measure(idle, calls), **kw)
     assert not again.cached and not again.busy and again.chosen == OV16x2 and len(calls) == 2
     assert tune(model_file, META, measure_fn=_fake_measure(idle, calls), **kw).cached and len(calls) == 2
+    looked = []
+    kw["load_fn"] = lambda: looked.append(1) or 0.0
+    assert tune(model_file, META, measure_fn=_fake_measure(idle, calls), **kw).cached and not looked  # load: no sampling
 
 
 @pytest.mark.parametrize("runnable, cpus, busy", [(None, 2, False), (0.0, 2, False), (0.5, 2, False), (1.0, 2, True),
@@ -326,7 +329,7 @@ def test_an_entry_from_before_the_busy_check_reads_as_idle(model_file, tmp_path)
     d = tune(model_file, META, **kw)
     path = cpu_tune.cache_path(d.key, tmp_path / "c")
     data = json.loads(path.read_text())
-    del data["busy"], data["other_runnable"]
+    del data["other_runnable"]
     path.write_text(json.dumps(data))
     old = tune(model_file, META, **{**kw, "load_fn": lambda: 0.0})
     assert old.cached and not old.busy and old.other_runnable is None and len(calls) == 1
