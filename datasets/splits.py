@@ -115,7 +115,11 @@ def make_split(table: FrameTable, config: SplitConfig) -> Split:
 
 def load_split(path: str | os.PathLike, table: FrameTable) -> Split:
     """Rebuild a saved split on ``table`` (for --resume): frames are matched by episode."""
-    saved = json.loads(Path(path).read_text())
+    return split_from_json(json.loads(Path(path).read_text()), table)
+
+
+def split_from_json(saved: dict, table: FrameTable) -> Split:
+    """:func:`load_split` on an already parsed ``split.json`` (a caller that also reads its ``data``)."""
     config = SplitConfig(val_split=saved["config"]["val_split"], val_towns=tuple(saved["config"]["val_towns"]),
                          test_towns=tuple(saved["config"]["test_towns"]), seed=saved["config"]["seed"])
     keys = table.episode_keys()

@@ -139,7 +139,7 @@ def calibrate_checkpoint(cfg: CalibrateConfig) -> dict:
 
     from datasets.dataset import DatasetError, FrameDataset
     from datasets.presets import ClassificationPresetEval
-    from datasets.splits import load_split
+    from datasets.splits import split_from_json
     from training import ddp
     from training.checkpoint import crop_rows_of, read_checkpoint, load_checkpoint, save_checkpoint, tta_of
     from training.models import base_model, with_tta
@@ -149,7 +149,7 @@ def calibrate_checkpoint(cfg: CalibrateConfig) -> dict:
     model, mcfg = load_checkpoint(cfg.checkpoint, device)
     tta = cfg.tta or tta_of(mcfg)
     model = with_tta(base_model(model), tta)
-    data = cfg.data
+    data, saved = cfg.data, None
     if cfg.split is not None:
         try:
             saved = json.loads(Path(cfg.split).read_text())
@@ -160,8 +160,8 @@ def calibrate_checkpoint(cfg: CalibrateConfig) -> dict:
     with fork_safe_cv2():
         prepared = prepare_data(data, int(mcfg["img_size"]), cfg.cache_dir, rt.info, False, crop_rows_of(mcfg))
         table = prepared.table
-        if cfg.split is not None:
-            table = table.subset(load_split(cfg.split, table).indices["val"])
+        if saved is not None:
+            table = table.subset(split_from_json(saved, table).indices["val"])
             if len(table) == 0:
                 raise DatasetError(f"--split {cfg.split}: none of its val episodes are in {', '.join(data)}")
         ds = FrameDataset(prepared.cache, table, ClassificationPresetEval(mean=mcfg["mean"], std=mcfg["std"]))
